@@ -1,0 +1,189 @@
+"""Batched text generation for YiVL: left padding, a KV cache, stop strings and streaming."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+from transformers import DynamicCache
+
+from yivl.constants import IMAGE_TOKEN_INDEX, STOP_STRING
+from yivl.errors import YivlError
+from yivl.models.sampling import next_tokens
+from yivl.models.splice import Spliced
+from yivl.models.text_stream import TextStream
+from yivl.models.yivl import YiVL
+
+
+class TokenizerLike(Protocol):
+    """What generation needs from a tokenizer."""
+
+    eos_token_id: int
+    pad_token_id: int | None
+
+    def decode(self, ids: Sequence[int], skip_special_tokens: bool = True) -> str: ...
+
+
+@dataclass
+class GenerationSettings:
+    """Decoding settings; the defaults are the original release's.
+
+    ``temperature`` 0 is greedy. ``top_k`` 50 is the transformers ``generate`` default that the original
+    scripts' sampling used; None disables it. ``top_p`` None disables nucleus filtering. ``seed`` makes
+    sampling repeatable for the same batch.
+    """
+
+    temperature: float = 0.2
+    top_p: float | None = None
+    top_k: int | None = 50
+    max_new_tokens: int = 1024
+    stop: tuple[str, ...] = (STOP_STRING,)
+    seed: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.temperature < 0:
+            raise YivlError(f"temperature must be >= 0 (0 = greedy), got {self.temperature}")
+        if self.top_p is not None and not 0 < self.top_p <= 1:
+            raise YivlError(f"top_p must be in (0, 1] or null, got {self.top_p}")
+        if self.top_k is not None and self.top_k < 1:
+            raise YivlError(f"top_k must be >= 1 or null, got {self.top_k}")
+        if self.max_new_tokens < 1:
+            raise YivlError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        self.stop = tuple(self.stop)
+
+
+def left_pad(
+    prompts: list[list[int]], pad_id: int, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token id lists -> ids [B, T] and attention mask [B, T], padded on the left."""
+    width = max(len(p) for p in prompts)
+    ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(prompts), width), dtype=torch.long)
+    for row, prompt in enumerate(prompts):
+        if prompt:
+            ids[row, width - len(prompt) :] = torch.tensor(prompt, dtype=torch.long)
+            mask[row, width - len(prompt) :] = 1
+    return ids.to(device), mask.to(device)
+
+
+def stack_images(prompts: list[list[int]], images: Sequence[torch.Tensor | None]) -> torch.Tensor | None:
+    """Per-prompt images ([3, S, S], [k, 3, S, S] or None) -> [N, 3, S, S] in placeholder order."""
+    if len(images) != len(prompts):
+        raise YivlError(
+            f"got {len(prompts)} prompts but {len(images)} image entries; give one (or None) each"
+        )
+    stacked = []
+    for i, (prompt, image) in enumerate(zip(prompts, images, strict=True)):
+        given = 0 if image is None else (1 if image.dim() == 3 else image.shape[0])
+        wanted = sum(1 for t in prompt if t == IMAGE_TOKEN_INDEX)
+        if given != wanted:
+            raise YivlError(
+                f"prompt {i} has {wanted} <image_placeholder> but {given} image(s); give one each"
+            )
+        if image is not None and given:
+            stacked.append(image.reshape(-1, *image.shape[-3:]))
+    return torch.cat(stacked) if stacked else None
+
+
+def _check_context(lengths: torch.Tensor, limit: int) -> None:
+    """YivlError when a prompt (image features included) leaves no room to generate."""
+    for i, n in enumerate(lengths.tolist()):
+        if n >= limit:
+            raise YivlError(
+                f"prompt {i} is {n} tokens long (image features included) but the model's context is "
+                f"{limit}; shorten the question or the conversation history"
+            )
+        if n == 0:
+            raise YivlError(f"prompt {i} is empty; give a question")
+
+
+class _Decoder:
+    """The KV cache and per-row state of the samples still being generated (rows drop out when done)."""
+
+    def __init__(self, model: YiVL, spliced: Spliced) -> None:
+        self.llm = model.llm
+        self.embed = model.llm.get_input_embeddings()
+        self.cache = DynamicCache(config=model.llm.config)
+        self.mask = spliced.attention_mask  # [b, past]: grows by one column per step
+        self.positions = spliced.position_ids[:, -1:]  # [b, 1]: position of each row's last token
+        self.rows = torch.arange(self.mask.shape[0], device=self.mask.device)  # prompt index of each row
+        out = self.llm(
+            inputs_embeds=spliced.inputs_embeds,
+            attention_mask=self.mask,
+            position_ids=spliced.position_ids,
+            cache=self.cache,
+            use_cache=True,
+            logits_to_keep=1,
+        )
+        self.logits = out.logits[:, -1]  # [b, V]: next-token logits of each row
+
+    def step(self, tokens: torch.Tensor, keep: torch.Tensor) -> None:
+        """Drop the rows where ``keep`` [b] is False, then feed the others' new tokens [b]."""
+        if not keep.all():  # finished rows leave the batch so that only live samples cost compute
+            self.cache.batch_select_indices(keep.nonzero().squeeze(1))
+            self.rows, self.mask, self.positions = self.rows[keep], self.mask[keep], self.positions[keep]
+            tokens = tokens[keep]
+        self.mask = torch.cat([self.mask, self.mask.new_ones(self.mask.shape[0], 1)], dim=1)
+        self.positions = self.positions + 1
+        out = self.llm(
+            inputs_embeds=self.embed(tokens[:, None]),
+            attention_mask=self.mask,
+            position_ids=self.positions,
+            cache=self.cache,
+            use_cache=True,
+        )
+        self.logits = out.logits[:, -1]
+
+
+@torch.inference_mode()
+def generate(
+    model: YiVL,
+    tokenizer: TokenizerLike,
+    prompts: list[list[int]],
+    images: Sequence[torch.Tensor | None],
+    settings: GenerationSettings | None = None,
+    on_text: Callable[[int, str], None] | None = None,
+) -> list[str]:
+    """Answer each prompt (token ids, -200 where its image goes); returns the answers in prompt order.
+
+    A sample stops at the eos id, when its decoded continuation contains a stop string (the answer is the
+    text before it, whitespace stripped), after ``max_new_tokens``, or when its context is full.
+    ``on_text(i, delta)`` receives prompt i's answer piece by piece; the deltas concatenate to the answer.
+    """
+    settings = settings or GenerationSettings()
+    if not prompts:
+        return []
+    device = model.llm.get_input_embeddings().weight.device
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    ids, mask = left_pad(prompts, pad_id, device)
+    spliced = model.splice(ids, mask, pixel_values=stack_images(prompts, images), padding_side="left")
+    limit = int(model.config.llm["max_position_embeddings"])
+    _check_context(spliced.attention_mask.sum(1), limit)
+    generator = None
+    if settings.seed is not None and settings.temperature > 0:
+        generator = torch.Generator(device=device).manual_seed(settings.seed)
+
+    streams = [TextStream(i, settings.stop, on_text) for i in range(len(prompts))]
+    decoder = _Decoder(model, spliced)
+    for step in range(settings.max_new_tokens):
+        s = settings
+        tokens = next_tokens(decoder.logits, s.temperature, s.top_k, s.top_p, generator)
+        rows_tokens = zip(decoder.rows.tolist(), tokens.tolist(), strict=True)
+        done = [_advance(streams[i], t, tokenizer) for i, t in rows_tokens]
+        room = decoder.positions[:, 0] + 2 < limit  # the new token sits at +1; is there a place after it?
+        keep = room & ~torch.tensor(done, dtype=torch.bool, device=device)
+        if not keep.any() or step + 1 == settings.max_new_tokens:
+            break
+        decoder.step(tokens, keep)
+    return [s.finish() for s in streams]
+
+
+def _advance(stream: TextStream, token: int, tokenizer: TokenizerLike) -> bool:
+    """Add one generated token to a sample; True when the sample is finished."""
+    if token == tokenizer.eos_token_id:
+        stream.finish()
+        return True
+    stream.ids.append(token)
+    return stream.update(tokenizer.decode(stream.ids, skip_special_tokens=True))

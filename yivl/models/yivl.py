@@ -1,0 +1,112 @@
+"""YiVL: CLIP vision tower + projector + Llama LLM, with image splicing and a token-mean loss."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import LlamaForCausalLM
+
+from yivl.constants import IGNORE_INDEX
+from yivl.models.config import YiVLConfig
+from yivl.models.projector import build_projector
+from yivl.models.splice import Spliced, check_image_count, splice
+from yivl.models.vision import VisionTower
+
+
+@dataclass
+class YiVLOutput:
+    """``loss``: mean CE over supervised tokens (None without labels). ``logits``: [B, L, V] without labels
+    or with ``full_logits``, else [num_tokens, V] at the supervised positions only (row-major order).
+    ``num_tokens``: 0-dim long tensor, the number of supervised (shifted, non -100) labels."""
+
+    loss: torch.Tensor | None
+    logits: torch.Tensor
+    num_tokens: torch.Tensor
+
+
+def _dtype_of(module: nn.Module, default: torch.dtype) -> torch.dtype:
+    """dtype of the module's first parameter (``default`` for parameter-free modules)."""
+    return next((p.dtype for p in module.parameters()), default)
+
+
+class YiVL(nn.Module):
+    """The Yi-VL model. State-dict prefixes: ``llm.`` (LlamaForCausalLM), ``vision_tower.clip.``
+    (CLIPVisionModel), ``mm_projector.`` (the projector ``Sequential``)."""
+
+    def __init__(self, config: YiVLConfig, attn_implementation: str = "sdpa") -> None:
+        super().__init__()
+        self.config = config
+        self.llm = LlamaForCausalLM(config.llama_config(attn_implementation))
+        self.vision_tower = VisionTower(config, attn_implementation)
+        self.mm_projector = build_projector(
+            config.projector_type, config.vision_hidden_size, config.llm_hidden_size
+        )
+
+    def encode_images(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """Pixels [N, 3, S, S] -> projected features [N, P, H] in the LLM embeddings' dtype."""
+        features = self.vision_tower(pixel_values)
+        embed_dtype = self.llm.get_input_embeddings().weight.dtype
+        features = self.mm_projector(features.to(_dtype_of(self.mm_projector, embed_dtype)))
+        return features.to(embed_dtype)
+
+    def splice(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        pixel_values: torch.Tensor | None = None,
+        padding_side: str = "right",
+    ) -> Spliced:
+        """Token ids [B, T] (-200 = image, pads where mask is 0) + images [N, 3, S, S] in order of their
+        -200 ids -> LLM inputs [B, L, ...] (see ``Spliced``). Text-only samples need no image."""
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        num_images = 0 if pixel_values is None else pixel_values.shape[0]
+        check_image_count(input_ids, attention_mask, num_images)
+        features = self.encode_images(pixel_values) if num_images else None
+        embed = self.llm.get_input_embeddings()
+        return splice(embed, input_ids, attention_mask, features, labels, padding_side)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        pixel_values: torch.Tensor | None = None,
+        padding_side: str = "right",
+        full_logits: bool = False,
+    ) -> YiVLOutput:
+        """Logits and loss for a batch; ``labels`` [B, T] are aligned with ``input_ids`` (-100 = ignore).
+
+        With labels (and not ``full_logits``) the LM head runs only where a label is supervised, which
+        saves the [B, L, V] logits tensor (about 1 GB at B=8, L=2k, V=64k in bf16).
+        """
+        sp = self.splice(input_ids, attention_mask, labels, pixel_values, padding_side)
+        llm_inputs = {
+            "inputs_embeds": sp.inputs_embeds,
+            "attention_mask": sp.attention_mask,
+            "position_ids": sp.position_ids,
+        }
+        if sp.labels is None:
+            logits = self.llm(**llm_inputs, use_cache=False).logits
+            return YiVLOutput(None, logits, torch.zeros((), dtype=torch.long, device=logits.device))
+        targets = sp.labels[:, 1:]
+        supervised = targets != IGNORE_INDEX
+        if full_logits:
+            logits = self.llm(**llm_inputs, use_cache=False).logits
+            picked = logits[:, :-1][supervised]
+        else:
+            keep = torch.zeros_like(sp.labels, dtype=torch.bool)
+            keep[:, :-1] = supervised
+            logits = picked = self.llm(**llm_inputs, use_cache=False, logits_to_keep=keep).logits
+        num_tokens = supervised.sum()
+        loss_sum = F.cross_entropy(picked.float(), targets[supervised], reduction="sum")
+        return YiVLOutput(loss_sum / num_tokens.clamp(min=1), logits, num_tokens)
+
+
+def module_groups(model: YiVL) -> dict[str, nn.Module]:
+    """The three parts the training stages freeze or train: vision_tower, mm_projector, llm."""
+    return {"vision_tower": model.vision_tower, "mm_projector": model.mm_projector, "llm": model.llm}

@@ -1,0 +1,159 @@
+"""One model behind every front end: infer.py, evaluate.py, the web demo and the API.
+
+The engine turns (conversation, image) requests into prompts exactly as the original release does,
+checks them against the context, and runs batched generation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+from yivl.checkpoint.load import LoadedModel, load_pretrained
+from yivl.constants import IMAGE_PLACEHOLDER
+from yivl.data.chat import Turn, render_prompt, tokenize_prompt
+from yivl.data.images import load_image
+from yivl.errors import YivlError
+from yivl.models.generation import GenerationSettings, generate
+
+ImageInput = str | Path | bytes | Image.Image | None
+
+
+@dataclass
+class Request:
+    """One generation request: the conversation so far (ending with a human turn) and its image."""
+
+    turns: list[Turn]
+    image: ImageInput = None
+
+
+def pick_device(device: str) -> torch.device:
+    """``auto`` means the first CUDA device when there is one, else the CPU."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise YivlError(f"device={device} was asked for but CUDA is not available; use device=cpu")
+    return torch.device(device)
+
+
+DTYPES = {
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+}
+
+
+def pick_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    """``auto`` is bf16 on CUDA and fp32 on CPU, as the original scripts ran bf16 on GPU."""
+    if dtype == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    if dtype not in DTYPES:
+        raise YivlError(f"unknown dtype={dtype}; use one of auto, {', '.join(sorted(DTYPES))}")
+    return DTYPES[dtype]
+
+
+class Engine:
+    """A loaded Yi-VL plus the prompt, image and generation plumbing around it."""
+
+    def __init__(self, loaded: LoadedModel, max_image_pixels: int = 64_000_000) -> None:
+        self.loaded = loaded
+        self.model = loaded.model.eval()
+        self.tokenizer = loaded.tokenizer
+        self.image_processor = loaded.image_processor
+        self.max_image_pixels = max_image_pixels
+        self.context_length = int(loaded.config.llm["max_position_embeddings"])
+
+    @classmethod
+    def from_path(
+        cls,
+        model_path: str | Path,
+        device: str = "auto",
+        dtype: str = "auto",
+        max_image_pixels: int = 64_000_000,
+    ) -> Engine:
+        """Load a published-layout directory onto ``device`` in ``dtype`` (see :func:`pick_dtype`)."""
+        dev = pick_device(device)
+        loaded = load_pretrained(model_path, dtype=pick_dtype(dtype, dev), device=dev)
+        return cls(loaded, max_image_pixels=max_image_pixels)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def image_tokens(self) -> int:
+        return self.loaded.config.num_image_tokens
+
+    def pixels(self, image: ImageInput) -> torch.Tensor:
+        """Image (path, bytes or PIL) -> normalized pixels ``[3, S, S]`` on the model's device."""
+        pil = image if isinstance(image, Image.Image) else load_image(image, max_pixels=self.max_image_pixels)
+        pad = self.loaded.config.image_aspect_ratio == "pad"
+        dtype = next(self.model.vision_tower.parameters()).dtype
+        return self.image_processor(pil, pad=pad).to(self.device, dtype)
+
+    def prompt_ids(self, turns: Sequence[Turn], has_image: bool) -> list[int]:
+        """Render and tokenize a conversation; the placeholder goes into the first human turn iff an image."""
+        _check_turns(turns, has_image)
+        return tokenize_prompt(self.tokenizer, render_prompt(with_image_placeholder(turns, has_image)))
+
+    def prompt_length(self, ids: Sequence[int]) -> int:
+        """Sequence length after each image placeholder is expanded to its patch features."""
+        n_images = sum(1 for i in ids if i < 0)
+        return len(ids) - n_images + n_images * self.image_tokens
+
+    def generate(
+        self,
+        requests: Sequence[Request],
+        settings: GenerationSettings,
+        on_text: Callable[[int, str], None] | None = None,
+    ) -> list[str]:
+        """Answer each request's last human turn; ``on_text(i, delta)`` streams request i's answer."""
+        prompts, images = [], []
+        for req in requests:
+            ids = self.prompt_ids(req.turns, req.image is not None)
+            length = self.prompt_length(ids)
+            if length >= self.context_length:
+                raise YivlError(
+                    f"the prompt is {length} tokens (image features included) but the model's context is "
+                    f"{self.context_length}; shorten the conversation or the question"
+                )
+            prompts.append(ids)
+            images.append(None if req.image is None else self.pixels(req.image))
+        longest = max(self.prompt_length(p) for p in prompts)
+        budget = min(settings.max_new_tokens, self.context_length - longest)
+        capped = GenerationSettings(**{**settings.__dict__, "max_new_tokens": budget})
+        with torch.inference_mode():
+            return generate(self.model, self.tokenizer, prompts, images, capped, on_text=on_text)
+
+
+def with_image_placeholder(turns: Sequence[Turn], has_image: bool) -> list[Turn]:
+    """Put ``<image_placeholder>`` into the first human turn when there is an image, as the original."""
+    mentions = sum(t.text.count(IMAGE_PLACEHOLDER) for t in turns)
+    if not has_image:
+        if mentions:
+            raise YivlError(
+                f"the conversation contains {IMAGE_PLACEHOLDER} but no image was given; pass image=PATH"
+            )
+        return list(turns)
+    if mentions > 1:
+        raise YivlError(
+            f"{IMAGE_PLACEHOLDER} appears {mentions} times; Yi-VL takes one image per conversation"
+        )
+    out = list(turns)
+    if not mentions:
+        out[0] = Turn(role=out[0].role, text=f"{IMAGE_PLACEHOLDER}\n{out[0].text}")
+    return out
+
+
+def _check_turns(turns: Sequence[Turn], has_image: bool) -> None:
+    if not turns or turns[-1].role != "human":
+        raise YivlError("a conversation to answer must end with a human turn")
+    if not turns[-1].text.strip():
+        raise YivlError("the question is empty; give question='...'")

@@ -1,0 +1,159 @@
+"""infer.py's modes: one question, a terminal chat, and a JSONL batch."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+from omegaconf import DictConfig
+
+from yivl.checkpoint.tiny import ensure_tiny_checkpoint
+from yivl.data.chat import Turn
+from yivl.errors import YivlError
+from yivl.models.generation import GenerationSettings
+from yivl.serving.engine import Engine, Request
+from yivl.serving.progress import progress_bar
+
+MODES = ("single", "chat", "batch")
+
+
+def run(cfg: DictConfig) -> None:
+    """Dispatch on ``cfg.mode``."""
+    if cfg.mode not in MODES:
+        raise YivlError(f"unknown mode={cfg.mode}; use one of {', '.join(MODES)}")
+    engine = load_engine(cfg)
+    settings = generation_settings(cfg.generation)
+    runners = {"single": run_single, "chat": run_chat, "batch": run_batch}
+    runners[cfg.mode](cfg, engine, settings)
+
+
+def load_engine(cfg: DictConfig) -> Engine:
+    """Load ``cfg.model_path``, building the tiny random model first when that is what it names."""
+    path = Path(cfg.model_path)
+    if path.resolve() == Path(cfg.paths.tiny_model).resolve():
+        ensure_tiny_checkpoint(path)
+    return Engine.from_path(path, device=cfg.device, dtype=cfg.dtype, max_image_pixels=cfg.max_image_pixels)
+
+
+def generation_settings(gen: DictConfig) -> GenerationSettings:
+    """Config -> settings; temperature 0 means greedy decoding."""
+    if gen.temperature < 0:
+        raise YivlError(f"generation.temperature={gen.temperature} must be >= 0 (0 is greedy)")
+    if gen.top_p is not None and not 0 < gen.top_p <= 1:
+        raise YivlError(f"generation.top_p={gen.top_p} must be in (0, 1] or null")
+    if gen.max_new_tokens < 1:
+        raise YivlError(f"generation.max_new_tokens={gen.max_new_tokens} must be >= 1")
+    return GenerationSettings(
+        temperature=float(gen.temperature),
+        top_p=None if gen.top_p is None else float(gen.top_p),
+        max_new_tokens=int(gen.max_new_tokens),
+        seed=gen.seed,
+    )
+
+
+def _printer(stream: bool) -> Callable[[int, str], None] | None:
+    if not stream:
+        return None
+    return lambda _i, delta: print(delta, end="", flush=True)
+
+
+def run_single(cfg: DictConfig, engine: Engine, settings: GenerationSettings) -> None:
+    """Answer ``cfg.question`` about ``cfg.image`` (the original single_inference.py)."""
+    if cfg.question is None or not str(cfg.question).strip():
+        raise YivlError("the question is empty; give question='...' (or mode=chat for a conversation)")
+    request = Request([Turn("human", str(cfg.question))], image=cfg.image)
+    answer = engine.generate([request], settings, on_text=_printer(cfg.generation.stream))[0]
+    print() if cfg.generation.stream else print(answer)
+
+
+def run_chat(cfg: DictConfig, engine: Engine, settings: GenerationSettings, read: Callable = input) -> None:
+    """Multi-turn chat in the terminal (the original cli.py); an empty line or Ctrl-D ends it."""
+    image = cfg.image
+    if image is not None:
+        engine.pixels(image)  # fail on a bad image before the first question, not after it
+    print(f"Chatting with {cfg.model_path}" + (f" about {image}" if image else "") + ". Empty line to quit.")
+    turns: list[Turn] = []
+    while True:
+        try:
+            question = read("Human: ")
+        except EOFError:
+            print()
+            return
+        if not question.strip():
+            return
+        turns.append(Turn("human", question))
+        print("Assistant: ", end="", flush=True)
+        answer = engine.generate([Request(list(turns), image)], settings, on_text=_printer(True))[0]
+        print()
+        turns.append(Turn("assistant", answer))
+
+
+def read_batch(path: Path) -> Iterator[tuple[int, dict | None, str | None]]:
+    """Yield (line number, record or None, error or None) for each non-blank line of a JSONL file."""
+    with path.open(encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as exc:
+                yield lineno, None, f"malformed JSON: {exc.msg}"
+                continue
+            if not isinstance(record, dict) or not str(record.get("question", "")).strip():
+                yield lineno, None, "record has no non-empty 'question'"
+                continue
+            yield lineno, record, None
+
+
+def run_batch(cfg: DictConfig, engine: Engine, settings: GenerationSettings) -> None:
+    """Answer every line of ``batch.input`` (JSONL: question, optional image, optional id) into a JSONL.
+
+    Every input line gets one output line: an answer, or an ``error`` saying why it has none.
+    """
+    src = Path(cfg.batch.input) if cfg.batch.input else None
+    if src is None or not src.is_file():
+        raise YivlError(f"batch.input={cfg.batch.input} is not a file; give batch.input=questions.jsonl")
+    dst = Path(cfg.batch.output) if cfg.batch.output else src.with_suffix(".answers.jsonl")
+    rows = list(read_batch(src))
+    answered = failed = 0
+    with dst.open("w", encoding="utf-8") as out, progress_bar("answering", len(rows)) as bar:
+        for start in range(0, len(rows), cfg.batch.batch_size):
+            chunk = rows[start : start + cfg.batch.batch_size]
+            for result in _answer_chunk(engine, settings, src.parent, chunk):
+                out.write(json.dumps(result, ensure_ascii=False) + "\n")
+                answered += "answer" in result
+                failed += "error" in result
+            out.flush()
+            bar.advance(len(chunk))
+    print(f"{answered} answered, {failed} failed, {len(rows)} lines -> {dst}")
+
+
+def _answer_chunk(engine: Engine, settings: GenerationSettings, root: Path, chunk: list) -> list[dict]:
+    results: list[dict] = []
+    requests: list[tuple[int, Request]] = []
+    for lineno, record, error in chunk:
+        result = {"line": lineno, "id": (record or {}).get("id", lineno)}
+        results.append(result)
+        if error:
+            result["error"] = error
+            continue
+        result["question"] = record["question"]
+        image = record.get("image")
+        if image is not None:
+            result["image"] = image
+            image = root / image
+        try:
+            request = Request([Turn("human", str(record["question"]))], image=image)
+            engine.prompt_ids(request.turns, image is not None)
+            if image is not None:
+                engine.pixels(image)
+        except YivlError as exc:
+            result["error"] = str(exc)
+            continue
+        requests.append((len(results) - 1, request))
+    if requests:
+        answers = engine.generate([r for _, r in requests], settings)
+        for (index, _), answer in zip(requests, answers, strict=True):
+            results[index]["answer"] = answer
+    return results

@@ -1,0 +1,1 @@
+"""Command-line tools over yivl.data: convert, laion, validate, stats, inspect (``python -m data_tools``)."""

@@ -1,0 +1,6 @@
+"""``python -m data_tools {convert,laion,validate,stats,inspect} --help``."""
+
+from data_tools.cli import main
+
+if __name__ == "__main__":
+    raise SystemExit(main())

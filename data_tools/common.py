@@ -1,0 +1,87 @@
+"""Arguments and helpers shared by the data tools."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+from pathlib import Path
+
+from data_tools.model import ModelSpec
+from yivl.data.images import DEFAULT_MAX_PIXELS
+from yivl.errors import YivlError
+
+_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+
+
+def parse_size(text: str) -> int:
+    """``"512M"``, ``"1g"``, ``"1048576"`` -> bytes."""
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kmgt]?)i?b?\s*", text.lower())
+    if not m:
+        raise argparse.ArgumentTypeError(f"not a size: {text!r} (use e.g. 512M or 1G)")
+    return int(float(m.group(1)) * _UNITS[m.group(2)])
+
+
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def add_model_args(parser: argparse.ArgumentParser, required: bool = True) -> None:
+    parser.add_argument(
+        "--model",
+        type=Path,
+        required=required,
+        help="Yi-VL model directory (published layout): its tokenizer, image tokens and context "
+        "length decide what is too long",
+    )
+    parser.add_argument(
+        "--max-length",
+        type=positive_int,
+        default=None,
+        help="longest sample in tokens after image expansion (default: the model's context)",
+    )
+    parser.add_argument(
+        "--max-pixels",
+        type=positive_int,
+        default=DEFAULT_MAX_PIXELS,
+        help=f"reject larger images, a decompression-bomb guard (default {DEFAULT_MAX_PIXELS})",
+    )
+    parser.add_argument(
+        "--processes", type=positive_int, default=None, help="worker processes (default: the CPU count)"
+    )
+
+
+def add_output_args(parser: argparse.ArgumentParser, required: bool = True) -> None:
+    parser.add_argument(
+        "--out",
+        type=Path,
+        required=required,
+        help="output folder (created; resumed if interrupted)"
+        + ("" if required else "; needed unless --check"),
+    )
+    parser.add_argument(
+        "--max-samples", type=positive_int, default=1000, help="samples per shard (default 1000)"
+    )
+    parser.add_argument(
+        "--max-bytes",
+        type=parse_size,
+        default=parse_size("512M"),
+        help="bytes per shard, e.g. 512M or 1G (default 512M)",
+    )
+    parser.add_argument(
+        "--prefix", default="shard", help="shard file prefix: PREFIX-000000.tar (default shard)"
+    )
+    parser.add_argument("--overwrite", action="store_true", help="delete the output folder and start over")
+
+
+def model_spec(args: argparse.Namespace) -> ModelSpec:
+    if args.model is None:
+        raise YivlError("pass --model DIR (a Yi-VL model directory) to tokenize the samples")
+    return ModelSpec(args.model, args.max_length, args.max_pixels)
+
+
+def processes(args: argparse.Namespace) -> int:
+    return args.processes or os.cpu_count() or 1

@@ -1,0 +1,104 @@
+"""``convert``: Yi-VL/LLaVA JSON conversations + an image folder -> conversation shards.
+
+Every input record is written or rejected with one reason; the counts are checked on disk at the end.
+Interrupted (Ctrl-C or kill), the same command resumes where the last finished shard ended.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+
+from data_tools.common import add_model_args, add_output_args, model_spec, processes
+from data_tools.journal import open_output, write_manifest
+from data_tools.parallel import ordered_map
+from data_tools.process import Item, Job, convert_job, init_worker
+from data_tools.report import build_manifest, console, print_summary, verify_output
+from data_tools.sequence import ShardSequence
+from yivl.data.records import RecordFile
+from yivl.errors import YivlError
+from yivl.serving.progress import progress_bar
+
+HELP = "JSON/JSONL conversations + image folder -> conversation shards (resumable, fully accounted)"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "input", type=Path, help="a JSON list or JSONL file of Yi-VL/LLaVA conversation records"
+    )
+    parser.add_argument(
+        "--image-folder",
+        type=Path,
+        help="folder the records' `image` paths are relative to (default: the input file's folder)",
+    )
+    add_output_args(parser)
+    add_model_args(parser)
+
+
+def _input_params(path: Path, records: RecordFile) -> dict:
+    st = path.stat()
+    return {
+        "path": str(path.resolve()),
+        "bytes": st.st_size,
+        "mtime_ns": st.st_mtime_ns,
+        "records": len(records),
+    }
+
+
+def run(args: argparse.Namespace) -> int:
+    records = RecordFile(args.input)
+    image_folder = (args.image_folder or args.input.parent).resolve()
+    if not image_folder.is_dir():
+        raise YivlError(f"image folder not found: {image_folder}; pass --image-folder")
+    spec = model_spec(args)
+    params = {
+        "tool": "convert",
+        "version": 1,
+        "input": _input_params(args.input, records),
+        "image_folder": str(image_folder),
+        "model": spec.fingerprint(),
+        "max_samples": args.max_samples,
+        "max_bytes": args.max_bytes,
+        "prefix": args.prefix,
+    }
+    params = json.loads(json.dumps(params))
+    journal = open_output(args.out, params, args.overwrite)
+    start, total = journal.next_index, len(records)
+    if start == total:
+        console.print(f"{args.out} already holds all {total} records; checking it")
+    elif start:
+        console.print(f"resuming at record {start} of {total} ({journal.next_shard} shards done)")
+    sequence = ShardSequence(journal, args.max_samples, args.max_bytes, args.prefix)
+    items = (Item(i, records.raw(i)) for i in range(start, total))
+    try:
+        with progress_bar("convert", total - start) as bar:
+            for outcome in ordered_map(
+                convert_job, items, processes(args), init_worker, (Job(spec, image_folder),)
+            ):
+                sequence.add(outcome)
+                bar.advance()
+        sequence.finish(total)
+    except KeyboardInterrupt:
+        sequence.abort()
+        done = journal.next_shard
+        console.print(f"interrupted after {done} complete shards; rerun the same command to resume")
+        raise
+    except BaseException:
+        sequence.abort()
+        raise
+    return finish(args.out, journal, total, keys_are_indices=True)
+
+
+def finish(out_dir: Path, journal, total: int, keys_are_indices: bool, extra: dict | None = None) -> int:
+    """Write the manifest, verify the output on disk, print the summary; exit status 0 when reconciled."""
+    manifest = build_manifest(journal, total, extra)
+    problems = verify_output(out_dir, manifest, keys_are_indices)
+    write_manifest(out_dir, manifest)
+    ok = print_summary(manifest, str(out_dir))
+    for problem in problems:
+        console.print(f"[red]problem:[/] {problem}")
+    if ok and os.environ.get("YIVL_DATA_TOOLS_QUIET") is None:
+        console.print(f"manifest: {out_dir / 'manifest.json'}; rejects: {out_dir / 'rejects.jsonl'}")
+    return 0 if ok else 1

@@ -1,0 +1,178 @@
+"""``laion``: check, filter and re-shard img2dataset output (``KEY.jpg``, ``KEY.txt``, ``KEY.json``).
+
+Every input sample is written (image bytes passed through when already RGB JPEG/PNG) or rejected with a
+reason: unreadable shard, no image, no caption, caption length, corrupt or too large or too small image,
+and (with ``--model``) too long once the caption becomes a conversation. ``--check`` only reports.
+Interrupted, the same command resumes; ``*_stats.json`` successes are compared with what was read.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+from data_tools.common import add_model_args, add_output_args, positive_int, processes
+from data_tools.convert import finish
+from data_tools.inputs import local_shards, tar_samples
+from data_tools.journal import open_output
+from data_tools.model import ModelSpec
+from data_tools.parallel import ordered_map
+from data_tools.process import prepare_image
+from data_tools.report import console, reasons_table
+from data_tools.sequence import Outcome, ShardSequence
+from yivl.data.images import DEFAULT_MAX_PIXELS
+from yivl.data.reasons import SampleRejected
+from yivl.data.shards import image_member
+from yivl.data.sources import DEFAULT_CAPTION_PROMPTS, caption_record, laion_caption
+from yivl.errors import YivlError
+from yivl.serving.progress import progress_bar
+
+HELP = "check/filter/re-shard img2dataset output with full accounting"
+
+
+@dataclass(frozen=True)
+class Filters:
+    min_caption_chars: int = 1
+    max_caption_chars: int = 1000
+    min_image_side: int = 1
+    max_pixels: int = DEFAULT_MAX_PIXELS
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("input", help="img2dataset output: a folder of .tar files, a brace pattern or a .tar")
+    add_output_args(parser, required=False)
+    parser.add_argument("--check", action="store_true", help="only check and report; write nothing")
+    parser.add_argument("--min-caption-chars", type=positive_int, default=1)
+    parser.add_argument("--max-caption-chars", type=positive_int, default=1000)
+    parser.add_argument(
+        "--min-image-side", type=positive_int, default=1, help="reject images smaller than this"
+    )
+    add_model_args(parser, required=False)
+
+
+_state: dict = {}
+
+
+def _init(filters: Filters, model: ModelSpec | None) -> None:
+    _state["filters"] = filters
+    _state["encoder"] = model.load(with_images=False) if model is not None else None
+
+
+def check_sample(index: int, sample: dict, filters: Filters, encoder) -> Outcome:
+    """One img2dataset sample -> written members (image, txt, json) or a reject."""
+    key = str(sample["__key__"])
+    where = f"{Path(sample['__url__']).name}:{key}"
+    extra = {"shard": Path(sample["__url__"]).name}
+    try:
+        if "__error__" in sample:
+            raise SampleRejected("shard_corrupt", sample["__error__"])
+        image = image_member(sample)
+        if image is None:
+            raise SampleRejected("sample_incomplete", f"{where}: no image member")
+        caption = laion_caption(sample, where)
+        if not filters.min_caption_chars <= len(caption) <= filters.max_caption_chars:
+            raise SampleRejected("caption_length", f"{where}: {len(caption)} characters")
+        ext, data, size, action = prepare_image(image[1], where, filters.max_pixels)
+        if min(size) < filters.min_image_side:
+            raise SampleRejected("image_too_small", f"{where}: {size[0]}x{size[1]}")
+        tokens = 0
+        if encoder is not None:
+            tokens = encoder.encode_text(
+                caption_record(caption, DEFAULT_CAPTION_PROMPTS[0], where), where
+            ).length
+    except SampleRejected as err:
+        return Outcome(index, key, err.reason, err.detail, extra=extra)
+    members = {ext: data, "txt": caption.encode("utf-8"), "json": sample.get("json", b"{}")}
+    return Outcome(
+        index, key, members=members, tokens=tokens, image_size=size, image_action=action, extra=extra
+    )
+
+
+def laion_job(item: tuple[int, dict]) -> Outcome:
+    index, sample = item
+    try:
+        return check_sample(index, sample, _state["filters"], _state["encoder"])
+    except Exception as err:  # bad data must never stop a run
+        return Outcome(index, str(sample.get("__key__")), "unexpected_error", repr(err))
+
+
+def _reported_successes(shards: list[Path]) -> int | None:
+    total = 0
+    for shard in shards:
+        try:
+            total += int(json.loads(shard.with_name(shard.stem + "_stats.json").read_text())["successes"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+    return total
+
+
+def run(args: argparse.Namespace) -> int:
+    shards = local_shards(args.input)
+    filters = Filters(args.min_caption_chars, args.max_caption_chars, args.min_image_side, args.max_pixels)
+    model = ModelSpec(args.model, args.max_length, args.max_pixels) if args.model else None
+    if args.check:
+        return _check(shards, filters, model, args)
+    if args.out is None:
+        raise YivlError("pass --out DIR for the filtered shards, or --check to only report")
+    params = {
+        "tool": "laion",
+        "version": 1,
+        "input": [{"path": str(s.resolve()), "bytes": s.stat().st_size} for s in shards],
+        "filters": filters.__dict__,
+        "model": model.fingerprint() if model else None,
+        "max_samples": args.max_samples,
+        "max_bytes": args.max_bytes,
+        "prefix": args.prefix,
+    }
+    journal = open_output(args.out, json.loads(json.dumps(params)), args.overwrite)
+    start = journal.next_index
+    sequence = ShardSequence(journal, args.max_samples, args.max_bytes, args.prefix)
+    items = ((i, s) for i, s in enumerate(tar_samples(shards)) if i >= start)
+    total = start
+    try:
+        with progress_bar("laion", None) as bar:
+            for outcome in ordered_map(laion_job, items, processes(args), _init, (filters, model)):
+                sequence.add(outcome)
+                total = outcome.index + 1
+                bar.advance()
+        sequence.finish(total)
+    except KeyboardInterrupt:
+        sequence.abort()
+        done = journal.next_shard
+        console.print(f"interrupted after {done} complete shards; rerun the same command to resume")
+        raise
+    except BaseException:
+        sequence.abort()
+        raise
+    extra = {"img2dataset_successes": _reported_successes(shards)}
+    _note_successes(extra["img2dataset_successes"], total)
+    return finish(args.out, journal, total, keys_are_indices=False, extra=extra)
+
+
+def _check(shards: list[Path], filters: Filters, model: ModelSpec | None, args: argparse.Namespace) -> int:
+    reasons: Counter = Counter()
+    total = 0
+    items = enumerate(tar_samples(shards))
+    with progress_bar("laion check", None) as bar:
+        for outcome in ordered_map(laion_job, items, processes(args), _init, (filters, model)):
+            total += 1
+            if outcome.reason:
+                reasons[outcome.reason] += 1
+            bar.advance()
+    console.print(
+        f"{total} samples: {total - sum(reasons.values())} usable, {sum(reasons.values())} rejected"
+    )
+    if reasons:
+        console.print(reasons_table(reasons))
+    _note_successes(_reported_successes(shards), total)
+    return 0
+
+
+def _note_successes(reported: int | None, read: int) -> None:
+    if reported is not None and reported != read:
+        console.print(
+            f"[yellow]note:[/] img2dataset's *_stats.json report {reported} successes; {read} were read"
+        )

@@ -1,0 +1,82 @@
+"""``validate``: the checks of ``convert`` (records, chat format, lengths, images) without writing shards.
+
+Prints the reject reasons by count; ``--rejects FILE`` also writes one JSON line per rejected record.
+Works on a JSON/JSONL file with its image folder, or on conversation shards.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections import Counter
+from pathlib import Path
+
+from data_tools.common import add_model_args, model_spec, processes
+from data_tools.inputs import conversation_items
+from data_tools.parallel import ordered_map
+from data_tools.process import Job, convert_job, init_worker
+from data_tools.report import console, percentiles, reasons_table, stats_table
+from data_tools.sequence import Outcome
+from yivl.serving.progress import progress_bar
+
+HELP = "check records exactly as convert would, without writing; print reject reasons by count"
+
+
+def add_input_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "input", type=Path, help="a JSON/JSONL file, or conversation shards (folder or pattern)"
+    )
+    parser.add_argument(
+        "--image-folder",
+        type=Path,
+        help="folder the records' `image` paths are relative to (default: the input file's folder)",
+    )
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_input_args(parser)
+    add_model_args(parser)
+    parser.add_argument("--rejects", type=Path, help="write the rejected records' reasons here (JSONL)")
+
+
+def outcomes(args: argparse.Namespace, description: str):
+    """Outcomes of every input record, in order, with a progress bar."""
+    total, items = conversation_items(args.input)
+    folder = (args.image_folder or Path(args.input).parent).resolve()
+    job = Job(model_spec(args), folder, write=False)
+    with progress_bar(description, total) as bar:
+        for outcome in ordered_map(convert_job, items, processes(args), init_worker, (job,)):
+            bar.advance()
+            yield outcome
+
+
+def run(args: argparse.Namespace) -> int:
+    reasons: Counter = Counter()
+    tokens: Counter = Counter()
+    total = 0
+    rejects_file = open(args.rejects, "w", encoding="utf-8") if args.rejects else None  # noqa: SIM115
+    try:
+        for outcome in outcomes(args, "validate"):
+            total += 1
+            _count(outcome, reasons, tokens, rejects_file)
+    finally:
+        if rejects_file:
+            rejects_file.close()
+    rejected = sum(reasons.values())
+    console.print(f"{total} records: {total - rejected} usable, {rejected} rejected")
+    if tokens:
+        console.print(
+            stats_table("Tokens per usable sample (after image expansion)", {"tokens": percentiles(tokens)})
+        )
+    if reasons:
+        console.print(reasons_table(reasons))
+    return 0
+
+
+def _count(outcome: Outcome, reasons: Counter, tokens: Counter, rejects_file) -> None:
+    if outcome.reason is None:
+        tokens[outcome.tokens] += 1
+        return
+    reasons[outcome.reason] += 1
+    if rejects_file is not None:
+        rejects_file.write(json.dumps(outcome.reject_line(), ensure_ascii=False) + "\n")

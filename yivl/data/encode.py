@@ -1,0 +1,125 @@
+"""Record + image -> :class:`Sample`: checks, chat rendering and masking, image decoding and processing.
+
+Every failure is a :class:`SampleRejected` with one reason, so the loaders skip and count it and the
+data tools write it to a rejects file. Cheap text checks run before any image is decoded.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+from yivl.constants import IGNORE_INDEX
+from yivl.data.chat import ChatFormatError, TrainingExample, build_training_example, turns_from_record
+from yivl.data.checks import check_record
+from yivl.data.collate import Sample, expanded_length
+from yivl.data.images import DEFAULT_MAX_PIXELS, ImageError, ImageProcessor, load_image
+from yivl.data.reasons import SampleRejected
+from yivl.data.tokenizer import YiTokenizer
+
+ImageSource = Path | bytes
+
+
+@dataclass
+class EncodedText:
+    """A checked, rendered and masked record; ``length`` counts image features (the LLM's view)."""
+
+    example: TrainingExample
+    image: str | None
+    length: int
+
+    @property
+    def supervised(self) -> int:
+        return sum(label != IGNORE_INDEX for label in self.example.labels)
+
+
+def read_image_bytes(path: Path, where: str) -> bytes:
+    """The bytes of an image file; missing or empty files raise :class:`SampleRejected`."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise SampleRejected("image_missing", f"{where}: {path} does not exist") from None
+    except OSError as err:
+        raise SampleRejected("image_missing", f"{where}: cannot read {path} ({err.strerror})") from None
+    if not data:
+        raise SampleRejected("image_empty", f"{where}: {path} is zero bytes")
+    return data
+
+
+def decode_image(data: bytes, where: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+    """Decode image bytes to RGB (CMYK, 16-bit, palette and alpha convert); failures are rejects."""
+    if not data:
+        raise SampleRejected("image_empty", f"{where}: zero-byte image")
+    try:
+        return load_image(data, max_pixels=max_pixels)
+    except ImageError as err:
+        reason = "image_too_large" if "too large" in str(err) else "image_corrupt"
+        raise SampleRejected(reason, f"{where}: {err}") from None
+
+
+class SampleEncoder:
+    """Turns records into samples for one model: its tokenizer, image processor and context length.
+
+    ``num_image_tokens`` is how many features one image becomes (1024 for Yi-VL at 448 px);
+    ``max_length`` the longest sequence allowed after that expansion. Over-long samples are rejected
+    whole, never truncated.
+    """
+
+    def __init__(
+        self,
+        tokenizer: YiTokenizer,
+        image_processor: ImageProcessor | None,
+        num_image_tokens: int,
+        max_length: int,
+        max_pixels: int = DEFAULT_MAX_PIXELS,
+    ) -> None:
+        self.tokenizer = tokenizer
+        self.image_processor = image_processor
+        self.num_image_tokens = int(num_image_tokens)
+        self.max_length = int(max_length)
+        self.max_pixels = int(max_pixels)
+
+    def encode_text(self, record: dict, where: str) -> EncodedText:
+        """Check, render and mask a record; rejects over-long and unsupervised samples."""
+        image = check_record(record, where)
+        try:
+            turns = turns_from_record(record, where)
+            example = build_training_example(self.tokenizer, turns, sample_id=where)
+        except ChatFormatError as err:
+            raise SampleRejected("chat_format", str(err)) from None
+        length = expanded_length(len(example.input_ids), example.num_images, self.num_image_tokens)
+        if length > self.max_length:
+            raise SampleRejected(
+                "too_long", f"{where}: {length} tokens after image expansion > {self.max_length}"
+            )
+        encoded = EncodedText(example, image, length)
+        if encoded.supervised == 0:
+            raise SampleRejected("no_supervised_tokens", f"{where}: every label is -100")
+        return encoded
+
+    def pixels(self, data: bytes, where: str) -> torch.Tensor:
+        """Decoded and processed image ``[1, 3, S, S]``."""
+        if self.image_processor is None:
+            raise RuntimeError("this encoder was built without an image processor")
+        return self.image_processor(decode_image(data, where, self.max_pixels)).unsqueeze(0)
+
+    def encode(self, record: dict, image: ImageSource | None, key: str) -> Sample:
+        """A full sample; ``image`` is the file (resolved path) or its bytes, None for text-only records.
+
+        A record naming an image when none is given (or the reverse) is a reject.
+        """
+        text = self.encode_text(record, key)
+        size = self.image_processor.size if self.image_processor else 0
+        if text.image is None:
+            pixel_values = torch.zeros((0, 3, size, size), dtype=torch.float32)
+        elif image is None:
+            raise SampleRejected("image_missing", f"{key}: the record names an image but none was found")
+        else:
+            data = read_image_bytes(image, key) if isinstance(image, Path) else image
+            pixel_values = self.pixels(data, key)
+        ids = torch.tensor(text.example.input_ids, dtype=torch.long)
+        labels = torch.tensor(text.example.labels, dtype=torch.long)
+        return Sample(ids, labels, pixel_values, key)

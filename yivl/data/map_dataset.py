@@ -1,0 +1,143 @@
+"""Map-style conversation dataset over a lazy record file, and its length-grouped, resumable sampler."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+from torch.utils.data import Dataset, DistributedSampler
+
+from yivl.data.checks import record_image
+from yivl.data.collate import Sample
+from yivl.data.encode import SampleEncoder
+from yivl.data.reasons import SampleRejected, SkipCounter
+from yivl.data.records import RecordFile
+from yivl.errors import YivlError
+
+MAX_REPLACEMENTS = 64
+"""How many following records a rejected one may be replaced by before the dataset gives up."""
+
+
+class ConversationDataset(Dataset):
+    """Yi-VL/LLaVA JSON or JSONL conversations; images resolved relative to ``image_folder``.
+
+    A record that cannot be used (see :mod:`yivl.data.reasons`) is counted in ``skips`` and replaced by
+    the next usable one, so batches keep their size. ``lengths`` is a cheap per-record length estimate
+    (bytes / 4 plus the image tokens) used only to group similar lengths into a batch.
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        image_folder: str | Path | None,
+        encoder: SampleEncoder | None = None,
+        skips: SkipCounter | None = None,
+    ) -> None:
+        self.records = RecordFile(path)
+        if len(self.records) == 0:
+            raise YivlError(f"{path} holds no records; point the data config at a non-empty file")
+        self.image_folder = Path(image_folder) if image_folder else Path(path).parent
+        self.encoder = encoder
+        self.skips = skips if skips is not None else SkipCounter()
+
+    def bind(self, encoder: SampleEncoder) -> None:
+        """Attach the model-dependent encoder (tokenizer, image processor, lengths)."""
+        self.encoder = encoder
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def lengths(self, num_image_tokens: int) -> np.ndarray:
+        """Estimated tokens per record ``[N]`` (no parsing): bytes / 4 + image tokens when it has one."""
+        return self.records.sizes // 4 + self.records.has_image * int(num_image_tokens)
+
+    def encode(self, index: int) -> Sample:
+        """Record ``index`` as a sample; raises :class:`SampleRejected`."""
+        if self.encoder is None:
+            raise RuntimeError("call bind() with a SampleEncoder before reading samples")
+        key = f"{self.records.path.name}:{index}"
+        record = self.records.record(index)
+        image = record_image(record, key)
+        return self.encoder.encode(record, self.image_folder / image if image else None, key)
+
+    def __getitem__(self, index: int) -> Sample:
+        for step in range(MAX_REPLACEMENTS):
+            i = (index + step) % len(self)
+            try:
+                return self.encode(i)
+            except SampleRejected as err:
+                self.skips.add(err.reason, str(err))
+        raise YivlError(
+            f"{self.records.path}: {MAX_REPLACEMENTS} records in a row from {index} were rejected "
+            f"(skips so far: {self.skips.counts()}); run `python -m data_tools validate` on it"
+        )
+
+
+class LengthGroupedSampler(DistributedSampler):
+    """Indices for one rank, in batches of similar estimated length, reshuffled every epoch.
+
+    Samples are shuffled, cut into mega-batches of ``50 * batch_size * num_replicas``, sorted by length
+    inside each, and cut into global batches; every rank takes its slice of each global batch, and the
+    batch order is shuffled with the longest batch first (an out-of-memory shows at once). Being a
+    ``DistributedSampler``, Lightning keeps it (no sampler injection) and calls ``set_epoch``.
+    ``skip_batches`` drops the first batches of one epoch, to resume mid-epoch.
+    """
+
+    def __init__(
+        self,
+        lengths: np.ndarray | None,
+        size: int,
+        batch_size: int,
+        num_replicas: int = 1,
+        rank: int = 0,
+        shuffle: bool = True,
+        seed: int = 0,
+        drop_last: bool = False,
+    ) -> None:
+        super().__init__(range(size), num_replicas=num_replicas, rank=rank, shuffle=shuffle, seed=seed)
+        self.lengths = None if lengths is None else np.asarray(lengths)
+        self.size = size
+        self.batch_size = int(batch_size)
+        self.drop_last_batch = drop_last
+        global_batch = self.batch_size * num_replicas
+        n_batches = size // global_batch if drop_last else math.ceil(size / global_batch)
+        if n_batches == 0:
+            raise YivlError(f"{size} samples cannot fill one batch of {batch_size} x {num_replicas} ranks")
+        self.num_batches = n_batches
+        self.num_samples = n_batches * self.batch_size
+        self.total_size = n_batches * global_batch
+        self._skip: tuple[int, int] | None = None
+
+    def skip_batches(self, epoch: int, batches: int) -> None:
+        """Leave out the first ``batches`` batches of ``epoch`` (once)."""
+        self._skip = (epoch, batches) if batches > 0 else None
+
+    def _global_batches(self) -> np.ndarray:
+        rng = np.random.default_rng([self.seed, self.epoch])
+        order = rng.permutation(self.size) if self.shuffle else np.arange(self.size)
+        order = np.resize(order, self.total_size) if self.total_size > self.size else order[: self.total_size]
+        batches = order.reshape(self.num_batches, -1)
+        if self.lengths is None or not self.shuffle:
+            return batches
+        mega = 50 * batches.shape[1]
+        flat = batches.reshape(-1)
+        for start in range(0, len(flat), mega):
+            chunk = flat[start : start + mega]
+            flat[start : start + mega] = chunk[np.argsort(-self.lengths[chunk], kind="stable")]
+        batches = flat.reshape(self.num_batches, -1)
+        batches = batches[rng.permutation(self.num_batches)]
+        longest = int(np.argmax(self.lengths[batches].max(axis=1)))
+        batches[[0, longest]] = batches[[longest, 0]]
+        return batches
+
+    def __iter__(self):
+        batches = self._global_batches()
+        mine = batches[:, self.rank * self.batch_size : (self.rank + 1) * self.batch_size]
+        if self._skip is not None and self._skip[0] == self.epoch:
+            mine = mine[self._skip[1] :]
+            self._skip = None
+        return iter(mine.reshape(-1).tolist())
+
+    def __len__(self) -> int:
+        return self.num_samples

@@ -1,0 +1,260 @@
+"""Streaming sources: where raw records come from, split by node and worker, shuffled per epoch.
+
+Each source yields :class:`RawItem` (key, parsed record, image bytes or path). Shard sources follow
+open_clip's recipe on top of webdataset: shard list shuffled per epoch (same order on every rank), split
+by node then by worker (disjoint and complete), or resampled with replacement; samples then go through a
+shuffle buffer. Bytes stay raw until after the buffer, so the buffer holds compressed images.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from itertools import count
+from pathlib import Path
+
+import torch
+import webdataset as wds
+
+from yivl.constants import IMAGE_PLACEHOLDER
+from yivl.data.checks import record_image
+from yivl.data.reasons import SampleRejected, SkipCounter
+from yivl.data.records import RecordFile, parse_record
+from yivl.data.shards import expand_shards, image_member
+
+DEFAULT_CAPTION_PROMPTS = (
+    "Describe the image briefly.",
+    "Write a short caption for this image.",
+    "What is in this picture?",
+    "Give a brief description of the image.",
+)
+
+
+@dataclass
+class RawItem:
+    """One undecoded sample: ``image`` is bytes (from a shard), a path (JSON source) or None."""
+
+    key: str
+    record: dict
+    image: bytes | Path | None
+
+
+@dataclass(frozen=True)
+class WorkerInfo:
+    """Which slice of the data this process reads: node ``rank`` of ``world_size``, DataLoader ``worker``."""
+
+    rank: int = 0
+    world_size: int = 1
+    worker: int = 0
+    num_workers: int = 1
+
+    @property
+    def slot(self) -> int:
+        """Index of this reader among all ``world_size * num_workers`` readers."""
+        return self.rank * self.num_workers + self.worker
+
+    @property
+    def slots(self) -> int:
+        return self.world_size * self.num_workers
+
+
+def current_worker_info() -> WorkerInfo:
+    """Rank from torch.distributed (or the RANK/WORLD_SIZE environment), worker from the DataLoader."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
+    else:
+        rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    info = torch.utils.data.get_worker_info()
+    worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
+    return WorkerInfo(rank, world, worker, workers)
+
+
+def split_for(items: Sequence, info: WorkerInfo) -> Sequence:
+    """This reader's share of ``items``: by node first, then by worker (disjoint, together complete)."""
+    return items[info.rank :: info.world_size][info.worker :: info.num_workers]
+
+
+def shuffle_buffer(items: Iterator, size: int, rng: random.Random, initial: int = 1) -> Iterator:
+    """Shuffle a stream through a buffer of up to ``size`` items.
+
+    Emitting starts once ``initial`` items are held; the buffer then grows towards ``size`` (emitting
+    about one item per two read) and stays there.
+    """
+    if size <= 1:
+        yield from items
+        return
+    buf: list = []
+    for item in items:
+        buf.append(item)
+        if len(buf) < min(initial, size) or (len(buf) < size and rng.random() < 0.5):
+            continue
+        j = rng.randrange(len(buf))
+        buf[j], buf[-1] = buf[-1], buf[j]
+        yield buf.pop()
+    rng.shuffle(buf)
+    yield from buf
+
+
+class StreamSource:
+    """Base for sources: ``items()`` gives this reader's raw items for one pass of one epoch."""
+
+    weight: float = 1.0
+    num_units: int = 0  # shards or records: what gets split across readers
+
+    def items(
+        self, epoch: int, pass_id: str, info: WorkerInfo, skips: SkipCounter, resampled: bool, seed: int
+    ) -> Iterator[RawItem]:
+        raise NotImplementedError
+
+
+def _rng(*parts: int | str) -> random.Random:
+    return random.Random("-".join(str(p) for p in parts))
+
+
+class JsonSource(StreamSource):
+    """A JSON/JSONL record file read as a stream (records are the units split across readers)."""
+
+    def __init__(self, path: str | Path, image_folder: str | Path | None = None, weight: float = 1.0) -> None:
+        self.records = RecordFile(path)
+        self.image_folder = Path(image_folder) if image_folder else Path(path).parent
+        self.weight = float(weight)
+        self.num_units = len(self.records)
+
+    def _indices(
+        self, epoch: int, pass_id: str, info: WorkerInfo, resampled: bool, seed: int
+    ) -> Iterator[int]:
+        if resampled:
+            rng = _rng(seed, epoch, pass_id, info.slot, "records")
+            return (rng.randrange(self.num_units) for _ in count())
+        order = list(range(self.num_units))
+        _rng(seed, epoch, pass_id, "records").shuffle(order)
+        return iter(split_for(order, info))
+
+    def items(self, epoch, pass_id, info, skips, resampled, seed):
+        for i in self._indices(epoch, pass_id, info, resampled, seed):
+            key = f"{self.records.path.name}:{i}"
+            try:
+                record = self.records.record(i)
+                image = record_image(record, key)
+            except SampleRejected as err:
+                skips.add(err.reason, str(err))
+                continue
+            yield RawItem(key, record, self.image_folder / image if image else None)
+
+
+class ShardSource(StreamSource):
+    """WebDataset shards (local paths, brace patterns or ``pipe:`` commands); shards are the units."""
+
+    def __init__(self, urls: str | Sequence[str], weight: float = 1.0, shuffle_buffer: int = 1000) -> None:
+        self.urls = expand_shards(urls)
+        self.weight = float(weight)
+        self.shuffle_buffer = int(shuffle_buffer)
+        self.num_units = len(self.urls)
+
+    def _shards(
+        self, epoch: int, pass_id: str, info: WorkerInfo, resampled: bool, seed: int
+    ) -> Iterator[str]:
+        if resampled:
+            rng = _rng(seed, epoch, pass_id, info.slot, "shards")
+            return (rng.choice(self.urls) for _ in count())
+        order = list(self.urls)
+        _rng(seed, epoch, pass_id, "shards").shuffle(order)
+        return iter(split_for(order, info))
+
+    def samples(self, epoch, pass_id, info, skips, resampled, seed) -> Iterator[dict]:
+        """Raw WebDataset samples (dicts of bytes) of this reader, through the shuffle buffer."""
+
+        def handler(exn: Exception) -> bool:
+            skips.add("shard_corrupt", repr(exn))
+            return True  # continue, no sleep
+
+        shards = ({"url": u} for u in self._shards(epoch, pass_id, info, resampled, seed))
+        raw = wds.tarfile_to_samples(handler=handler)(shards)
+        rng = _rng(seed, epoch, pass_id, info.slot, "buffer")
+        return shuffle_buffer(raw, self.shuffle_buffer, rng, initial=max(1, self.shuffle_buffer // 5))
+
+    def to_item(self, sample: dict) -> RawItem:
+        raise NotImplementedError
+
+    def items(self, epoch, pass_id, info, skips, resampled, seed):
+        for sample in self.samples(epoch, pass_id, info, skips, resampled, seed):
+            try:
+                yield self.to_item(sample)
+            except SampleRejected as err:
+                skips.add(err.reason, str(err))
+
+
+class ConversationShardSource(ShardSource):
+    """Shards written by ``data_tools convert``: ``KEY.json`` record (+ ``KEY.jpg``/``KEY.png``)."""
+
+    def to_item(self, sample: dict) -> RawItem:
+        key = f"{Path(sample.get('__url__', '?')).name}:{sample['__key__']}"
+        if "json" not in sample:
+            raise SampleRejected("sample_incomplete", f"{key}: no .json member")
+        record = parse_record(sample["json"], key)
+        image = image_member(sample)
+        return RawItem(key, record, image[1] if image else None)
+
+
+class LaionShardSource(ShardSource):
+    """img2dataset shards (``KEY.jpg``, ``KEY.txt``, ``KEY.json``) as one-turn caption conversations.
+
+    The prompt is picked from ``caption_prompts`` by a hash of the key, so a sample always gets the same
+    one; the caption is the reply.
+    """
+
+    def __init__(
+        self,
+        urls,
+        weight: float = 1.0,
+        shuffle_buffer: int = 1000,
+        caption_prompts: Sequence[str] = DEFAULT_CAPTION_PROMPTS,
+    ) -> None:
+        super().__init__(urls, weight, shuffle_buffer)
+        self.caption_prompts = tuple(caption_prompts) or DEFAULT_CAPTION_PROMPTS
+
+    def to_item(self, sample: dict) -> RawItem:
+        key = f"{Path(sample.get('__url__', '?')).name}:{sample['__key__']}"
+        image = image_member(sample)
+        if image is None:
+            raise SampleRejected("sample_incomplete", f"{key}: no image member")
+        caption = laion_caption(sample, key)
+        prompt = self.caption_prompts[_stable_hash(sample["__key__"]) % len(self.caption_prompts)]
+        return RawItem(key, caption_record(caption, prompt, key), image[1])
+
+
+def laion_caption(sample: dict, key: str) -> str:
+    """The caption of an img2dataset sample: ``KEY.txt``, else the ``caption`` field of ``KEY.json``."""
+    caption = None
+    try:
+        if "txt" in sample:
+            caption = sample["txt"].decode("utf-8")
+        elif "json" in sample:
+            caption = parse_record(sample["json"], key).get("caption")
+    except UnicodeDecodeError as err:
+        raise SampleRejected("invalid_utf8", f"{key}: caption {err}") from None
+    if not isinstance(caption, str) or not caption.strip():
+        raise SampleRejected("caption_missing", f"{key}: no caption in .txt or .json")
+    return caption.strip()
+
+
+def caption_record(caption: str, prompt: str, key: str) -> dict:
+    """A one-turn Yi-VL conversation asking ``prompt`` about the image and answering ``caption``."""
+    return {
+        "id": key,
+        "image": "image",
+        "conversations": [
+            {"from": "human", "value": f"{IMAGE_PLACEHOLDER}\n{prompt}"},
+            {"from": "gpt", "value": caption},
+        ],
+    }
+
+
+def _stable_hash(text: str) -> int:
+    """A hash that does not change between processes (``hash()`` of a str does)."""
+    value = 0
+    for byte in text.encode("utf-8"):
+        value = (value * 131 + byte) % (1 << 61)
+    return value

@@ -1,4 +1,4 @@
-"""infer.py's modes: one question, a terminal chat, and a JSONL batch."""
+"""infer.py's modes: one question, a terminal chat, a JSONL batch, the web demo and the API."""
 
 from __future__ import annotations
 
@@ -13,9 +13,10 @@ from yivl.data.chat import Turn
 from yivl.errors import YivlError
 from yivl.models.generation import GenerationSettings
 from yivl.serving.engine import Engine, Request
+from yivl.serving.launch import run_api, run_web
 from yivl.serving.progress import progress_bar
 
-MODES = ("single", "chat", "batch")
+MODES = ("single", "chat", "batch", "web", "api")
 
 
 def run(cfg: DictConfig) -> None:
@@ -24,7 +25,7 @@ def run(cfg: DictConfig) -> None:
         raise YivlError(f"unknown mode={cfg.mode}; use one of {', '.join(MODES)}")
     engine = load_engine(cfg)
     settings = generation_settings(cfg.generation)
-    runners = {"single": run_single, "chat": run_chat, "batch": run_batch}
+    runners = {"single": run_single, "chat": run_chat, "batch": run_batch, "web": run_web, "api": run_api}
     runners[cfg.mode](cfg, engine, settings)
 
 

@@ -1,0 +1,87 @@
+"""``infer.py mode=web|api``: configs/infer.yaml's web/api keys reach the servers; safe defaults."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig
+
+from yivl.errors import YivlError
+from yivl.models.generation import GenerationSettings
+from yivl.serving import launch
+from yivl.serving.engine import Engine
+
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+
+
+def infer_config(*overrides: str) -> DictConfig:
+    with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
+        return compose(config_name="infer", overrides=list(overrides))
+
+
+def test_defaults_bind_loopback_without_share_or_remote_images(monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.delenv("YIVL_API_KEY", raising=False)
+    cfg = infer_config()
+    assert cfg.web.host == "127.0.0.1" and cfg.api.host == "127.0.0.1"
+    assert cfg.web.share is False and cfg.api.allow_remote_images is False and cfg.api.api_key is None
+    assert (cfg.web.temperature, cfg.web.top_p, cfg.web.max_new_tokens) == (0.2, 0.7, 512)
+
+
+def test_api_settings_come_from_the_config(monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setenv("YIVL_API_KEY", "from-env")
+    cfg = infer_config("api.model_name=my-vl", "api.max_image_bytes=123", "api.allow_remote_images=true")
+    settings = launch.api_settings(cfg, GenerationSettings(temperature=0.5))
+    assert settings.model_name == "my-vl" and settings.api_key == "from-env"
+    assert settings.images.max_image_bytes == 123 and settings.images.allow_remote
+    assert settings.images.max_pixels == cfg.max_image_pixels and settings.defaults.temperature == 0.5
+
+
+def test_a_bad_system_messages_value_is_a_one_line_error():
+    with pytest.raises(YivlError, match=r"api\.system_messages"):
+        launch.api_settings(infer_config("api.system_messages=use"), GenerationSettings())
+
+
+def test_run_api_serves_the_configured_address(monkeypatch: pytest.MonkeyPatch, engine: Engine):
+    import uvicorn
+
+    seen = {}
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: seen.update(kw, app=app))
+    launch.run_api(infer_config("api.port=8123"), engine, GenerationSettings())
+    assert (seen["host"], seen["port"]) == ("127.0.0.1", 8123)
+    assert any(getattr(r, "path", "") == "/v1/chat/completions" for r in seen["app"].routes)
+
+
+def test_run_web_launches_the_demo(monkeypatch: pytest.MonkeyPatch, engine: Engine):
+    web = pytest.importorskip("yivl.serving.web")
+    seen = {}
+    monkeypatch.setattr(web, "launch", lambda demo, host, port, share, max_bytes, **kw: seen.update(locals()))
+    launch.run_web(infer_config("web.port=8124", "web.share=true"), engine, GenerationSettings())
+    assert (seen["host"], seen["port"], seen["share"]) == ("127.0.0.1", 8124, True)
+    assert seen["max_bytes"] == 20_000_000
+
+
+@pytest.mark.parametrize(
+    ("host", "loopback"),
+    [
+        ("127.0.0.1", True),
+        ("127.0.0.2", True),
+        ("localhost", True),
+        ("::1", True),
+        ("0.0.0.0", False),
+        ("a.b", False),
+    ],
+)
+def test_loopback_hosts(host: str, loopback: bool):
+    assert launch.is_loopback(host) is loopback
+
+
+def test_a_missing_server_package_names_the_install_command():
+    with pytest.raises(YivlError, match=r"pip install 'yivl\[serve\]'"):
+        launch.require("web", "surely_not_an_installed_module")
+
+
+def test_a_bad_port_is_a_one_line_error(engine: Engine):
+    with pytest.raises(YivlError, match=r"api\.port"):
+        launch.run_api(infer_config("api.port=70000"), engine, GenerationSettings())

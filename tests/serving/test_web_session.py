@@ -1,0 +1,94 @@
+"""The web demo's logic without a browser: images, streamed turns, failures, slider settings."""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+
+import pytest
+
+from yivl.data.chat import Turn
+from yivl.errors import YivlError
+from yivl.models.generation import GenerationSettings
+from yivl.serving.engine import Engine, Request
+from yivl.serving.web_session import Session, generation_settings, new_image, respond
+from yivl.serving.worker import GenerationWorker
+
+from .helpers import ScriptedEngine, png_bytes
+
+ASSET = Path(__file__).resolve().parents[2] / "assets" / "shapes.png"
+GREEDY = GenerationSettings(temperature=0, max_new_tokens=10)
+
+
+def test_a_new_image_starts_an_empty_session(tmp_path: Path):
+    session, status = new_image(ASSET, max_pixels=10**7, max_bytes=10**6)
+    assert session.turns == [] and session.image is not None and session.image.mode == "RGB"
+    assert session.image.size == (320, 240)  # kept as uploaded: padding happens in the engine, no shrinking
+    assert "New image" in status
+
+
+@pytest.mark.parametrize(
+    ("content", "max_bytes", "max_pixels", "says"),
+    [
+        (b"this is text", 10**6, 10**7, "Could not use upload.png"),
+        (png_bytes()[:30], 10**6, 10**7, "Could not use upload.png"),
+        (png_bytes(), 10, 10**7, "limit"),
+        (png_bytes((400, 400)), 10**6, 1000, "Could not use upload.png"),
+    ],
+    ids=["not an image", "truncated", "too many bytes", "too many pixels"],
+)
+def test_bad_uploads_give_a_message_and_no_image(tmp_path, content, max_bytes, max_pixels, says):
+    path = tmp_path / "upload.png"
+    path.write_bytes(content)
+    session, status = new_image(path, max_pixels=max_pixels, max_bytes=max_bytes)
+    assert session.image is None and status.startswith("⚠️") and says in status
+    assert str(tmp_path) not in status  # the user's file name, not the server's path
+
+
+def test_no_image_is_a_text_only_session():
+    session, status = new_image(None, max_pixels=10**7, max_bytes=10**6)
+    assert session.image is None and "text-only" in status
+
+
+def test_respond_streams_then_records_the_turn():
+    worker = GenerationWorker(ScriptedEngine(["It ", "is ", "red."], delay=0.05))
+    updates = list(respond(worker, Session(), "  What colour?  ", GREEDY, timeout=10))
+    shown = [u.messages[-1]["content"] for u in updates]
+    assert shown[0] == "" and shown[-1] == "It is red." and len(set(shown)) >= 3
+    assert all(b.startswith(a) for a, b in itertools.pairwise(shown))  # it only grows
+    final = updates[-1].session
+    assert final.turns == [Turn("human", "What colour?"), Turn("assistant", "It is red.")]
+    assert all(u.question == "" for u in updates) and updates[-1].status == ""
+    worker.close()
+
+
+def test_a_failed_answer_keeps_the_session_and_the_question():
+    worker = GenerationWorker(ScriptedEngine(fail=YivlError("the prompt is too long")))
+    before = Session([Turn("human", "a"), Turn("assistant", "b")])
+    last = list(respond(worker, before, "next?", GREEDY, timeout=10))[-1]
+    assert last.session is before and last.messages == before.messages()
+    assert last.question == "next?" and "too long" in last.status
+    worker.close()
+
+
+def test_an_empty_question_is_not_sent():
+    worker = GenerationWorker(ScriptedEngine())
+    (update,) = respond(worker, Session(), "   ", GREEDY, timeout=10)
+    assert "Type a question" in update.status and worker.engine.calls == 0
+    worker.close()
+
+
+def test_follow_ups_use_the_history_and_the_image_like_the_engine(engine: Engine, worker: GenerationWorker):
+    session, _ = new_image(ASSET, max_pixels=10**7, max_bytes=10**6)
+    for question in ("What is there?", "And the colours?"):
+        session = list(respond(worker, session, question, GREEDY, timeout=60))[-1].session
+    turns = session.turns
+    assert [t.role for t in turns] == ["human", "assistant", "human", "assistant"]
+    expected = engine.generate([Request(turns[:3], ASSET)], GREEDY)[0]
+    assert turns[3].text == expected
+
+
+def test_slider_values_become_settings():
+    settings = generation_settings(0.0, 1.0, 64.0)
+    assert (settings.temperature, settings.top_p, settings.max_new_tokens) == (0.0, None, 64)
+    assert generation_settings(0.2, 0.7, 512).top_p == 0.7

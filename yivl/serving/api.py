@@ -1,0 +1,214 @@
+"""OpenAI-compatible HTTP API: ``POST /v1/chat/completions`` (plain or streamed) and ``GET /v1/models``.
+
+    python infer.py mode=api model_path=/models/Yi-VL-6B      # then point an OpenAI client at it
+
+Every request goes through the one :class:`~yivl.serving.worker.GenerationWorker`, so concurrent clients
+queue instead of corrupting each other. Bad requests get an OpenAI-style error body and the server goes on.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Literal
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from yivl.constants import STOP_STRING
+from yivl.errors import YivlError
+from yivl.models.generation import GenerationSettings
+from yivl.serving.api_errors import ApiError, as_api_error, bad_request
+from yivl.serving.api_stream import completion_body, sse_chunks
+from yivl.serving.engine import Engine
+from yivl.serving.engine import Request as EngineRequest
+from yivl.serving.image_urls import ImagePolicy, fetch_image
+from yivl.serving.openai_format import ChatRequest, model_not_found, parse_request, to_conversation
+from yivl.serving.worker import AsyncEventStream, GenerationWorker, WorkerBusy
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ApiSettings:
+    """Server policy; ``defaults`` fill what a request leaves out (temperature, top_p, max_tokens)."""
+
+    model_name: str = "yi-vl"
+    api_key: str | None = None
+    max_request_bytes: int = 30_000_000
+    max_n: int = 4
+    request_timeout_s: float = 600.0
+    system_messages: Literal["reject", "ignore"] = "reject"
+    images: ImagePolicy = field(default_factory=ImagePolicy)
+    defaults: GenerationSettings = field(default_factory=GenerationSettings)
+
+
+@dataclass
+class Prepared:
+    """A validated request, ready for the worker."""
+
+    chat: ChatRequest
+    requests: list[EngineRequest]
+    settings: GenerationSettings
+    prompt_tokens: int
+    id: str = field(default_factory=lambda: f"chatcmpl-{uuid.uuid4().hex}")
+    created: int = field(default_factory=lambda: int(time.time()))
+
+
+def create_app(engine: Engine, worker: GenerationWorker, settings: ApiSettings) -> FastAPI:
+    """The FastAPI app; ``worker`` must wrap ``engine``."""
+    app = FastAPI(title="Yi-VL OpenAI-compatible API", docs_url=None, redoc_url=None, openapi_url=None)
+    _install_error_handlers(app)
+
+    @app.get("/health")
+    async def health() -> dict:
+        return {"status": "ok", "model": settings.model_name}
+
+    @app.get("/v1/models")
+    async def list_models(request: Request) -> dict:
+        _check_key(request, settings)
+        return {"object": "list", "data": [_model_card(settings)]}
+
+    @app.get("/v1/models/{name}")
+    async def get_model(name: str, request: Request) -> dict:
+        _check_key(request, settings)
+        if name != settings.model_name:
+            raise model_not_found(name, settings.model_name)
+        return _model_card(settings)
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(request: Request) -> Response:
+        _check_key(request, settings)
+        body = await _read_body(request, settings.max_request_bytes)
+        # JSON parsing, image decoding and tokenizing run in a thread: they must not stall the event loop
+        prepared = await run_in_threadpool(lambda: prepare(engine, settings, parse_request(body)))
+        events = _open_stream(worker, prepared, settings)
+        if prepared.chat.stream:
+            return StreamingResponse(
+                sse_chunks(events, prepared, engine, settings.model_name),
+                media_type="text/event-stream",
+                headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+            )
+        answers = await _collect(events)
+        return JSONResponse(completion_body(answers, prepared, engine, settings.model_name))
+
+    return app
+
+
+def _model_card(settings: ApiSettings) -> dict:
+    return {"id": settings.model_name, "object": "model", "created": 0, "owned_by": "yivl"}
+
+
+def _check_key(request: Request, settings: ApiSettings) -> None:
+    """HTTP 401 unless the ``Authorization: Bearer KEY`` header matches (when a key is configured)."""
+    if not settings.api_key:
+        return
+    scheme, _, given = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not hmac.compare_digest(
+        given.strip().encode(), settings.api_key.encode()
+    ):
+        raise ApiError(
+            401, "missing or wrong API key; send Authorization: Bearer <key>", code="invalid_api_key"
+        )
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    """The body, or HTTP 413 as soon as it is known to exceed ``limit`` bytes (not read to the end)."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise _body_too_large(int(declared), limit)
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise _body_too_large(size, limit)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _body_too_large(size: int, limit: int) -> ApiError:
+    return ApiError(
+        413,
+        f"the request body is {size}+ bytes; this server takes at most {limit} (api.max_request_bytes)",
+        code="request_too_large",
+    )
+
+
+def prepare(engine: Engine, settings: ApiSettings, chat: ChatRequest) -> Prepared:
+    """Check the model name, the conversation, the image and the prompt length; HTTP 4xx if any is wrong."""
+    if chat.model != settings.model_name:
+        raise model_not_found(chat.model, settings.model_name)
+    if chat.n > settings.max_n:
+        raise bad_request(f"n={chat.n}; this server answers at most {settings.max_n} choices", param="n")
+    turns, ref = to_conversation(chat.messages, settings.system_messages)
+    image = None if ref is None else fetch_image(ref, settings.images)
+    try:
+        ids = engine.prompt_ids(turns, image is not None)
+        gen = generation_settings(chat, settings.defaults)
+    except YivlError as exc:
+        raise bad_request(str(exc)) from None
+    prompt_tokens = engine.prompt_length(ids)
+    if prompt_tokens >= engine.context_length:
+        raise bad_request(
+            f"the conversation is {prompt_tokens} tokens (image features included) but the model's context "
+            f"is {engine.context_length}; shorten it",
+            param="messages",
+            code="context_length_exceeded",
+        )
+    requests = [EngineRequest(turns, image) for _ in range(chat.n)]
+    return Prepared(chat, requests, gen, prompt_tokens)
+
+
+def generation_settings(chat: ChatRequest, defaults: GenerationSettings) -> GenerationSettings:
+    """Request fields over the server defaults; the caller's stop strings are added to Yi-VL's ``###``."""
+
+    def pick(value, default):
+        return default if value is None else value
+
+    return GenerationSettings(
+        temperature=pick(chat.temperature, defaults.temperature),
+        top_p=pick(chat.top_p, defaults.top_p),
+        top_k=defaults.top_k,
+        max_new_tokens=pick(chat.max_completion_tokens, pick(chat.max_tokens, defaults.max_new_tokens)),
+        stop=(STOP_STRING, *chat.stop_strings()),
+        seed=pick(chat.seed, defaults.seed),
+    )
+
+
+def _open_stream(worker: GenerationWorker, prepared: Prepared, settings: ApiSettings) -> AsyncEventStream:
+    try:
+        return AsyncEventStream(worker, prepared.requests, prepared.settings, settings.request_timeout_s)
+    except WorkerBusy as exc:
+        raise ApiError(503, str(exc), code="server_busy") from None
+
+
+async def _collect(events: AsyncEventStream) -> list[str]:
+    """Wait for a non-streamed job's answers; its failure becomes the matching HTTP error."""
+    async for event in events:
+        if event.kind == "done":
+            return event.answers
+        if event.kind == "error":
+            raise as_api_error(event.error)
+    raise ApiError(500, "the generation ended without an answer")
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(ApiError)
+    async def api_error(_request: Request, exc: ApiError) -> JSONResponse:
+        return exc.response()
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return ApiError(
+            exc.status_code, str(exc.detail), code="not_found" if exc.status_code == 404 else None
+        ).response()
+
+    @app.exception_handler(Exception)
+    async def unexpected(_request: Request, exc: Exception) -> JSONResponse:
+        log.exception("request failed")
+        return ApiError(500, f"internal error: {type(exc).__name__}", code="internal_error").response()

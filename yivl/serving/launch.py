@@ -1,0 +1,127 @@
+"""``infer.py mode=web`` and ``mode=api``: configuration -> a running server (gradio, FastAPI optional)."""
+
+from __future__ import annotations
+
+import importlib.util
+import ipaddress
+import logging
+from typing import TYPE_CHECKING
+
+from omegaconf import DictConfig
+
+from yivl.errors import YivlError
+from yivl.models.generation import GenerationSettings
+from yivl.serving.engine import Engine
+from yivl.serving.worker import GenerationWorker
+
+if TYPE_CHECKING:
+    from yivl.serving.api import ApiSettings
+
+log = logging.getLogger(__name__)
+
+
+def require(mode: str, *modules: str) -> None:
+    """YivlError naming the install command when a server dependency is missing."""
+    missing = [m for m in modules if importlib.util.find_spec(m) is None]
+    if missing:
+        raise YivlError(
+            f"mode={mode} needs {', '.join(missing)}; install them with pip install 'yivl[serve]'"
+        )
+
+
+def is_loopback(host: str) -> bool:
+    """True for 127.0.0.0/8, ::1 and localhost: addresses only this machine can reach."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _check_port(section: str, port: int) -> None:
+    if not 0 < int(port) < 65536:
+        raise YivlError(f"{section}.port={port} is not a TCP port; use 1-65535")
+
+
+def run_web(cfg: DictConfig, engine: Engine, settings: GenerationSettings) -> None:
+    """Serve the gradio demo on ``web.host:web.port`` until interrupted."""
+    require("web", "gradio")
+    from yivl.serving.web import WebSettings, build_demo, launch
+
+    web = cfg.web
+    _check_port("web", web.port)
+    if not is_loopback(web.host):
+        log.warning("web.host=%s: the demo is reachable from other machines, without a password", web.host)
+    demo_settings = WebSettings(
+        temperature=float(web.temperature),
+        top_p=float(web.top_p),
+        max_new_tokens=int(web.max_new_tokens),
+        max_new_tokens_limit=int(web.max_new_tokens_limit),
+        max_upload_bytes=int(web.max_upload_bytes),
+        max_pixels=int(cfg.max_image_pixels),
+        queue_size=int(web.queue_size),
+        request_timeout_s=float(web.request_timeout_s),
+        render_markdown=bool(web.render_markdown),
+    )
+    worker = GenerationWorker(engine, int(web.queue_size), float(web.stream_interval_s))
+    demo = build_demo(worker, demo_settings)
+    print(f"Yi-VL web demo on http://{web.host}:{web.port} (Ctrl-C to stop)", flush=True)
+    launch(
+        demo,
+        web.host,
+        int(web.port),
+        bool(web.share),
+        int(web.max_upload_bytes),
+        inbrowser=bool(web.inbrowser),
+    )
+
+
+def run_api(cfg: DictConfig, engine: Engine, settings: GenerationSettings) -> None:
+    """Serve the OpenAI-compatible API on ``api.host:api.port`` until interrupted."""
+    require("api", "fastapi", "uvicorn")
+    import uvicorn
+
+    from yivl.serving.api import create_app
+
+    api = cfg.api
+    _check_port("api", api.port)
+    if not is_loopback(api.host) and not api.api_key:
+        log.warning(
+            "api.host=%s without api.api_key: anyone who can reach the port can use the model", api.host
+        )
+    app_settings = api_settings(cfg, settings)
+    worker = GenerationWorker(engine, int(api.max_queue), float(api.stream_interval_s))
+    app = create_app(engine, worker, app_settings)
+    print(
+        f"Yi-VL OpenAI-compatible API on http://{api.host}:{api.port}/v1 as model '{api.model_name}'",
+        flush=True,
+    )
+    uvicorn.run(app, host=api.host, port=int(api.port), log_level=str(api.log_level))
+
+
+def api_settings(cfg: DictConfig, defaults: GenerationSettings) -> ApiSettings:
+    """``cfg.api`` (plus ``cfg.max_image_pixels``) -> :class:`yivl.serving.api.ApiSettings`."""
+    from yivl.serving.api import ApiSettings  # FastAPI is imported only for mode=api
+    from yivl.serving.image_urls import ImagePolicy
+
+    api = cfg.api
+    if api.system_messages not in ("reject", "ignore"):
+        raise YivlError(f"api.system_messages={api.system_messages}; use reject or ignore")
+    policy = ImagePolicy(
+        max_image_bytes=int(api.max_image_bytes),
+        max_pixels=int(cfg.max_image_pixels),
+        allow_file_urls=bool(api.allow_file_urls),
+        allow_remote=bool(api.allow_remote_images),
+        remote_timeout_s=float(api.remote_timeout_s),
+    )
+    return ApiSettings(
+        model_name=str(api.model_name),
+        api_key=str(api.api_key) if api.api_key else None,
+        max_request_bytes=int(api.max_request_bytes),
+        max_n=int(api.max_n),
+        request_timeout_s=float(api.request_timeout_s),
+        system_messages=api.system_messages,
+        images=policy,
+        defaults=defaults,
+    )

@@ -1,0 +1,107 @@
+"""The web demo's logic, free of gradio: one browser tab's conversation and its streamed answers.
+
+Each tab holds a :class:`Session`: the finished turns and the image they are about. A new image starts a
+new conversation (Yi-VL sees one image, in front of the first question); no image means a text-only chat.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from PIL import Image
+
+from yivl.data.chat import Turn
+from yivl.data.images import load_image
+from yivl.errors import YivlError
+from yivl.models.generation import GenerationSettings
+from yivl.serving.engine import Request
+from yivl.serving.worker import Cancelled, EventStream, GenerationWorker
+
+Message = dict[str, str]
+
+
+@dataclass
+class Session:
+    """One tab's conversation: finished turns (human, assistant, ...) and the image, if any."""
+
+    turns: list[Turn] = field(default_factory=list)
+    image: Image.Image | None = None
+    image_name: str | None = None
+
+    def messages(self) -> list[Message]:
+        """The turns as chatbot messages (``{"role": "user"|"assistant", "content": text}``)."""
+        return [{"role": "user" if t.role == "human" else "assistant", "content": t.text} for t in self.turns]
+
+
+@dataclass(frozen=True)
+class Update:
+    """What the page shows after a step: the chat, a status line, and the text box content."""
+
+    session: Session
+    messages: list[Message]
+    status: str
+    question: str = ""
+
+
+def new_image(path: str | Path | None, max_pixels: int, max_bytes: int) -> tuple[Session, str]:
+    """A fresh session about the uploaded image (none: text-only); a bad file -> no image and why."""
+    if path is None:
+        return Session(), "No image: a text-only conversation. Upload an image to ask about it."
+    name = Path(path).name
+    try:
+        size = Path(path).stat().st_size
+        if size > max_bytes:
+            raise YivlError(f"{name} is {size / 1e6:.1f} MB; the limit is {max_bytes / 1e6:.1f} MB")
+        image = load_image(path, max_pixels=max_pixels)
+    except (YivlError, OSError) as exc:
+        reason = str(exc).replace(str(path), name)  # the upload's own name, not the server's temp path
+        return Session(), f"⚠️ Could not use {name}: {reason}. Upload a PNG, JPEG, WebP or GIF image."
+    return Session(
+        image=image, image_name=name
+    ), f"New image ({image.width}×{image.height}): new conversation."
+
+
+def respond(
+    worker: GenerationWorker, session: Session, question: str, settings: GenerationSettings, timeout: float
+) -> Iterator[Update]:
+    """Ask ``question``: the question at once, then the answer as it grows, then the finished turn.
+
+    A failure leaves the session as it was, puts the question back in the text box and says why.
+    """
+    question = question.strip()
+    if not question:
+        yield Update(session, session.messages(), "Type a question first.")
+        return
+    pending = [*session.turns, Turn("human", question)]
+    shown = [*session.messages(), {"role": "user", "content": question}, {"role": "assistant", "content": ""}]
+    yield Update(session, list(shown), "Generating…")
+    try:
+        for event in EventStream(worker, [Request(pending, session.image)], settings, timeout):
+            if event.kind == "text":
+                shown[-1] = {"role": "assistant", "content": shown[-1]["content"] + event.delta}
+                yield Update(session, list(shown), "Generating…")
+            elif event.kind == "done":
+                answer = event.answers[0]
+                done = Session([*pending, Turn("assistant", answer)], session.image, session.image_name)
+                yield Update(done, done.messages(), "")
+            else:
+                yield _failed(session, question, event.error)
+    except YivlError as exc:  # the worker's queue is full
+        yield _failed(session, question, exc)
+
+
+def _failed(session: Session, question: str, error: BaseException | None) -> Update:
+    reason = "cancelled" if isinstance(error, Cancelled) else str(error)
+    return Update(session, session.messages(), f"⚠️ No answer: {reason}", question)
+
+
+def generation_settings(temperature: float, top_p: float, max_new_tokens: float, seed: int | None = None):
+    """Slider values -> settings (temperature 0 is greedy)."""
+    return GenerationSettings(
+        temperature=float(temperature),
+        top_p=None if top_p >= 1 else float(top_p),
+        max_new_tokens=int(max_new_tokens),
+        seed=seed,
+    )

@@ -73,13 +73,14 @@ def direct_once(engine: Engine, tokens: int, lock: threading.Lock) -> Sample:
     settings = GenerationSettings(temperature=0, max_new_tokens=tokens)
     start = time.perf_counter()
     with lock:
-        answer = engine.generate(
+        answer = engine.generate_full(
             [Request([Turn("human", QUESTION)], IMAGE)],
             settings,
             on_text=lambda _i, _d: first or first.append(time.perf_counter()),
         )[0]
     end = time.perf_counter()
-    return Sample((first[0] if first else end) - start, end - start, len(engine.tokenizer.encode(answer)))
+    # generated tokens, as the API's usage.completion_tokens counts them
+    return Sample((first[0] if first else end) - start, end - start, answer.num_tokens)
 
 
 def api_once(client: openai.OpenAI, tokens: int) -> Sample:

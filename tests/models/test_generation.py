@@ -9,7 +9,7 @@ import torch
 
 from yivl.constants import IMAGE_TOKEN_INDEX as IMG
 from yivl.errors import YivlError
-from yivl.models.generation import GenerationSettings, generate
+from yivl.models.generation import Generation, GenerationSettings, generate, generate_full
 from yivl.models.sampling import next_tokens
 from yivl.models.text_stream import find_stop
 from yivl.models.yivl import YiVL
@@ -113,6 +113,50 @@ def test_generation_stops_when_the_context_is_full(tiny_config) -> None:
     tok = IdTokenizer(eos_token_id=-1)
     answers = generate(model, tok, [[5] * 9, [6] * 4], [None, None], GREEDY)
     assert [a.count("<") for a in answers] == [3, 8]
+    full = generate_full(model, tok, [[5] * 9, [6] * 4], [None, None], GREEDY)
+    assert [(g.num_tokens, g.finish_reason) for g in full] == [(3, "length"), (8, "length")]
+
+
+def test_generate_full_counts_tokens_and_says_length_when_the_budget_runs_out(tiny_model, images) -> None:
+    prompts, imgs = _prompts(images)
+    tok = IdTokenizer(eos_token_id=-1)  # never sampled, and no stop strings: nothing can end an answer early
+    settings = GenerationSettings(temperature=0, max_new_tokens=3, stop=())
+    full = generate_full(tiny_model, tok, prompts, imgs, settings)
+    assert [(g.num_tokens, g.finish_reason) for g in full] == [(3, "length")] * len(prompts)
+    assert [g.text for g in full] == generate(tiny_model, tok, prompts, imgs, settings)
+    assert all(g.text.count("<") == 3 for g in full)
+
+
+def test_generate_full_says_stop_at_eos_and_counts_the_eos(tiny_model, images) -> None:
+    prompts, imgs = _prompts(images)
+    free = _reference_greedy(tiny_model, prompts[0], imgs[0], 16)
+    cut = next(i for i, t in enumerate(free) if i >= 3 and t not in free[:i])
+    tok = IdTokenizer(eos_token_id=free[cut])
+    full = generate_full(tiny_model, tok, prompts, imgs, GREEDY)
+    assert full[0] == Generation(tok.decode(free[:cut]), cut + 1, "stop")
+    assert [g.text for g in full] == generate(tiny_model, tok, prompts, imgs, GREEDY)
+    for b, g in enumerate(full):
+        ids = _reference_greedy(tiny_model, prompts[b], imgs[b], 16, eos=free[cut])
+        hit_eos = len(ids) < 16
+        assert (g.num_tokens, g.finish_reason) == ((len(ids) + 1, "stop") if hit_eos else (16, "length"))
+
+
+def test_generate_full_says_stop_at_a_stop_string(tiny_model, images, stub_tokenizer) -> None:
+    prompts, imgs = _prompts(images)
+    settings = GenerationSettings(temperature=0, max_new_tokens=40)
+    full = generate_full(tiny_model, stub_tokenizer, prompts, imgs, settings)
+    assert [g.text for g in full] == generate(tiny_model, stub_tokenizer, prompts, imgs, settings)
+    decode, stopped = stub_tokenizer.decode, 0
+    for b, g in enumerate(full):
+        ids = _reference_greedy(tiny_model, prompts[b], imgs[b], 40, until=lambda t: "###" in decode(t))
+        if "###" in decode(ids):  # the token that completed the stop string is generated and counted
+            stopped += 1
+            assert (g.num_tokens, g.finish_reason) == (len(ids), "stop")
+        elif len(ids) < 40:  # eos
+            assert (g.num_tokens, g.finish_reason) == (len(ids) + 1, "stop")
+        else:
+            assert (g.num_tokens, g.finish_reason) == (40, "length")
+    assert stopped >= 2
 
 
 @pytest.mark.parametrize(

@@ -1,4 +1,4 @@
-"""Test helpers: servers on 127.0.0.1 with a free port, stand-in engines, images as data URLs."""
+"""Test helpers: servers on 127.0.0.1 with a free port, stand-in and wrapping engines, data URLs."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import uvicorn
 from fastapi import FastAPI
 from PIL import Image
 
-from yivl.models.generation import GenerationSettings
+from yivl.models.generation import Generation, GenerationSettings
 from yivl.serving.engine import Request
 
 START_TIMEOUT_S = 20.0
@@ -71,15 +71,32 @@ class SlowEngine:
     def __getattr__(self, name: str) -> object:
         return getattr(self.engine, name)
 
-    def generate(
+    def generate_full(
         self, requests: Sequence[Request], settings: GenerationSettings, on_text: Callable | None = None
-    ) -> list[str]:
+    ) -> list[Generation]:
         def slow(i: int, delta: str) -> None:
             time.sleep(self.delay)
             if on_text is not None:
                 on_text(i, delta)
 
-        return self.engine.generate(requests, settings, on_text=slow)
+        return self.engine.generate_full(requests, settings, on_text=slow)
+
+
+class RecordingEngine:
+    """Wraps an engine and keeps every request the worker hands it (to see what the API built)."""
+
+    def __init__(self, engine: object) -> None:
+        self.engine = engine
+        self.requests: list[Request] = []
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.engine, name)
+
+    def generate_full(
+        self, requests: Sequence[Request], settings: GenerationSettings, on_text: Callable | None = None
+    ) -> list[Generation]:
+        self.requests.extend(requests)
+        return self.engine.generate_full(requests, settings, on_text=on_text)
 
 
 class ScriptedEngine:
@@ -97,9 +114,9 @@ class ScriptedEngine:
         self.finished = 0
         self._lock = threading.Lock()
 
-    def generate(
+    def generate_full(
         self, requests: Sequence[Request], settings: GenerationSettings, on_text: Callable | None = None
-    ) -> list[str]:
+    ) -> list[Generation]:
         with self._lock:
             self.active += 1
             self.calls += 1
@@ -113,7 +130,7 @@ class ScriptedEngine:
                     if on_text is not None:
                         on_text(i, word)
             self.finished += 1
-            return ["".join(self.words)] * len(requests)
+            return [Generation("".join(self.words), len(self.words), "stop") for _ in requests]
         finally:
             with self._lock:
                 self.active -= 1

@@ -37,11 +37,23 @@ BAD_REQUESTS = [
         "messages",
     ),
     (
-        "system message",
-        body(messages=[{"role": "system", "content": "Be brief"}, USER]),
+        "system message after the user's",
+        body(messages=[USER, {"role": "system", "content": "Be brief"}, USER]),
         400,
-        "unsupported_role",
+        "misplaced_system_message",
+        "messages[1].role",
+    ),
+    (
+        "image in a system message",
+        body(
+            messages=[
+                {"role": "system", "content": [{"type": "image_url", "image_url": {"url": URL_OK}}]},
+                USER,
+            ]
+        ),
+        400,
         None,
+        "messages[0].content[0]",
     ),
     ("tool role", body(messages=[{"role": "tool", "content": "42"}, USER]), 400, "unsupported_role", None),
     ("temperature type", body(temperature="hot"), 400, "invalid_value", "temperature"),

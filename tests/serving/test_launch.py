@@ -38,9 +38,13 @@ def test_api_settings_come_from_the_config(monkeypatch: pytest.MonkeyPatch):
     assert settings.images.max_pixels == cfg.max_image_pixels and settings.defaults.temperature == 0.5
 
 
-def test_a_bad_system_messages_value_is_a_one_line_error():
-    with pytest.raises(YivlError, match=r"api\.system_messages"):
-        launch.api_settings(infer_config("api.system_messages=use"), GenerationSettings())
+def test_system_messages_default_to_use_and_a_bad_value_is_a_one_line_error():
+    assert launch.api_settings(infer_config(), GenerationSettings()).system_messages == "use"
+    for value in ("ignore", "reject"):
+        cfg = infer_config(f"api.system_messages={value}")
+        assert launch.api_settings(cfg, GenerationSettings()).system_messages == value
+    with pytest.raises(YivlError, match=r"^api\.system_messages=keep; use one of use, ignore, reject$"):
+        launch.api_settings(infer_config("api.system_messages=keep"), GenerationSettings())
 
 
 def test_run_api_serves_the_configured_address(monkeypatch: pytest.MonkeyPatch, engine: Engine):

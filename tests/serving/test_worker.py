@@ -10,7 +10,7 @@ import pytest
 
 from yivl.data.chat import Turn
 from yivl.errors import YivlError
-from yivl.models.generation import GenerationSettings
+from yivl.models.generation import Generation, GenerationSettings
 from yivl.serving.engine import Request
 from yivl.serving.worker import AsyncEventStream, EventStream, GenerationWorker, WorkerBusy
 
@@ -25,6 +25,7 @@ def test_events_stream_the_answer_then_done():
     events = list(EventStream(worker, REQUEST, SETTINGS, timeout=5))
     assert [e.delta for e in events if e.kind == "text"] == ["Hel", "lo", "!"]
     assert events[-1].kind == "done" and events[-1].answers == ["Hello!"]
+    assert events[-1].generations == [Generation("Hello!", 3, "stop")]  # counts and reason reach the API
     worker.close()
 
 

@@ -137,7 +137,16 @@ class _Decoder:
         self.logits = out.logits[:, -1]
 
 
-@torch.inference_mode()
+@dataclass
+class Generation:
+    """One answer: its text, how many tokens were generated for it (eos included) and why it ended:
+    ``"stop"`` (eos or a stop string) or ``"length"`` (``max_new_tokens`` or a full context)."""
+
+    text: str
+    num_tokens: int
+    finish_reason: str
+
+
 def generate(
     model: YiVL,
     tokenizer: TokenizerLike,
@@ -152,6 +161,19 @@ def generate(
     text before it, whitespace stripped), after ``max_new_tokens``, or when its context is full.
     ``on_text(i, delta)`` receives prompt i's answer piece by piece; the deltas concatenate to the answer.
     """
+    return [g.text for g in generate_full(model, tokenizer, prompts, images, settings, on_text)]
+
+
+@torch.inference_mode()
+def generate_full(
+    model: YiVL,
+    tokenizer: TokenizerLike,
+    prompts: list[list[int]],
+    images: Sequence[torch.Tensor | None],
+    settings: GenerationSettings | None = None,
+    on_text: Callable[[int, str], None] | None = None,
+) -> list[Generation]:
+    """:func:`generate`, with each answer's generated-token count and finish reason."""
     settings = settings or GenerationSettings()
     if not prompts:
         return []
@@ -166,18 +188,25 @@ def generate(
         generator = torch.Generator(device=device).manual_seed(settings.seed)
 
     streams = [TextStream(i, settings.stop, on_text) for i in range(len(prompts))]
+    counts, stopped = [0] * len(prompts), [False] * len(prompts)
     decoder = _Decoder(model, spliced)
     for step in range(settings.max_new_tokens):
         s = settings
         tokens = next_tokens(decoder.logits, s.temperature, s.top_k, s.top_p, generator)
-        rows_tokens = zip(decoder.rows.tolist(), tokens.tolist(), strict=True)
-        done = [_advance(streams[i], t, tokenizer) for i, t in rows_tokens]
+        done = []
+        for i, t in zip(decoder.rows.tolist(), tokens.tolist(), strict=True):
+            counts[i] += 1
+            stopped[i] = _advance(streams[i], t, tokenizer)
+            done.append(stopped[i])
         room = decoder.positions[:, 0] + 2 < limit  # the new token sits at +1; is there a place after it?
         keep = room & ~torch.tensor(done, dtype=torch.bool, device=device)
         if not keep.any() or step + 1 == settings.max_new_tokens:
             break
         decoder.step(tokens, keep)
-    return [s.finish() for s in streams]
+    return [
+        Generation(stream.finish(), n, "stop" if stop else "length")
+        for stream, n, stop in zip(streams, counts, stopped, strict=True)
+    ]
 
 
 def _advance(stream: TextStream, token: int, tokenizer: TokenizerLike) -> bool:

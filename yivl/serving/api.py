@@ -13,7 +13,6 @@ import logging
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import Literal
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
@@ -22,13 +21,19 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from yivl.constants import STOP_STRING
 from yivl.errors import YivlError
-from yivl.models.generation import GenerationSettings
+from yivl.models.generation import Generation, GenerationSettings
 from yivl.serving.api_errors import ApiError, as_api_error, bad_request
 from yivl.serving.api_stream import completion_body, sse_chunks
 from yivl.serving.engine import Engine
 from yivl.serving.engine import Request as EngineRequest
 from yivl.serving.image_urls import ImagePolicy, fetch_image
-from yivl.serving.openai_format import ChatRequest, model_not_found, parse_request, to_conversation
+from yivl.serving.openai_format import (
+    ChatRequest,
+    SystemPolicy,
+    model_not_found,
+    parse_request,
+    to_conversation,
+)
 from yivl.serving.worker import AsyncEventStream, GenerationWorker, WorkerBusy
 
 log = logging.getLogger(__name__)
@@ -43,7 +48,7 @@ class ApiSettings:
     max_request_bytes: int = 30_000_000
     max_n: int = 4
     request_timeout_s: float = 600.0
-    system_messages: Literal["reject", "ignore"] = "reject"
+    system_messages: SystemPolicy = "use"
     images: ImagePolicy = field(default_factory=ImagePolicy)
     defaults: GenerationSettings = field(default_factory=GenerationSettings)
 
@@ -90,12 +95,12 @@ def create_app(engine: Engine, worker: GenerationWorker, settings: ApiSettings) 
         events = _open_stream(worker, prepared, settings)
         if prepared.chat.stream:
             return StreamingResponse(
-                sse_chunks(events, prepared, engine, settings.model_name),
+                sse_chunks(events, prepared, settings.model_name),
                 media_type="text/event-stream",
                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
             )
-        answers = await _collect(events)
-        return JSONResponse(completion_body(answers, prepared, engine, settings.model_name))
+        generations = await _collect(events)
+        return JSONResponse(completion_body(generations, prepared, settings.model_name))
 
     return app
 
@@ -145,10 +150,11 @@ def prepare(engine: Engine, settings: ApiSettings, chat: ChatRequest) -> Prepare
         raise model_not_found(chat.model, settings.model_name)
     if chat.n > settings.max_n:
         raise bad_request(f"n={chat.n}; this server answers at most {settings.max_n} choices", param="n")
-    turns, ref = to_conversation(chat.messages, settings.system_messages)
+    conversation = to_conversation(chat.messages, settings.system_messages)
+    ref = conversation.image
     image = None if ref is None else fetch_image(ref, settings.images)
     try:
-        ids = engine.prompt_ids(turns, image is not None)
+        ids = engine.prompt_ids(conversation.turns, image is not None, conversation.system)
         gen = generation_settings(chat, settings.defaults)
     except YivlError as exc:
         raise bad_request(str(exc)) from None
@@ -160,7 +166,7 @@ def prepare(engine: Engine, settings: ApiSettings, chat: ChatRequest) -> Prepare
             param="messages",
             code="context_length_exceeded",
         )
-    requests = [EngineRequest(turns, image) for _ in range(chat.n)]
+    requests = [EngineRequest(conversation.turns, image, conversation.system) for _ in range(chat.n)]
     return Prepared(chat, requests, gen, prompt_tokens)
 
 
@@ -187,11 +193,11 @@ def _open_stream(worker: GenerationWorker, prepared: Prepared, settings: ApiSett
         raise ApiError(503, str(exc), code="server_busy") from None
 
 
-async def _collect(events: AsyncEventStream) -> list[str]:
+async def _collect(events: AsyncEventStream) -> list[Generation]:
     """Wait for a non-streamed job's answers; its failure becomes the matching HTTP error."""
     async for event in events:
         if event.kind == "done":
-            return event.answers
+            return event.generations
         if event.kind == "error":
             raise as_api_error(event.error)
     raise ApiError(500, "the generation ended without an answer")

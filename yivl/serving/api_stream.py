@@ -10,23 +10,14 @@ from yivl.serving.api_errors import as_api_error
 from yivl.serving.worker import AsyncEventStream
 
 if TYPE_CHECKING:
+    from yivl.models.generation import Generation
     from yivl.serving.api import Prepared
-    from yivl.serving.engine import Engine
 
 
-def completion_tokens(engine: Engine, answer: str) -> int:
-    """Tokens in an answer, re-tokenized (the stop string and stripped whitespace are not counted)."""
-    return len(engine.tokenizer.encode(answer)) if answer else 0
-
-
-def finish_reason(engine: Engine, prepared: Prepared, answer: str) -> str:
-    """``length`` when the answer used the whole token budget, else ``stop``."""
-    budget = min(prepared.settings.max_new_tokens, engine.context_length - prepared.prompt_tokens)
-    return "length" if completion_tokens(engine, answer) >= budget else "stop"
-
-
-def usage(engine: Engine, prepared: Prepared, answers: list[str]) -> dict:
-    done = sum(completion_tokens(engine, a) for a in answers)
+def usage(prepared: Prepared, generations: list[Generation]) -> dict:
+    """Token counts as the model saw them: the prompt once (image features included), and every token
+    each choice generated (eos and any stop string included)."""
+    done = sum(g.num_tokens for g in generations)
     return {
         "prompt_tokens": prepared.prompt_tokens,
         "completion_tokens": done,
@@ -34,16 +25,16 @@ def usage(engine: Engine, prepared: Prepared, answers: list[str]) -> dict:
     }
 
 
-def completion_body(answers: list[str], prepared: Prepared, engine: Engine, model: str) -> dict:
+def completion_body(generations: list[Generation], prepared: Prepared, model: str) -> dict:
     """The ``chat.completion`` object for finished answers."""
     choices = [
         {
             "index": i,
-            "message": {"role": "assistant", "content": answer},
+            "message": {"role": "assistant", "content": g.text},
             "logprobs": None,
-            "finish_reason": finish_reason(engine, prepared, answer),
+            "finish_reason": g.finish_reason,
         }
-        for i, answer in enumerate(answers)
+        for i, g in enumerate(generations)
     ]
     return {
         "id": prepared.id,
@@ -51,7 +42,7 @@ def completion_body(answers: list[str], prepared: Prepared, engine: Engine, mode
         "created": prepared.created,
         "model": model,
         "choices": choices,
-        "usage": usage(engine, prepared, answers),
+        "usage": usage(prepared, generations),
     }
 
 
@@ -71,9 +62,7 @@ def _delta(index: int, delta: dict, finish: str | None = None) -> dict:
     return {"index": index, "delta": delta, "logprobs": None, "finish_reason": finish}
 
 
-async def sse_chunks(
-    events: AsyncEventStream, prepared: Prepared, engine: Engine, model: str
-) -> AsyncIterator[str]:
+async def sse_chunks(events: AsyncEventStream, prepared: Prepared, model: str) -> AsyncIterator[str]:
     """Server-sent events: a role chunk per choice, content deltas, a finish chunk per choice, the usage
     chunk when ``stream_options.include_usage``, then ``data: [DONE]``. A failure after the headers went
     out is sent as an ``error`` event (OpenAI clients raise it)."""
@@ -84,11 +73,11 @@ async def sse_chunks(
         if event.kind == "text":
             yield _chunk(prepared, model, [_delta(event.index, {"content": event.delta})])
         elif event.kind == "done":
-            for i, answer in enumerate(event.answers):
-                yield _chunk(prepared, model, [_delta(i, {}, finish_reason(engine, prepared, answer))])
+            for i, generation in enumerate(event.generations):
+                yield _chunk(prepared, model, [_delta(i, {}, generation.finish_reason)])
             options = prepared.chat.stream_options
             if options is not None and options.include_usage:
-                yield _chunk(prepared, model, [], {"usage": usage(engine, prepared, event.answers)})
+                yield _chunk(prepared, model, [], {"usage": usage(prepared, event.generations)})
         else:
             yield f"data: {json.dumps(as_api_error(event.error).body())}\n\n"
     yield "data: [DONE]\n\n"

@@ -6,6 +6,7 @@ checks them against the context, and runs batched generation.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,10 +16,10 @@ from PIL import Image
 
 from yivl.checkpoint.load import LoadedModel, load_pretrained
 from yivl.constants import IMAGE_PLACEHOLDER
-from yivl.data.chat import Turn, render_prompt, tokenize_prompt
+from yivl.data.chat import SYSTEM_PROMPT, Turn, render_prompt, tokenize_prompt
 from yivl.data.images import load_image
 from yivl.errors import YivlError
-from yivl.models.generation import GenerationSettings, generate
+from yivl.models.generation import Generation, GenerationSettings, generate_full
 
 ImageInput = str | Path | bytes | Image.Image | None
 
@@ -29,6 +30,7 @@ class Request:
 
     turns: list[Turn]
     image: ImageInput = None
+    system: str = SYSTEM_PROMPT
 
 
 def pick_device(device: str) -> torch.device:
@@ -98,10 +100,11 @@ class Engine:
         dtype = next(self.model.vision_tower.parameters()).dtype
         return self.image_processor(pil, pad=pad).to(self.device, dtype)
 
-    def prompt_ids(self, turns: Sequence[Turn], has_image: bool) -> list[int]:
+    def prompt_ids(self, turns: Sequence[Turn], has_image: bool, system: str = SYSTEM_PROMPT) -> list[int]:
         """Render and tokenize a conversation; the placeholder goes into the first human turn iff an image."""
         _check_turns(turns, has_image)
-        return tokenize_prompt(self.tokenizer, render_prompt(with_image_placeholder(turns, has_image)))
+        prompt = render_prompt(with_image_placeholder(turns, has_image), system=system)
+        return tokenize_prompt(self.tokenizer, prompt)
 
     def prompt_length(self, ids: Sequence[int]) -> int:
         """Sequence length after each image placeholder is expanded to its patch features."""
@@ -115,9 +118,18 @@ class Engine:
         on_text: Callable[[int, str], None] | None = None,
     ) -> list[str]:
         """Answer each request's last human turn; ``on_text(i, delta)`` streams request i's answer."""
+        return [g.text for g in self.generate_full(requests, settings, on_text)]
+
+    def generate_full(
+        self,
+        requests: Sequence[Request],
+        settings: GenerationSettings,
+        on_text: Callable[[int, str], None] | None = None,
+    ) -> list[Generation]:
+        """:meth:`generate` with each answer's generated-token count and finish reason."""
         prompts, images = [], []
         for req in requests:
-            ids = self.prompt_ids(req.turns, req.image is not None)
+            ids = self.prompt_ids(req.turns, req.image is not None, req.system)
             length = self.prompt_length(ids)
             if length >= self.context_length:
                 raise YivlError(
@@ -128,9 +140,9 @@ class Engine:
             images.append(None if req.image is None else self.pixels(req.image))
         longest = max(self.prompt_length(p) for p in prompts)
         budget = min(settings.max_new_tokens, self.context_length - longest)
-        capped = GenerationSettings(**{**settings.__dict__, "max_new_tokens": budget})
+        capped = dataclasses.replace(settings, max_new_tokens=budget)
         with torch.inference_mode():
-            return generate(self.model, self.tokenizer, prompts, images, capped, on_text=on_text)
+            return generate_full(self.model, self.tokenizer, prompts, images, capped, on_text=on_text)
 
 
 def with_image_placeholder(turns: Sequence[Turn], has_image: bool) -> list[Turn]:

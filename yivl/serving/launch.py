@@ -106,8 +106,8 @@ def api_settings(cfg: DictConfig, defaults: GenerationSettings) -> ApiSettings:
     from yivl.serving.image_urls import ImagePolicy
 
     api = cfg.api
-    if api.system_messages not in ("reject", "ignore"):
-        raise YivlError(f"api.system_messages={api.system_messages}; use reject or ignore")
+    if api.system_messages not in ("use", "ignore", "reject"):
+        raise YivlError(f"api.system_messages={api.system_messages}; use one of use, ignore, reject")
     policy = ImagePolicy(
         max_image_bytes=int(api.max_image_bytes),
         max_pixels=int(cfg.max_image_pixels),

@@ -1,7 +1,8 @@
 """The OpenAI chat-completions request, and its messages turned into a Yi-VL conversation.
 
-Yi-VL sees one image per conversation, in front of the first human turn, under its own fixed system
-prompt; these rules decide how an OpenAI message list maps onto that and refuse what does not fit.
+Yi-VL sees one image per conversation, in front of the first human turn, under one system prompt (its
+own unless the caller's system message replaces it); these rules decide how an OpenAI message list maps
+onto that and refuse what does not fit.
 """
 
 from __future__ import annotations
@@ -13,12 +14,13 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from yivl.constants import IMAGE_PLACEHOLDER
-from yivl.data.chat import Turn
+from yivl.data.chat import SYSTEM_PROMPT, Turn
 from yivl.serving.api_errors import ApiError, bad_request
 
 MAX_STOP_STRINGS = 4
 ROLES = {"user": "human", "assistant": "assistant"}
 SYSTEM_ROLES = {"system", "developer"}
+SystemPolicy = Literal["use", "ignore", "reject"]
 
 
 class ImageURL(BaseModel):
@@ -104,27 +106,33 @@ def _param_name(loc: tuple) -> str:
     return name
 
 
-def to_conversation(
-    messages: list[ChatMessage], system: Literal["reject", "ignore"] = "reject"
-) -> tuple[list[Turn], ImageRef | None]:
+@dataclass(frozen=True)
+class Conversation:
+    """An OpenAI message list as Yi-VL sees it: turns, the one image, and the system prompt to render."""
+
+    turns: list[Turn]
+    image: ImageRef | None = None
+    system: str = SYSTEM_PROMPT
+
+
+def to_conversation(messages: list[ChatMessage], system: SystemPolicy = "use") -> Conversation:
     """OpenAI messages -> Yi-VL turns (consecutive same-role messages joined) and the one image, if any.
 
-    HTTP 400 for: a role Yi-VL has no place for, no user message, a last message that is not the user's,
-    more than one image, an image outside a user message, text that spells the image placeholder.
+    System (and developer) messages, per ``system``: ``use`` puts the leading ones, joined by newlines,
+    in place of Yi-VL's system prompt; ``ignore`` drops them; ``reject`` refuses them. HTTP 400 for: a
+    system message after the conversation started, a role Yi-VL has no place for, no user message, a last
+    message that is not the user's, more than one image, an image outside a user message, text that
+    spells the image placeholder.
     """
     turns: list[Turn] = []
+    prompts: list[str] = []
     image: ImageRef | None = None
     for i, message in enumerate(messages):
         param = f"messages[{i}]"
         if message.role in SYSTEM_ROLES:
-            if system == "ignore":
-                continue
-            raise bad_request(
-                f"{param}: Yi-VL answers under its fixed system prompt and takes no {message.role} message; "
-                "remove it (or start the server with api.system_messages=ignore)",
-                param=f"{param}.role",
-                code="unsupported_role",
-            )
+            if system != "ignore":
+                prompts.append(_system_text(message, param, system, started=bool(turns)))
+            continue
         if message.role not in ROLES:
             raise bad_request(
                 f"{param}: role '{message.role}' is not supported; use user or assistant",
@@ -143,7 +151,26 @@ def to_conversation(
             image = found
         _append(turns, ROLES[message.role], text)
     _check_turns(turns)
-    return turns, image
+    return Conversation(turns, image, "\n".join(prompts) if prompts else SYSTEM_PROMPT)
+
+
+def _system_text(message: ChatMessage, param: str, policy: SystemPolicy, started: bool) -> str:
+    """The text of a system message that ``policy`` (use or reject) lets through; HTTP 400 otherwise."""
+    if policy == "reject":
+        raise bad_request(
+            f"{param}: this server answers under Yi-VL's own system prompt and takes no {message.role} "
+            "message; remove it (or start the server with api.system_messages=use or ignore)",
+            param=f"{param}.role",
+            code="unsupported_role",
+        )
+    if started:
+        raise bad_request(
+            f"{param}: a {message.role} message must come before the first user or assistant message "
+            "(Yi-VL has one system prompt per conversation); move it to the front",
+            param=f"{param}.role",
+            code="misplaced_system_message",
+        )
+    return _content(message, param)[0]
 
 
 def _content(message: ChatMessage, param: str) -> tuple[str, ImageRef | None]:

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
 from yivl.errors import YivlError
-from yivl.models.generation import GenerationSettings
+from yivl.models.generation import Generation, GenerationSettings
 from yivl.serving.engine import Request
 
 log = logging.getLogger(__name__)
@@ -30,12 +30,12 @@ EventKind = Literal["text", "done", "error"]
 class EngineLike(Protocol):
     """What the worker needs from :class:`yivl.serving.engine.Engine`."""
 
-    def generate(
+    def generate_full(
         self,
         requests: Sequence[Request],
         settings: GenerationSettings,
         on_text: Callable[[int, str], None] | None = None,
-    ) -> list[str]: ...
+    ) -> list[Generation]: ...
 
 
 class WorkerBusy(YivlError):
@@ -48,13 +48,19 @@ class Cancelled(Exception):
 
 @dataclass
 class Event:
-    """``text``: ``delta`` of answer ``index``; ``done``: all ``answers``; ``error``: why it failed."""
+    """``text``: ``delta`` of answer ``index``; ``done``: all ``generations`` (text, token count, finish
+    reason); ``error``: why it failed."""
 
     kind: EventKind
     index: int = 0
     delta: str = ""
-    answers: list[str] = field(default_factory=list)
+    generations: list[Generation] = field(default_factory=list)
     error: BaseException | None = None
+
+    @property
+    def answers(self) -> list[str]:
+        """The finished answers' texts."""
+        return [g.text for g in self.generations]
 
 
 @dataclass
@@ -119,7 +125,7 @@ class GenerationWorker:
             pieces.add(index, delta)
 
         try:
-            answers = self.engine.generate(job.requests, job.settings, on_text=on_text)
+            generations = self.engine.generate_full(job.requests, job.settings, on_text=on_text)
             pieces.flush()
         except Cancelled:
             log.info("generation cancelled: the client went away")
@@ -129,7 +135,7 @@ class GenerationWorker:
                 log.exception("generation failed")
             _deliver(job, Event("error", error=exc))
         else:
-            _deliver(job, Event("done", answers=answers))
+            _deliver(job, Event("done", generations=generations))
 
 
 class _TextBuffer:

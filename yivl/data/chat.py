@@ -7,7 +7,6 @@ tokenization used at inference; a token that crosses a label boundary is an erro
 
 from __future__ import annotations
 
-import bisect
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -212,28 +211,25 @@ def _encode_with_spans(tokenizer: SpanTokenizer, text: str) -> tuple[list[int], 
 
 
 def _labels(ids: list[int], spans: list[Span], supervised: list[Span], text: str, where: str) -> list[int]:
-    """Each token's id if its span lies inside a supervised span, else ``-100``."""
-    starts = [a for a, _ in supervised]
-    labels = []
+    """Each token's id if its span lies inside a supervised span, else ``-100``.
+
+    One sweep: token spans and supervised spans are both in text order. An empty span (a leading
+    byte-fallback piece) belongs to the character that starts at its position.
+    """
+    labels = [IGNORE_INDEX] * len(ids)
+    k, count = 0, len(supervised)
     for i, (token, (s, e)) in enumerate(zip(ids, spans, strict=True)):
-        inside = _inside(s, e, starts, supervised)
-        if inside is None:
+        while k < count and supervised[k][1] <= s:
+            k += 1  # supervised span k ends at or before this token
+        if k == count:
+            continue
+        first, last = supervised[k]
+        if s >= first and e <= last:
+            if token != IMAGE_TOKEN_INDEX:
+                labels[i] = token
+        elif e > first:
             raise ChatFormatError(
                 f"{where}: token {i} {text[s:e]!r} (chars {s}-{e}) crosses the edge of a reply, so the "
                 "reply cannot be masked exactly; edit the text around it or skip the sample"
             )
-        labels.append(token if inside and token != IMAGE_TOKEN_INDEX else IGNORE_INDEX)
     return labels
-
-
-def _inside(s: int, e: int, starts: list[int], supervised: list[Span]) -> bool | None:
-    """True inside a supervised span, False outside all, None when ``[s, e)`` crosses an edge.
-
-    An empty span (a leading byte-fallback piece) belongs to the character that starts at ``s``.
-    """
-    k = bisect.bisect_right(starts, s) - 1
-    if k >= 0 and s < supervised[k][1]:
-        return True if e <= supervised[k][1] else None
-    if k + 1 < len(starts) and e > starts[k + 1]:
-        return None
-    return False

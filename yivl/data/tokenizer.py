@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import json
 import re
+from collections import OrderedDict
 from collections.abc import Iterable, Iterator
+from contextlib import suppress
 from pathlib import Path
 
 import sentencepiece as spm
@@ -33,6 +35,8 @@ YI_ADDED_TOKENS: dict[str, int] = {
 """``added_tokens.json`` of the Yi-VL release: the strings that tokenize to a single fixed id."""
 
 Span = tuple[int, int]
+SPAN_CACHE_SIZE = 8
+"""Texts whose ``encode_with_spans`` result is kept (least recently used goes first)."""
 
 
 class YiTokenizer:
@@ -60,6 +64,7 @@ class YiTokenizer:
         names = sorted(self.added_tokens, key=len, reverse=True)
         self._split_re = re.compile("|".join(re.escape(n) for n in names)) if names else None
         self._side_files = dict(side_files or {})
+        self._span_cache: OrderedDict[str, tuple[tuple[int, ...], tuple[Span, ...]]] = OrderedDict()
 
     @classmethod
     def from_dir(cls, path: str | Path) -> YiTokenizer:
@@ -120,6 +125,20 @@ class YiTokenizer:
         exactly. A character that SentencePiece spells with byte-fallback pieces gives its whole span to
         the last byte piece; the leading byte pieces get the empty span ``(start, start)``.
         """
+        # The result is a function of ``text`` alone. The chat format encodes the text before the image
+        # placeholder on its own, and that chunk (system prompt + "### Human: ") repeats in every sample.
+        cache = self._span_cache
+        cached = cache.get(text)
+        if cached is None:
+            cached = cache[text] = self._encode_with_spans(text)
+            if len(cache) > SPAN_CACHE_SIZE:
+                cache.popitem(last=False)
+        else:
+            with suppress(KeyError):  # another thread may have evicted it meanwhile
+                cache.move_to_end(text)
+        return list(cached[0]), list(cached[1])
+
+    def _encode_with_spans(self, text: str) -> tuple[tuple[int, ...], tuple[Span, ...]]:
         ids: list[int] = []
         spans: list[Span] = []
         for start, segment, is_added in self._segments(text):
@@ -127,11 +146,14 @@ class YiTokenizer:
                 ids.append(self.added_tokens[segment])
                 spans.append((start, start + len(segment)))
                 continue
-            to_char = _byte_to_char_offsets(segment)
-            for piece_id, begin, end in _byte_spans(self._sp, segment):
-                ids.append(piece_id)
-                spans.append((start + to_char[begin], start + to_char[end]))
-        return ids, spans
+            pieces = _byte_spans(self._sp, segment)
+            ids.extend(piece_id for piece_id, _, _ in pieces)
+            if segment.isascii():  # one byte per character: byte offsets are character offsets
+                spans.extend((start + begin, start + end) for _, begin, end in pieces)
+            else:
+                to_char = _byte_to_char_offsets(segment)
+                spans.extend((start + to_char[begin], start + to_char[end]) for _, begin, end in pieces)
+        return tuple(ids), tuple(spans)
 
     def decode(self, ids: Iterable[int], skip_special_tokens: bool = True) -> str:
         """Text of ``ids``; added tokens are dropped (or written out when ``skip_special_tokens=False``).

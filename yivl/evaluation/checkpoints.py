@@ -1,0 +1,143 @@
+"""Any checkpoint -> a loaded model: the published layout, a ``train.py`` checkpoint, or an adapter export.
+
+Training checkpoints and adapter exports hold only the trained tensors; they are rebuilt on their base
+model with the export helpers of ``yivl.checkpoint.export`` (LoRA adapters merged for speed). Every
+kind gets a fingerprint, so a summary names exactly which weights it scored.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from yivl.checkpoint.layout import CONFIG
+from yivl.checkpoint.load import LoadedModel, load_pretrained
+from yivl.data.images import ImageProcessor
+from yivl.errors import YivlError
+
+ADAPTER_META = "yivl_adapter.json"
+SAMPLE_BYTES = 1 << 20
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".ckpt", ".pt", ".json", ".model")
+
+
+@dataclass
+class CheckpointInfo:
+    """What was loaded: ``kind`` (published | lightning | adapter), paths and the weights' fingerprint."""
+
+    path: str
+    kind: str
+    fingerprint: str
+    base_model: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+    source: tuple[dict, dict[str, torch.Tensor]] | None = field(default=None, repr=False)
+
+    def describe(self) -> dict[str, Any]:
+        """The JSON shape written into summary.json and the run manifest."""
+        return {
+            "path": self.path,
+            "kind": self.kind,
+            "fingerprint": self.fingerprint,
+            "base_model": self.base_model,
+            **self.extra,
+        }
+
+
+def checkpoint_kind(path: Path) -> str:
+    """``published`` (config.json), ``adapter`` (yivl_adapter.json) or ``lightning`` (.ckpt, DeepSpeed)."""
+    if not path.exists():
+        raise YivlError(
+            f"checkpoint not found: {path}; give a model folder (published layout), a train.py .ckpt "
+            "or an adapter export"
+        )
+    if path.is_dir():
+        if (path / ADAPTER_META).is_file():
+            return "adapter"
+        if (path / CONFIG).is_file():
+            return "published"
+        if (path / "latest").is_file() or (path / "checkpoint").is_dir():
+            return "lightning"
+        raise YivlError(
+            f"{path} is neither a published-layout model (no config.json), an adapter export (no "
+            f"{ADAPTER_META}) nor a DeepSpeed checkpoint; point checkpoint= at one of them"
+        )
+    return "lightning"
+
+
+def describe_checkpoint(path: Path, base_model: str | None, full_hash: bool) -> CheckpointInfo:
+    """Kind, base model and fingerprint. A training checkpoint's tensors are read here (once) and kept
+    in ``info.source`` for :func:`load_checkpoint`; published weights are not read."""
+    kind = checkpoint_kind(path)
+    if kind == "published":
+        return CheckpointInfo(str(path.resolve()), kind, fingerprint_files(path, full_hash))
+    from yivl.checkpoint.export import read_source
+
+    plan, tensors = read_source(path)
+    base = Path(base_model or plan["model"]["path"]).expanduser()
+    if checkpoint_kind(base) != "published":
+        raise YivlError(f"base model {base} is not a published-layout folder; pass base_model=DIR")
+    digest = hashlib.sha256()
+    digest.update(fingerprint_files(path, full_hash).encode())
+    digest.update(fingerprint_files(base, full_hash).encode())
+    extra = {"stage": plan.get("stage"), "image_size": plan.get("image_size")}
+    info = CheckpointInfo(str(path.resolve()), kind, digest.hexdigest(), str(base.resolve()), extra)
+    info.source = (plan, tensors)
+    return info
+
+
+def load_checkpoint(info: CheckpointInfo, device: torch.device, dtype: torch.dtype) -> LoadedModel:
+    """Load the model described by ``info`` onto ``device`` in ``dtype``, in eval mode, without grads."""
+    if info.kind == "published":
+        loaded = load_pretrained(info.path, dtype=dtype, device=device)
+    else:
+        loaded = _rebuild(info)
+        loaded.model.to(device=device, dtype=dtype)
+    loaded.model.requires_grad_(False)
+    loaded.model.eval()
+    return loaded
+
+
+def _rebuild(info: CheckpointInfo) -> LoadedModel:
+    """A training checkpoint or adapter export on its base model, with LoRA merged into the weights."""
+    from yivl.checkpoint.export import read_source, rebuild
+    from yivl.training.adapters import merge_lora
+
+    plan, tensors = info.source or read_source(Path(info.path))
+    info.source = None  # the tensors are copied into the model; do not keep a second copy
+    loaded = rebuild(plan, tensors, info.base_model)
+    merge_lora(loaded.model.llm)
+    size = int(loaded.model.config.vision["image_size"])
+    processor = loaded.image_processor
+    if processor.size != size:  # the run trained at another resolution (e.g. stage 1 at 224 px)
+        loaded.image_processor = ImageProcessor(
+            size=size, image_mean=processor.image_mean, image_std=processor.image_std
+        )
+    return loaded
+
+
+def fingerprint_files(path: Path, full: bool = False) -> str:
+    """sha256 over a checkpoint's files: names, sizes and contents.
+
+    ``full=False`` hashes small files whole and, of large weight files, 1 MiB at the start, middle and
+    end (seconds instead of minutes for a 6B model; any retraining changes those bytes).
+    """
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    digest = hashlib.sha256()
+    for file in files:
+        if file.suffix not in WEIGHT_SUFFIXES and file.name not in ("latest",):
+            continue
+        size = file.stat().st_size
+        rel = file.name if file == path else file.relative_to(path).as_posix()
+        digest.update(f"{rel}\0{size}\0".encode())
+        with open(file, "rb") as f:
+            if full or size <= 3 * SAMPLE_BYTES:
+                for chunk in iter(lambda f=f: f.read(1 << 24), b""):
+                    digest.update(chunk)
+            else:
+                for offset in (0, size // 2, size - SAMPLE_BYTES):
+                    f.seek(offset)
+                    digest.update(f.read(SAMPLE_BYTES))
+    return digest.hexdigest()

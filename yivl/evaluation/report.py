@@ -1,0 +1,135 @@
+"""The human-readable results: a Markdown table (stdout and summary.md) and a bar chart PNG."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from yivl.evaluation.metrics import TaskMetrics
+
+DISPLAY = {
+    "loss": ("nll", "ppl"),
+    "vqa": ("accuracy",),
+    "mcq": ("circular_accuracy", "accuracy", "accuracy_without_guesses", "acc_sum", "acc_mean"),
+    "yesno": ("f1", "accuracy", "precision", "recall", "yes_ratio", "f1_avg"),
+    "mme": ("perception", "cognition", "total"),
+    "caption": ("bleu_1", "bleu_2", "bleu_3", "bleu_4", "cider", "rouge_l"),
+}
+"""Metrics shown per task type, in order (those present); group breakdowns stay in summary.json."""
+GROUP_PREFIXES = {"vqa": ("accuracy/answer_type/",), "yesno": ("f1/",)}
+PARSED_METRICS = {
+    "mcq": ("circular_accuracy", "accuracy", "accuracy_without_guesses"),
+    "yesno": None,
+    "mme": None,
+}
+"""Metrics that depend on parsing generated answers (None: all of the type's): their rows show n_unparsed."""
+PERCENT_TYPES = ("vqa", "mcq", "yesno")
+
+
+def table_rows(name: str, kind: str, metrics: TaskMetrics, chance: Mapping[str, float]) -> list[list[str]]:
+    """Rows ``Task | Metric | Value | Stderr | N | Unparsed | Chance`` for one task."""
+    names = [m for m in DISPLAY[kind] if m in metrics.values]
+    for prefix in GROUP_PREFIXES.get(kind, ()):
+        names += [m for m in metrics.values if m.startswith(prefix)]
+    rows = []
+    percent = kind in PERCENT_TYPES
+    for metric in names:
+        n = metrics.group_n.get(metric, metrics.group_n.get(metric.split("/", 1)[-1], metrics.n))
+        rows.append(
+            [
+                name,
+                metric,
+                _fmt(metrics.values[metric], percent),
+                _fmt(metrics.stderr.get(metric), percent),
+                str(n),
+                str(metrics.n_unparsed) if _parsed(kind, metric) else "-",
+                _fmt(chance.get(metric), percent),
+            ]
+        )
+    return rows
+
+
+def _parsed(kind: str, metric: str) -> bool:
+    if kind not in PARSED_METRICS:
+        return False
+    names = PARSED_METRICS[kind]
+    return names is None or metric in names
+
+
+def _fmt(value: float | None, percent: bool = False) -> str:
+    """Percentages with 2 decimals; other scales (NLL, CIDEr, MME points) with 3-4 significant places."""
+    if value is None:
+        return "-"
+    if percent:
+        return f"{value:.2f}"
+    if abs(value) >= 100:
+        return f"{value:.1f}"
+    return f"{value:.3f}" if abs(value) >= 1 else f"{value:.4f}"
+
+
+def markdown_table(rows: list[list[str]]) -> str:
+    """A GitHub Markdown table with the standard header."""
+    header = ["Task", "Metric", "Value", "Stderr", "N", "Unparsed", "Chance"]
+    widths = (
+        [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(header)]
+        if rows
+        else [len(h) for h in header]
+    )
+    lines = ["| " + " | ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)) + " |"]
+    lines.append("|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    lines += ["| " + " | ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def summary_markdown(summary: Mapping[str, Any], rows: list[list[str]]) -> str:
+    """summary.md: the table plus the checkpoint, data and settings that produced it."""
+    ckpt = summary["checkpoint"]
+    lines = [
+        "# Evaluation summary",
+        "",
+        f"Checkpoint: `{ckpt['path']}` ({ckpt['kind']}, fingerprint `{ckpt['fingerprint'][:16]}`)",
+        f"Date: {summary['date']}  ",
+        f"Batch size {summary['settings']['batch_size']}, greedy decoding, seed {summary['seed']}.",
+        "",
+        markdown_table(rows),
+        "",
+    ]
+    for name, check in summary.get("batch_check", {}).items():
+        if check:
+            lines.append(
+                f"Batch check `{name}`: {len(check['differ'])} of the first {check['checked']} answers "
+                f"differ between batch size {check['batch_size']} and 1."
+            )
+    return "\n".join(lines) + "\n"
+
+
+def bar_chart(path: Path, tasks: Mapping[str, tuple[str, TaskMetrics, Mapping[str, float]]]) -> Path:
+    """One panel per task with its headline metrics as bars (stderr as error bars, chance dashed)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = [(name, kind, m, ch) for name, (kind, m, ch) in tasks.items() if _chart_metrics(kind, m)]
+    fig, axes = plt.subplots(1, max(1, len(panels)), figsize=(3.2 * max(1, len(panels)), 3.4), squeeze=False)
+    for ax, (name, kind, metrics, chance) in zip(axes[0], panels, strict=False):
+        names = _chart_metrics(kind, metrics)
+        values = [metrics.values[n] for n in names]
+        errors = [metrics.stderr.get(n) or 0.0 for n in names]
+        ax.bar(range(len(names)), values, yerr=errors, capsize=3, color="#4c72b0")
+        for i, n in enumerate(names):
+            if n in chance:
+                ax.hlines(chance[n], i - 0.4, i + 0.4, colors="#c44e52", linestyles="dashed")
+        ax.set_xticks(range(len(names)), names, rotation=30, ha="right", fontsize=8)
+        ax.set_title(f"{name} ({kind})", fontsize=9)
+        if kind in PERCENT_TYPES:
+            ax.set_ylim(0, 100)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def _chart_metrics(kind: str, metrics: TaskMetrics) -> list[str]:
+    return [m for m in DISPLAY[kind] if m in metrics.values and m != "n_tokens"]

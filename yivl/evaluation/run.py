@@ -1,0 +1,221 @@
+"""``evaluate.py``: read the tasks, load the checkpoint, run, and write samples, summary, table and chart.
+
+Order matters for the user: every task file is read and checked before the model is loaded, and the
+output folder is checked (or accepted for a resume) before any sample is computed.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import time
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from yivl.errors import YivlError
+from yivl.evaluation.checkpoints import describe_checkpoint, load_checkpoint
+from yivl.evaluation.items import Item, build_items
+from yivl.evaluation.metrics import TaskMetrics
+from yivl.evaluation.records import SampleWriter, load_records, prepare_output_dir, samples_path
+from yivl.evaluation.runner import RunOptions, TaskOutcome, TaskRunner
+from yivl.evaluation.scoring import chance_levels, summarize
+from yivl.evaluation.sources import dataset_fingerprint, read_task_file
+from yivl.evaluation.summary import write_outputs
+from yivl.evaluation.tasks import TaskSpec, canonical_type, parse_tasks
+
+OFFLINE_ENV = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE")
+YESNO_TYPES = ("yesno", "mme")
+
+
+@dataclass
+class LoadedTask:
+    """A task's spec, its checked items and the fingerprint of its records."""
+
+    spec: TaskSpec
+    items: list[Item]
+    fingerprint: str
+
+
+@dataclass
+class TaskResult:
+    spec: TaskSpec
+    outcome: TaskOutcome
+    metrics: TaskMetrics
+    chance: Mapping[str, float]
+    fingerprint: str
+
+
+def run(cfg: DictConfig) -> dict[str, Any]:
+    """Evaluate ``cfg.checkpoint`` on ``cfg.tasks``; returns the summary written to summary.json."""
+    for name in OFFLINE_ENV:  # nothing below may reach the network, whatever the environment says
+        os.environ[name] = "1"
+    started = time.perf_counter()
+    _check_run_settings(cfg)
+    _ensure_synthetic(cfg)
+    tasks = load_tasks(cfg)
+    info = describe_checkpoint(_checkpoint_path(cfg), cfg.base_model, cfg.fingerprint == "full")
+    device, dtype = _device_dtype(cfg)
+    settings = run_settings(cfg, tasks, str(device), str(dtype).removeprefix("torch."))
+    manifest = {"settings": settings, "checkpoint": info.describe(), "datasets": _datasets(tasks)}
+    out_dir = Path(cfg.output_dir).expanduser()
+    resuming = prepare_output_dir(out_dir, manifest, bool(cfg.resume))
+    _seed_everything(int(cfg.seed))
+    _set_threads(cfg.threads, device, int(cfg.num_workers))
+    loaded = load_checkpoint(info, device, dtype)
+    runner = TaskRunner(loaded, _run_options(cfg))
+    results = [_run_task(runner, task, out_dir, resuming, cfg) for task in tasks]
+    timing = {"wall_s": time.perf_counter() - started}
+    return write_outputs(out_dir, manifest, results, timing, resuming, bool(cfg.chart))
+
+
+def _check_run_settings(cfg: DictConfig) -> None:
+    checks = {
+        "batch_size": (cfg.batch_size, 1),
+        "num_workers": (cfg.num_workers, 0),
+        "batch_check": (cfg.batch_check, 0),
+        "bootstrap_iters": (cfg.bootstrap_iters, 2),
+    }
+    for key, (value, low) in checks.items():
+        if not isinstance(value, int) or value < low:
+            raise YivlError(f"{key}={value!r} must be an integer >= {low}")
+    if cfg.limit is not None and (not isinstance(cfg.limit, int) or cfg.limit < 1):
+        raise YivlError(f"limit={cfg.limit!r} must be a positive integer or null")
+    if cfg.fingerprint not in ("sample", "full"):
+        raise YivlError(f"fingerprint={cfg.fingerprint!r}; choose sample or full")
+    if not cfg.output_dir:
+        raise YivlError("output_dir is empty; give output_dir=DIR")
+
+
+def _ensure_synthetic(cfg: DictConfig) -> None:
+    """The ``eval=synthetic`` preset generates the synthetic dataset (as training would) when missing."""
+    synthetic = cfg.get("synthetic")
+    if not synthetic:
+        return
+    from yivl.data.synthetic import ensure_synthetic_dataset
+
+    ensure_synthetic_dataset(synthetic.root, synthetic.num_train, synthetic.num_val, synthetic.seed)
+
+
+def load_tasks(cfg: DictConfig) -> list[LoadedTask]:
+    """Read and check every task file (before the model is loaded, so bad input fails fast)."""
+    options = OmegaConf.to_container(cfg.task_options, resolve=True)
+    entries = OmegaConf.to_container(cfg.tasks, resolve=True) if OmegaConf.is_config(cfg.tasks) else cfg.tasks
+    loaded = []
+    for spec in parse_tasks(entries, options):
+        records = read_task_file(spec.path, spec.options.get("limit") or cfg.limit)
+        for record in records:
+            _check_record_type(spec, record.data.get("task_type"), record.where)
+        items = build_items(spec.type, records, spec.options)
+        loaded.append(LoadedTask(spec, items, dataset_fingerprint(records)))
+    return loaded
+
+
+def _check_record_type(spec: TaskSpec, declared: Any, where: str) -> None:
+    """A record's own ``task_type`` (when given) must suit the task (yes/no files serve POPE and MME)."""
+    if declared is None:
+        return
+    kind = canonical_type(str(declared), where)
+    if kind != spec.type and not (kind in YESNO_TYPES and spec.type in YESNO_TYPES):
+        raise YivlError(
+            f"{where}: the record's task_type is {declared!r} but task {spec.name} is {spec.type}"
+        )
+
+
+def _checkpoint_path(cfg: DictConfig) -> Path:
+    """``cfg.checkpoint``; the default tiny random model is built on first use."""
+    path = Path(str(cfg.checkpoint)).expanduser()
+    if path.resolve() == Path(cfg.paths.tiny_model).resolve():
+        from yivl.checkpoint.tiny import ensure_tiny_checkpoint
+
+        ensure_tiny_checkpoint(path)
+    return path
+
+
+def _device_dtype(cfg: DictConfig) -> tuple[torch.device, torch.dtype]:
+    from yivl.serving.engine import pick_device, pick_dtype
+
+    device = pick_device(str(cfg.device))
+    return device, pick_dtype(str(cfg.dtype), device)
+
+
+def run_settings(cfg: DictConfig, tasks: list[LoadedTask], device: str, dtype: str) -> dict[str, Any]:
+    """Every setting that can change a result (what a resume must match); runtime-only keys left out."""
+    return {
+        "batch_size": cfg.batch_size,
+        "limit": cfg.limit,
+        "seed": cfg.seed,
+        "device": device,
+        "dtype": dtype,
+        "max_image_pixels": cfg.max_image_pixels,
+        "batch_check": cfg.batch_check,
+        "bootstrap_iters": cfg.bootstrap_iters,
+        "base_model": cfg.base_model,
+        "tasks": [
+            {"name": t.spec.name, "type": t.spec.type, "path": str(t.spec.path.resolve()), **t.spec.options}
+            for t in tasks
+        ],
+    }
+
+
+def _datasets(tasks: list[LoadedTask]) -> dict[str, dict[str, Any]]:
+    return {t.spec.name: {"fingerprint": t.fingerprint, "n_records": len(t.items)} for t in tasks}
+
+
+def _set_threads(threads: Any, device: torch.device, workers: int) -> None:
+    """``auto``: on CPU leave one core per DataLoader worker (spinning torch threads that share a core
+    with a worker slow generation down many times); on CUDA keep torch's default."""
+    if threads is None or (threads == "auto" and device.type != "cpu"):
+        return
+    if threads == "auto":
+        threads = max(1, (os.cpu_count() or 1) - workers)
+    if not isinstance(threads, int) or threads < 1:
+        raise YivlError(f"threads={threads!r} must be auto, null or a positive integer")
+    torch.set_num_threads(threads)
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _run_options(cfg: DictConfig) -> RunOptions:
+    return RunOptions(
+        batch_size=int(cfg.batch_size),
+        num_workers=int(cfg.num_workers),
+        max_image_pixels=int(cfg.max_image_pixels),
+        seed=int(cfg.seed),
+        batch_check=int(cfg.batch_check),
+    )
+
+
+def _run_task(
+    runner: TaskRunner, task: LoadedTask, out_dir: Path, resuming: bool, cfg: DictConfig
+) -> TaskResult:
+    """Run one task (continuing its sample file when resuming) and summarise all its records."""
+    path = samples_path(out_dir, task.spec.name)
+    done = load_records(path) if resuming else {}
+    with SampleWriter(path) as writer, _progress(task, bool(cfg.progress)) as advance:
+        outcome = runner.run(task.spec, task.items, done, writer, advance)
+    metrics = summarize(task.spec, outcome.records, int(cfg.bootstrap_iters), int(cfg.seed))
+    chance = chance_levels(task.spec, outcome.records)
+    return TaskResult(task.spec, outcome, metrics, chance, task.fingerprint)
+
+
+@contextmanager
+def _progress(task: LoadedTask, enabled: bool) -> Iterator[Callable[[int], None] | None]:
+    """A progress bar's ``advance(n)`` for the task, or None when progress display is off."""
+    if not enabled:
+        yield None
+        return
+    from yivl.serving.progress import progress_bar
+
+    with progress_bar(f"{task.spec.name} ({task.spec.type})", len(task.items)) as bar:
+        yield bar.advance

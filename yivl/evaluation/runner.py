@@ -1,0 +1,217 @@
+"""Running one task: fixed batches, images from DataLoader workers, batched greedy generation and/or
+likelihood scoring, one JSONL record per finished sample.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from yivl.checkpoint.load import LoadedModel
+from yivl.data.tokenizer import YiTokenizer
+from yivl.evaluation.items import Item
+from yivl.evaluation.likelihood import pad_sequences, sequence_logprobs
+from yivl.evaluation.loader import ImageDataset, iterate_batches, plan_batches
+from yivl.evaluation.prompting import Prepared, prepare_item
+from yivl.evaluation.records import SampleWriter
+from yivl.evaluation.scoring import score_likelihood, score_output
+from yivl.evaluation.tasks import TaskSpec
+from yivl.models.generation import GenerationSettings, generate
+
+Progress = Callable[[int], None]
+
+
+@dataclass
+class RunOptions:
+    """Run-wide settings that shape batches and decoding (part of what a resume must match)."""
+
+    batch_size: int = 8
+    num_workers: int = 2
+    max_image_pixels: int = 64_000_000
+    seed: int = 0
+    batch_check: int = 0
+
+
+@dataclass
+class TaskOutcome:
+    """Records in dataset order, what this run computed, and the batch-size check."""
+
+    records: list[dict[str, Any]]
+    computed: int = 0
+    gen_tokens: int = 0
+    wall_s: float = 0.0
+    batch_check: dict[str, Any] | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class TaskRunner:
+    """Runs the items of one task against a loaded model."""
+
+    def __init__(self, loaded: LoadedModel, options: RunOptions) -> None:
+        self.loaded = loaded
+        self.model = loaded.model
+        self.tokenizer = loaded.tokenizer
+        self.options = options
+        self.context = int(loaded.config.llm["max_position_embeddings"])
+        self.image_tokens = loaded.model.config.num_image_tokens
+        self.device = self.model.llm.get_input_embeddings().weight.device
+        self.pixel_dtype = next(self.model.vision_tower.parameters()).dtype
+
+    def prepare(self, spec: TaskSpec, items: list[Item]) -> list[Prepared]:
+        return [prepare_item(item, spec, self.tokenizer, self.image_tokens, self.context) for item in items]
+
+    def dataset(self, items: list[Item]) -> ImageDataset:
+        pad = self.loaded.config.image_aspect_ratio == "pad"
+        return ImageDataset(
+            [i.image for i in items], self.loaded.image_processor, pad, self.options.max_image_pixels
+        )
+
+    def run(
+        self,
+        spec: TaskSpec,
+        items: list[Item],
+        done: dict[str, dict[str, Any]],
+        writer: SampleWriter,
+        progress: Progress | None = None,
+    ) -> TaskOutcome:
+        """Compute every item not in ``done`` (whole planned batches), writing records as batches finish."""
+        prepared = self.prepare(spec, items)
+        batches = plan_batches([p.length for p in prepared], self.options.batch_size)
+        todo = [b for b in batches if any(items[i].id not in done for i in b)]
+        if progress is not None and len(done):
+            progress(sum(1 for item in items if item.id in done))
+        outcome = TaskOutcome(records=[])
+        start = time.perf_counter()
+        for indices, pixels in iterate_batches(self.dataset(items), todo, self.options.num_workers):
+            t0 = time.perf_counter()
+            fields = self.compute(spec, [items[i] for i in indices], [prepared[i] for i in indices], pixels)
+            elapsed = time.perf_counter() - t0
+            fresh = 0
+            for i, extra in zip(indices, fields, strict=True):
+                if items[i].id in done:
+                    continue
+                record = base_record(spec, items[i], prepared[i]) | extra
+                record |= {"batch_size": len(indices), "batch_s": round(elapsed, 4)}
+                writer.write(record)
+                done[items[i].id] = record
+                outcome.gen_tokens += int(record.get("gen_tokens") or 0)
+                fresh += 1
+            outcome.computed += fresh
+            if progress is not None:
+                progress(fresh)
+        writer.sync()
+        outcome.wall_s = time.perf_counter() - start
+        outcome.records = [done[item.id] for item in items]
+        if spec.generates and self.options.batch_check and self.options.batch_size > 1:
+            outcome.batch_check = self.check_batch_invariance(spec, items, prepared, outcome.records)
+        return outcome
+
+    def compute(
+        self, spec: TaskSpec, items: list[Item], prepared: list[Prepared], pixels: list[torch.Tensor | None]
+    ) -> list[dict[str, Any]]:
+        """Per item of one batch, the record fields produced by the model."""
+        fields: list[dict[str, Any]] = [{} for _ in items]
+        if spec.generates:
+            answers, counts = self.generate(spec, prepared, pixels)
+            for f, item, answer, count in zip(fields, items, answers, counts, strict=True):
+                f["raw_output"] = answer
+                f["gen_tokens"] = count
+                f |= score_output(spec, item, answer, self.options.seed)
+        if spec.scores_likelihood:  # every option of every item of the batch in one forward pass
+            seqs = [seq for p in prepared for seq in p.sequences or []]
+            repeated = [px for p, px in zip(prepared, pixels, strict=True) for _ in p.sequences or []]
+            sums, counts = self.logprobs(seqs, repeated, "right")
+            start = 0
+            for f, item, prep in zip(fields, items, prepared, strict=True):
+                k = len(prep.sequences or [])
+                f |= score_likelihood(item, sums[start : start + k], counts[start : start + k])
+                start += k
+        if spec.type == "loss":
+            seqs = [p.sequences[0] for p in prepared if p.sequences]
+            sums, counts = self.logprobs(seqs, pixels, spec.options["padding_side"])
+            for f, s, c in zip(fields, sums, counts, strict=True):
+                f |= {"logprob": s, "n_tokens": c, "nll": -s / c if c else None}
+        return fields
+
+    def generate(
+        self, spec: TaskSpec, prepared: list[Prepared], pixels: list[torch.Tensor | None]
+    ) -> tuple[list[str], list[int | None]]:
+        """Greedy answers for one batch (left-padded), capped to the room left in the context, and the
+        number of tokens each sample generated (stop-string tokens included, eos not)."""
+        prompts = [p.prompt_ids or [] for p in prepared]
+        longest = max(p.length for p in prepared)
+        budget = max(1, min(int(spec.options["max_new_tokens"]), self.context - longest))
+        settings = GenerationSettings(temperature=0.0, top_k=None, max_new_tokens=budget)
+        images = [None if px is None else px.to(self.device, self.pixel_dtype) for px in pixels]
+        counter = TokenCounter(self.tokenizer)
+        answers = generate(self.model, counter, prompts, images, settings)
+        return answers, counter.per_row(len(prompts))
+
+    def logprobs(
+        self, sequences: list[tuple[list[int], list[int]]], pixels: list[torch.Tensor | None], side: str
+    ) -> tuple[list[float], list[int]]:
+        """Summed log-probs and token counts of the scored labels of each sequence."""
+        if not sequences:
+            return [], []
+        pad = self.tokenizer.pad_token_id or 0
+        ids, mask, labels = pad_sequences(sequences, pad, side)
+        images = [px for px in pixels if px is not None]
+        stacked = torch.stack(images) if images else None
+        return sequence_logprobs(self.model, ids, mask, labels, stacked, side)
+
+    def check_batch_invariance(
+        self, spec: TaskSpec, items: list[Item], prepared: list[Prepared], records: list[dict[str, Any]]
+    ) -> dict[str, Any]:
+        """Regenerate the first ``batch_check`` items one at a time; list those whose answer differs."""
+        count = min(self.options.batch_check, len(items))
+        singles = [[i] for i in range(count)]
+        differ = []
+        for indices, pixels in iterate_batches(self.dataset(items), singles, 0):
+            i = indices[0]
+            answer = self.generate(spec, [prepared[i]], pixels)[0][0]
+            if answer != records[i]["raw_output"]:
+                differ.append({"id": items[i].id, "batched": records[i]["raw_output"], "alone": answer})
+        return {"checked": count, "batch_size": self.options.batch_size, "differ": differ}
+
+
+class TokenCounter:
+    """The tokenizer handed to ``generate``, counting each sample's generated tokens.
+
+    ``generate`` decodes every sample's growing id list after each new token; the longest list seen per
+    sample is its count. Lists are told apart by identity, in the order samples first decode, which is
+    row order (every row decodes at the first step unless its first token is eos).
+    """
+
+    def __init__(self, tokenizer: YiTokenizer) -> None:
+        self._tokenizer = tokenizer
+        self.eos_token_id = tokenizer.eos_token_id
+        self.pad_token_id = tokenizer.pad_token_id
+        self._longest: dict[int, int] = {}
+
+    def decode(self, ids: list[int], skip_special_tokens: bool = True) -> str:
+        key = id(ids)
+        self._longest[key] = max(self._longest.get(key, 0), len(ids))
+        return self._tokenizer.decode(ids, skip_special_tokens=skip_special_tokens)
+
+    def per_row(self, rows: int) -> list[int | None]:
+        """Tokens per row; rows cannot be told apart (None) when some row stopped on its first token."""
+        counts = list(self._longest.values())
+        return counts if len(counts) == rows else [None] * rows
+
+
+def base_record(spec: TaskSpec, item: Item, prepared: Prepared) -> dict[str, Any]:
+    """The fields every sample record has: identity, the exact prompt(s), image and target."""
+    record: dict[str, Any] = {"id": item.id, "index": item.index, "task": spec.name, "type": spec.type}
+    record["prompt"] = prepared.prompt
+    if prepared.cloze_prompt is not None:
+        record["likelihood_prompt"] = prepared.cloze_prompt
+        record["continuations"] = item.continuations
+    record["image"] = item.image.display() if item.image else None
+    if item.target is not None:
+        record["target"] = item.target
+    record |= {k: v for k, v in item.meta.items() if k != "open"}
+    return record

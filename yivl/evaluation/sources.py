@@ -1,0 +1,200 @@
+"""Reading task files: JSONL (or a JSON array), or WebDataset ``.tar`` shards, from local paths only.
+
+Image paths in JSONL records are relative to the file's folder. A shard sample is ``KEY.json`` (the
+record) plus an optional ``KEY.jpg|jpeg|png|webp``; shard images are read later, by byte offset, in
+the DataLoader workers, so a large shard is never held in memory.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import tarfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from yivl.errors import YivlError
+
+IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
+
+
+@dataclass(frozen=True)
+class ImageRef:
+    """Where one image lives: a file, or ``size`` bytes at ``offset`` inside a tar shard."""
+
+    path: str
+    offset: int = -1
+    size: int = -1
+    name: str = ""
+
+    def read(self) -> bytes:
+        """The image file's bytes (YivlError when it cannot be read)."""
+        try:
+            with open(self.path, "rb") as f:
+                if self.offset < 0:
+                    return f.read()
+                f.seek(self.offset)
+                return f.read(self.size)
+        except OSError as err:
+            raise YivlError(f"cannot read image {self.display()} ({err.strerror}); check the file") from None
+
+    def display(self) -> str:
+        """The name written into sample records."""
+        return self.name or self.path
+
+
+@dataclass
+class RawRecord:
+    """One task record as read: position in the file, id, location for messages, the JSON object."""
+
+    index: int
+    id: str
+    where: str
+    data: dict[str, Any]
+    image: ImageRef | None
+    num_images: int
+
+
+def read_task_file(path: str | Path, limit: int | None = None) -> list[RawRecord]:
+    """Records of a JSONL file, a JSON array file, a ``.tar`` shard or a folder of shards, in order.
+
+    ``limit`` keeps the first N records. Missing or malformed files, non-object records, duplicate
+    ids and missing image files raise a one-line YivlError naming the file and line.
+    """
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise YivlError(f"task file not found: {path}; give a JSONL file or a folder of .tar shards")
+    if path.is_dir():
+        shards = sorted(path.glob("*.tar"))
+        if not shards:
+            raise YivlError(
+                f"{path} holds no .tar shards; give a JSONL file or a folder of WebDataset shards"
+            )
+        records = [r for shard in shards for r in _read_shard(shard)]
+    elif path.suffix == ".tar":
+        records = _read_shard(path)
+    else:
+        records = _read_json_lines(path)
+    if not records:
+        raise YivlError(f"{path} holds no records; add one JSON object per line")
+    records = records[:limit] if limit is not None else records
+    _check_unique_ids(records)
+    for i, record in enumerate(records):
+        record.index = i
+    return records
+
+
+def _read_json_lines(path: Path) -> list[RawRecord]:
+    """JSONL (one object per line, blank lines skipped) or a JSON array (LLaVA training files)."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise YivlError(f"{path} is not UTF-8 text; give a JSONL file") from None
+    except OSError as err:
+        raise YivlError(f"cannot read {path} ({err.strerror})") from None
+    if path.suffix == ".json" and text.lstrip().startswith("["):
+        items = _parse(text, f"{path}")
+        if not isinstance(items, list):
+            raise YivlError(f"{path}: expected a JSON array of records")
+        return [_record(item, f"{path}[{i}]", path.parent, i + 1) for i, item in enumerate(items)]
+    out = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        if line.strip():
+            out.append(_record(_parse(line, f"{path}:{number}"), f"{path}:{number}", path.parent, number))
+    return out
+
+
+def _parse(text: str, where: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as err:
+        raise YivlError(f"{where}: not valid JSON ({err.msg} at column {err.colno}); fix the line") from None
+
+
+def _record(data: Any, where: str, folder: Path, number: int) -> RawRecord:
+    """A file record: image paths resolved against ``folder`` and checked to exist."""
+    if not isinstance(data, dict):
+        raise YivlError(f"{where}: a record must be a JSON object, got {type(data).__name__}")
+    names = _image_names(data, where)
+    image = None
+    if names:
+        file = (folder / names[0]).expanduser()
+        if not file.is_file():
+            raise YivlError(f"{where}: image {names[0]} not found (looked for {file}); fix the 'image' path")
+        image = ImageRef(str(file), name=names[0])
+    return RawRecord(0, _record_id(data, str(number), where), where, data, image, len(names))
+
+
+def _image_names(data: dict, where: str) -> list[str]:
+    """The record's ``image`` field as a list of paths (empty for text-only records)."""
+    image = data.get("image")
+    if image is None:
+        return []
+    names = image if isinstance(image, list) else [image]
+    if not all(isinstance(n, str) and n.strip() for n in names):
+        raise YivlError(f"{where}: 'image' must be a path or a list of paths, got {image!r}")
+    return names
+
+
+def _record_id(data: dict, default: str, where: str) -> str:
+    raw = data.get("id", data.get("question_id", default))
+    if not isinstance(raw, str | int) or isinstance(raw, bool):
+        raise YivlError(f"{where}: 'id' must be a string or an integer, got {raw!r}")
+    return str(raw)
+
+
+def _read_shard(shard: Path) -> list[RawRecord]:
+    """Samples of one WebDataset shard in member order: ``KEY.json`` + optional ``KEY.<image ext>``."""
+    samples: dict[str, dict[str, tarfile.TarInfo]] = {}
+    try:
+        with tarfile.open(shard, "r:") as tar:
+            members = [m for m in tar.getmembers() if m.isfile()]
+            for member in members:
+                base = member.name.rsplit("/", 1)[-1]
+                key, _, ext = base.partition(".")
+                prefix = member.name[: len(member.name) - len(base)]
+                samples.setdefault(prefix + key, {})[ext.lower()] = member
+            return [_shard_record(tar, shard, key, parts) for key, parts in samples.items()]
+    except (tarfile.TarError, OSError) as err:
+        raise YivlError(f"{shard} is not a readable tar shard ({err}); rewrite the shard") from None
+
+
+def _shard_record(
+    tar: tarfile.TarFile, shard: Path, key: str, parts: dict[str, tarfile.TarInfo]
+) -> RawRecord:
+    where = f"{shard}:{key}"
+    if "json" not in parts:
+        raise YivlError(f"{where}: the sample has no {key}.json record; every sample needs one")
+    handle = tar.extractfile(parts["json"])
+    data = _parse(handle.read().decode("utf-8", errors="replace"), where) if handle else None
+    if not isinstance(data, dict):
+        raise YivlError(f"{where}: {key}.json must hold a JSON object")
+    ext = next((e for e in IMAGE_EXTENSIONS if e in parts), None)
+    image = None
+    if ext is not None:
+        member = parts[ext]
+        image = ImageRef(str(shard), member.offset_data, member.size, name=f"{shard.name}:{member.name}")
+    elif data.get("image") is not None:
+        raise YivlError(f"{where}: the record names an image but the shard has no {key}.jpg/.png/.webp")
+    return RawRecord(0, _record_id(data, key, where), where, data, image, int(image is not None))
+
+
+def _check_unique_ids(records: list[RawRecord]) -> None:
+    seen: dict[str, str] = {}
+    for record in records:
+        if record.id in seen:
+            raise YivlError(
+                f"{record.where}: id {record.id!r} was already used at {seen[record.id]}; ids must be unique"
+            )
+        seen[record.id] = record.where
+
+
+def dataset_fingerprint(records: list[RawRecord]) -> str:
+    """sha256 over the records in order (canonical JSON of each) and their image names."""
+    digest = hashlib.sha256()
+    for record in records:
+        image = record.image.display() if record.image else ""
+        digest.update(json.dumps([record.id, image, record.data], sort_keys=True, default=str).encode())
+        digest.update(b"\n")
+    return digest.hexdigest()

@@ -1,0 +1,104 @@
+"""Start-up checks: config combinations that cannot work are refused with one line saying why."""
+
+from __future__ import annotations
+
+import importlib.util
+from collections.abc import Mapping
+
+from yivl.errors import YivlError
+from yivl.training.strategies import offloads_optimizer, zero_stage
+
+LLM_MODES = ("full", "lora", "frozen")
+METHODS = ("full", "lora", "qlora")
+QUANT_TYPES = ("nf4", "fp4")
+STORAGE_DTYPES = ("uint8", "bfloat16", "float16", "float32")
+
+
+def check_config(cfg: Mapping, accelerator: str, precision: str) -> None:
+    """Every refusal below, in order; ``accelerator`` is cpu/gpu after resolving auto."""
+    module, finetune, strategy = cfg["module"], cfg["finetune"], cfg["strategy"]
+    check_finetune(module["stage"], module["train"]["llm"], finetune["method"])
+    check_demo_model(module["stage"], cfg["model"]["name"])
+    check_strategy(strategy, accelerator)
+    if finetune["method"] == "qlora":
+        check_qlora(finetune, strategy, precision)
+    if int(cfg["global_batch_size"]) < 1:
+        raise YivlError(f"global_batch_size={cfg['global_batch_size']} must be at least 1")
+
+
+def check_finetune(stage: str, llm: str, method: str) -> None:
+    """The stage's LLM mode (full/lora/frozen) and the fine-tune method (full/lora/qlora) must agree."""
+    if llm not in LLM_MODES:
+        raise YivlError(f"module.train.llm={llm!r} is unknown; use one of {', '.join(LLM_MODES)}")
+    if method not in METHODS:
+        raise YivlError(f"finetune.method={method!r} is unknown; use one of {', '.join(METHODS)}")
+    if llm == "full" and method != "full":
+        raise YivlError(
+            f"finetune={method} trains LoRA adapters on a frozen{' 4-bit' if method == 'qlora' else ''} LLM, "
+            f"but experiment={stage} trains the LLM in full; use experiment={method} (or finetune=full)"
+        )
+    if llm == "frozen" and method != "full":
+        raise YivlError(
+            f"finetune={method} adds adapters to the LLM, but experiment={stage} keeps the LLM frozen; "
+            "use finetune=full"
+        )
+    if llm == "lora" and method == "full":
+        raise YivlError(f"experiment={stage} trains LoRA adapters; use finetune=lora or finetune=qlora")
+
+
+def check_demo_model(stage: str, model: str) -> None:
+    """The default settings are tuned for the tiny model (learning rate 5e-4, 112 px)."""
+    if stage == "demo" and model != "tiny":
+        raise YivlError(
+            f"model={model} needs a training stage: add experiment=stage1|stage2|stage3|lora|qlora "
+            "(the defaults without one are the tiny demo's)"
+        )
+
+
+def check_strategy(strategy: Mapping, accelerator: str) -> None:
+    """DeepSpeed needs its package; DeepSpeed and FSDP need CUDA GPUs (Lightning refuses the CPU)."""
+    if strategy["name"] == "fsdp" and accelerator != "gpu":
+        raise YivlError(
+            "strategy=fsdp runs only on CUDA GPUs; use trainer=gpu or trainer=multi_gpu (or strategy=ddp)"
+        )
+    if strategy["name"] != "deepspeed":
+        return
+    label = f"strategy=deepspeed_zero{zero_stage(strategy)}" + (
+        "_offload" if offloads_optimizer(strategy) else ""
+    )
+    if importlib.util.find_spec("deepspeed") is None:
+        raise YivlError(f"{label} needs the deepspeed package: pip install 'yivl[deepspeed]'")
+    if accelerator != "gpu":
+        raise YivlError(
+            f"{label} runs only on CUDA GPUs; use trainer=gpu or trainer=multi_gpu (or strategy=ddp)"
+        )
+
+
+def check_qlora(finetune: Mapping, strategy: Mapping, precision: str) -> None:
+    """4-bit weights: bitsandbytes present; sharded strategies need storage dtype == compute dtype."""
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise YivlError("finetune=qlora needs bitsandbytes: pip install 'yivl[qlora]'")
+    quant = finetune["quant"]
+    if quant["type"] not in QUANT_TYPES or quant["storage_dtype"] not in STORAGE_DTYPES:
+        raise YivlError(
+            f"finetune.quant: type must be one of {', '.join(QUANT_TYPES)} and storage_dtype one of "
+            f"{', '.join(STORAGE_DTYPES)} (got {quant['type']}, {quant['storage_dtype']})"
+        )
+    if offloads_optimizer(strategy) or (
+        strategy["name"] == "deepspeed" and "offload_param" in strategy["config"].get("zero_optimization", {})
+    ):
+        raise YivlError(
+            "finetune=qlora cannot offload 4-bit weights to the CPU; use strategy=deepspeed_zero2 or ddp"
+        )
+    shards_params = zero_stage(strategy) == 3 or strategy["name"] == "fsdp"
+    compute = (
+        "bfloat16" if precision.startswith("bf16") else "float16" if precision.startswith("16") else "float32"
+    )
+    storage = str(finetune["quant"]["storage_dtype"])
+    if shards_params and storage != compute:
+        name = "fsdp" if strategy["name"] == "fsdp" else "deepspeed_zero3"
+        raise YivlError(
+            f"strategy={name} shards 4-bit weights by their storage dtype, which must equal the compute "
+            f"dtype: set finetune.quant.storage_dtype={compute} (it is {storage}), "
+            "or use strategy=deepspeed_zero2"
+        )

@@ -1,0 +1,44 @@
+"""The data side of a run: the base model's tokenizer and image processor at the stage's resolution."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import lightning as L
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+
+from yivl.data.images import ImageProcessor
+from yivl.data.tokenizer import YiTokenizer
+from yivl.errors import YivlError
+from yivl.models.config import YiVLConfig
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelInputs:
+    """What the data pipeline needs from the model: tokenizer, processor, features per image."""
+
+    tokenizer: YiTokenizer
+    image_processor: ImageProcessor
+    num_image_tokens: int
+
+
+def model_inputs(base: Path, vit_dir: Path, config: YiVLConfig, image_size: int | None) -> ModelInputs:
+    """Tokenizer and processor of the base model, the processor resized to ``image_size`` (if given)."""
+    processor = ImageProcessor.from_pretrained(vit_dir)
+    size = int(image_size or config.image_size)
+    patch = int(config.vision["patch_size"])
+    if size <= 0 or size % patch:
+        raise YivlError(f"module.image_size={size} is not a positive multiple of the ViT patch size {patch}")
+    if size != processor.size:
+        processor = ImageProcessor(size=size, image_mean=processor.image_mean, image_std=processor.image_std)
+    resized = dataclasses.replace(config, vision={**config.vision, "image_size": size})
+    return ModelInputs(YiTokenizer.from_dir(base), processor, resized.num_image_tokens)
+
+
+def build_datamodule(data: DictConfig, inputs: ModelInputs) -> L.LightningDataModule:
+    """Instantiate the ``data`` config group and bind it to the model's inputs."""
+    datamodule = instantiate(data)
+    datamodule.bind(inputs.tokenizer, inputs.image_processor, inputs.num_image_tokens)
+    return datamodule

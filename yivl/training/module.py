@@ -1,0 +1,165 @@
+"""The LightningModule: builds the stage's model from a small plan and trains it.
+
+The plan is plain data (model path and name, stage, resolution, what trains, fine-tune method, optimizer
+and schedule): it is what ``save_hyperparameters`` stores, so no ``nn.Module`` is ever pickled into a
+checkpoint. The weights are read in ``configure_model`` (under the strategy's context, once).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+
+import lightning as L
+import torch
+from lightning.pytorch.strategies import DeepSpeedStrategy, FSDPStrategy
+from torch.optim.lr_scheduler import LambdaLR
+
+from yivl.errors import YivlError
+from yivl.evaluation.lightning import ValidationLoss
+from yivl.models.yivl import YiVL, YiVLOutput
+from yivl.training.build import Dtypes, build_model, trainable_names
+from yivl.training.checkpointing import (
+    META_KEY,
+    check_same_run,
+    check_state_keys,
+    rng_state,
+    run_meta,
+    set_rng_state,
+)
+from yivl.training.optim import WarmupCosine, build_optimizer, param_groups
+
+
+class YiVLModule(L.LightningModule):
+    """Trains a YiVL model. Logs ``train/loss``, ``lr``, ``tok/s`` (progress bar) and ``val/loss``."""
+
+    def __init__(
+        self,
+        model: Mapping,
+        stage: str,
+        image_size: int | None,
+        train: Mapping,
+        finetune: Mapping,
+        optimizer: Mapping,
+        scheduler: Mapping,
+        gradient_checkpointing: Mapping,
+        precision: str = "32-true",
+        cpu_adam: bool = False,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.model: YiVL | None = None
+        self.meta: dict = {}
+        self.strict_loading = False  # checkpoints hold only the trainable tensors
+        self._pending_rng: Mapping | None = None
+        self._clock: float | None = None
+        self._tokens = 0
+        self.val_loss = ValidationLoss()  # token-weighted, so the same for any batch size or padding
+
+    def setup(self, stage: str) -> None:
+        # Under DeepSpeed/FSDP, configure_model runs inside the strategy's sharded-init context
+        # (deepspeed.zero.Init), which our tensor-by-tensor loader does not support: build before it.
+        if self._sharded():
+            self.configure_model()
+
+    def configure_model(self) -> None:
+        if self.model is not None:
+            return
+        device = (
+            torch.device("cpu")
+            if self._trainer is None or self._sharded()
+            else self.trainer.strategy.root_device
+        )
+        self.model = build_model(self.hparams, Dtypes.for_precision(self.hparams.precision), device)
+        self.meta = run_meta(self.hparams, self.model.config)
+
+    def _sharded(self) -> bool:
+        """True under a strategy that distributes the weights itself (they are read on the CPU first)."""
+        return self._trainer is not None and isinstance(
+            self.trainer.strategy, DeepSpeedStrategy | FSDPStrategy
+        )
+
+    def forward(self, batch: Mapping[str, torch.Tensor]) -> YiVLOutput:
+        """``batch``: input_ids/labels/attention_mask [B, T], pixel_values [N, 3, S, S]."""
+        return self.model(
+            input_ids=batch["input_ids"],
+            attention_mask=batch["attention_mask"],
+            labels=batch["labels"],
+            pixel_values=batch["pixel_values"],
+        )
+
+    def training_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        out = self(batch)
+        self._count_tokens(batch)
+        if (self.global_step + 1) % self.trainer.log_every_n_steps == 0 or self.global_step == 0:
+            # only on the steps whose metrics reach the loggers (and the first, to show them at once)
+            self.log("train/loss", out.loss.detach(), prog_bar=True, batch_size=batch["input_ids"].shape[0])
+            self._log_lrs()
+            self._log_throughput()
+        return out.loss
+
+    def validation_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> None:
+        out = self(batch)
+        self.val_loss.log(self, out.loss, out.num_tokens, batch_size=batch["input_ids"].shape[0])
+
+    def on_train_batch_start(self, batch: Mapping, batch_idx: int) -> None:
+        if self._pending_rng is not None:  # resumed: continue the exact random stream of the first run
+            set_rng_state(self._pending_rng)
+            self._pending_rng = None
+
+    def _count_tokens(self, batch: Mapping[str, torch.Tensor]) -> None:
+        """Tokens the LLM sees in ``batch``: text tokens plus every image's features."""
+        images = batch["pixel_values"].shape[0] * (self.model.config.num_image_tokens - 1)
+        self._tokens += int(batch["attention_mask"].sum()) + images
+
+    def _log_throughput(self) -> None:
+        """Tokens per second (all ranks) since the previous call; the first call starts the clock."""
+        now = time.perf_counter()
+        if self._clock is not None:
+            rate = self._tokens / max(now - self._clock, 1e-9)
+            self.log("tok/s", rate * self.trainer.world_size, prog_bar=True, batch_size=1)
+        self._clock, self._tokens = now, 0
+
+    def _log_lrs(self) -> None:
+        """``lr/<part>`` per trained part; ``lr`` (progress bar) is the LLM's, or the first part's."""
+        lrs = {g["name"].split(".")[0]: g["lr"] for g in self.trainer.optimizers[0].param_groups}
+        for part, lr in lrs.items():
+            self.log(f"lr/{part}", float(lr), batch_size=1)
+        self.log("lr", float(lrs.get("llm", next(iter(lrs.values())))), prog_bar=True, batch_size=1)
+
+    def configure_optimizers(self) -> dict:
+        groups = param_groups(self.model, self.hparams.optimizer)
+        if not groups:
+            raise YivlError(f"experiment {self.hparams.stage} trains no parameter; check module.train")
+        optimizer = build_optimizer(groups, self.hparams.optimizer, cpu_adam=self.hparams.cpu_adam)
+        total = self.trainer.estimated_stepping_batches
+        if total == float("inf"):
+            raise YivlError("the training data has no length (streamed shards): set trainer.max_steps")
+        schedule = WarmupCosine(int(total), **self._schedule_args())
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": LambdaLR(optimizer, schedule), "interval": "step"},
+        }
+
+    def _schedule_args(self) -> dict:
+        return {
+            "warmup_ratio": float(self.hparams.scheduler["warmup_ratio"]),
+            "min_ratio": float(self.hparams.scheduler["min_lr_ratio"]),
+        }
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        keep = set(trainable_names(self))
+        if "state_dict" in checkpoint:
+            checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in keep}
+        checkpoint[META_KEY] = {**self.meta, "rng": rng_state()}
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        where = str(self.trainer.ckpt_path) if self._trainer is not None else "checkpoint"
+        saved = checkpoint.get(META_KEY)
+        check_same_run(where, saved, self.meta)
+        if "state_dict" in checkpoint:  # DeepSpeed restores its own shards
+            shapes = [p.shape for p in self.parameters() if p.requires_grad]
+            check_state_keys(
+                where, checkpoint["state_dict"], dict(zip(trainable_names(self), shapes, strict=True))
+            )
+        self._pending_rng = saved.get("rng")

@@ -99,20 +99,54 @@ def _check_context(lengths: torch.Tensor, limit: int) -> None:
             raise YivlError(f"prompt {i} is empty; give a question")
 
 
+# A shared prefix shorter than this is not worth its extra forward pass.
+MIN_SHARED_PREFIX = 16
+
+
+def shared_prefix_length(prompts: list[list[int]]) -> int:
+    """Length of the longest text-only prefix common to all ``prompts``; each keeps >= 1 token after it."""
+    first, limit = prompts[0], min(len(p) for p in prompts) - 1
+    n = 0
+    while n < limit and first[n] != IMAGE_TOKEN_INDEX and all(p[n] == first[n] for p in prompts[1:]):
+        n += 1
+    return n
+
+
+def prefix_cache(model: YiVL, prefix: list[int], batch: int, device: torch.device) -> DynamicCache:
+    """KV cache of the text ``prefix`` (P ids, positions 0..P-1) computed once, repeated to ``batch`` rows."""
+    ids = torch.tensor([prefix], dtype=torch.long, device=device)  # [1, P]
+    cache = DynamicCache(config=model.llm.config)
+    model.llm(
+        inputs_embeds=model.llm.get_input_embeddings()(ids),
+        attention_mask=torch.ones_like(ids),
+        position_ids=torch.arange(len(prefix), device=device)[None],
+        cache=cache,
+        use_cache=True,
+        logits_to_keep=1,
+    )
+    cache.batch_repeat_interleave(batch)
+    return cache
+
+
 class _Decoder:
     """The KV cache and per-row state of the samples still being generated (rows drop out when done)."""
 
-    def __init__(self, model: YiVL, spliced: Spliced) -> None:
+    def __init__(self, model: YiVL, spliced: Spliced, cache: DynamicCache | None = None) -> None:
+        """Prefill ``spliced`` [b, L]; with ``cache`` (a shared prefix of P positions) it goes after it."""
         self.llm = model.llm
         self.embed = model.llm.get_input_embeddings()
-        self.cache = DynamicCache(config=model.llm.config)
-        self.mask = spliced.attention_mask  # [b, past]: grows by one column per step
-        self.positions = spliced.position_ids[:, -1:]  # [b, 1]: position of each row's last token
+        self.cache = cache if cache is not None else DynamicCache(config=model.llm.config)
+        past = self.cache.get_seq_length()
+        real = spliced.attention_mask
+        # layout [prefix][pads][suffix]: the mask hides the pads, positions go on from the prefix
+        self.mask = torch.cat([real.new_ones(real.shape[0], past), real], dim=1)  # [b, past]: +1 per step
+        position_ids = spliced.position_ids + past * real
+        self.positions = position_ids[:, -1:]  # [b, 1]: position of each row's last token
         self.rows = torch.arange(self.mask.shape[0], device=self.mask.device)  # prompt index of each row
         out = self.llm(
             inputs_embeds=spliced.inputs_embeds,
             attention_mask=self.mask,
-            position_ids=spliced.position_ids,
+            position_ids=position_ids,
             cache=self.cache,
             use_cache=True,
             logits_to_keep=1,
@@ -179,17 +213,21 @@ def generate_full(
         return []
     device = model.llm.get_input_embeddings().weight.device
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    ids, mask = left_pad(prompts, pad_id, device)
+    # the prompts' common text prefix (usually the system prompt) is prefilled once for all rows
+    shared = shared_prefix_length(prompts) if len(prompts) > 1 else 0
+    shared = shared if shared >= MIN_SHARED_PREFIX else 0
+    ids, mask = left_pad([p[shared:] for p in prompts], pad_id, device)
     spliced = model.splice(ids, mask, pixel_values=stack_images(prompts, images), padding_side="left")
     limit = int(model.config.llm["max_position_embeddings"])
-    _check_context(spliced.attention_mask.sum(1), limit)
+    _check_context(spliced.attention_mask.sum(1) + shared, limit)
+    cache = prefix_cache(model, prompts[0][:shared], len(prompts), device) if shared else None
     generator = None
     if settings.seed is not None and settings.temperature > 0:
         generator = torch.Generator(device=device).manual_seed(settings.seed)
 
     streams = [TextStream(i, settings.stop, on_text) for i in range(len(prompts))]
     counts, stopped = [0] * len(prompts), [False] * len(prompts)
-    decoder = _Decoder(model, spliced)
+    decoder = _Decoder(model, spliced, cache)
     for step in range(settings.max_new_tokens):
         s = settings
         tokens = next_tokens(decoder.logits, s.temperature, s.top_k, s.top_p, generator)

@@ -19,7 +19,7 @@ from data_tools.report import build_manifest, console, print_summary, verify_out
 from data_tools.sequence import ShardSequence
 from yivl.data.records import RecordFile
 from yivl.errors import YivlError
-from yivl.serving.progress import progress_bar
+from yivl.progress import progress_bar
 
 HELP = "JSON/JSONL conversations + image folder -> conversation shards (resumable, fully accounted)"
 

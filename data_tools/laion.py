@@ -28,7 +28,7 @@ from yivl.data.reasons import SampleRejected
 from yivl.data.shards import image_member
 from yivl.data.sources import DEFAULT_CAPTION_PROMPTS, caption_record, laion_caption
 from yivl.errors import YivlError
-from yivl.serving.progress import progress_bar
+from yivl.progress import progress_bar
 
 HELP = "check/filter/re-shard img2dataset output with full accounting"
 

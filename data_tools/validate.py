@@ -17,7 +17,7 @@ from data_tools.parallel import ordered_map
 from data_tools.process import Job, convert_job, init_worker
 from data_tools.report import console, percentiles, reasons_table, stats_table
 from data_tools.sequence import Outcome
-from yivl.serving.progress import progress_bar
+from yivl.progress import progress_bar
 
 HELP = "check records exactly as convert would, without writing; print reject reasons by count"
 

@@ -215,7 +215,7 @@ def _progress(task: LoadedTask, enabled: bool) -> Iterator[Callable[[int], None]
     if not enabled:
         yield None
         return
-    from yivl.serving.progress import progress_bar
+    from yivl.progress import progress_bar
 
     with progress_bar(f"{task.spec.name} ({task.spec.type})", len(task.items)) as bar:
         yield bar.advance

@@ -12,9 +12,9 @@ from yivl.checkpoint.tiny import ensure_tiny_checkpoint
 from yivl.data.chat import Turn
 from yivl.errors import YivlError
 from yivl.models.generation import GenerationSettings
+from yivl.progress import progress_bar
 from yivl.serving.engine import Engine, Request
 from yivl.serving.launch import run_api, run_web
-from yivl.serving.progress import progress_bar
 
 MODES = ("single", "chat", "batch", "web", "api")
 

@@ -72,22 +72,13 @@ def run(args: argparse.Namespace) -> int:
         console.print(f"resuming at record {start} of {total} ({journal.next_shard} shards done)")
     sequence = ShardSequence(journal, args.max_samples, args.max_bytes, args.prefix)
     items = (Item(i, records.raw(i)) for i in range(start, total))
-    try:
-        with progress_bar("convert", total - start) as bar:
-            for outcome in ordered_map(
-                convert_job, items, processes(args), init_worker, (Job(spec, image_folder),)
-            ):
-                sequence.add(outcome)
-                bar.advance()
+    with sequence.aborting_on_error(), progress_bar("convert", total - start) as bar:
+        for outcome in ordered_map(
+            convert_job, items, processes(args), init_worker, (Job(spec, image_folder),)
+        ):
+            sequence.add(outcome)
+            bar.advance()
         sequence.finish(total)
-    except KeyboardInterrupt:
-        sequence.abort()
-        done = journal.next_shard
-        console.print(f"interrupted after {done} complete shards; rerun the same command to resume")
-        raise
-    except BaseException:
-        sequence.abort()
-        raise
     return finish(args.out, journal, total, keys_are_indices=True)
 
 

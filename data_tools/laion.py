@@ -132,21 +132,12 @@ def run(args: argparse.Namespace) -> int:
     sequence = ShardSequence(journal, args.max_samples, args.max_bytes, args.prefix)
     items = ((i, s) for i, s in enumerate(tar_samples(shards)) if i >= start)
     total = start
-    try:
-        with progress_bar("laion", None) as bar:
-            for outcome in ordered_map(laion_job, items, processes(args), _init, (filters, model)):
-                sequence.add(outcome)
-                total = outcome.index + 1
-                bar.advance()
+    with sequence.aborting_on_error(), progress_bar("laion", None) as bar:
+        for outcome in ordered_map(laion_job, items, processes(args), _init, (filters, model)):
+            sequence.add(outcome)
+            total = outcome.index + 1
+            bar.advance()
         sequence.finish(total)
-    except KeyboardInterrupt:
-        sequence.abort()
-        done = journal.next_shard
-        console.print(f"interrupted after {done} complete shards; rerun the same command to resume")
-        raise
-    except BaseException:
-        sequence.abort()
-        raise
     extra = {"img2dataset_successes": _reported_successes(shards)}
     _note_successes(extra["img2dataset_successes"], total)
     return finish(args.out, journal, total, keys_are_indices=False, extra=extra)

@@ -9,9 +9,12 @@ from __future__ import annotations
 import os
 import signal
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from data_tools.journal import Journal, append_rejects
+from data_tools.report import console
 from yivl.data.shards import TarShardWriter, sample_bytes, shard_name
 
 
@@ -117,3 +120,17 @@ class ShardSequence:
         if self.writer is not None:
             self.writer.abort()
             self.writer = None
+
+    @contextmanager
+    def aborting_on_error(self) -> Iterator[ShardSequence]:
+        """Drop the open shard if the block fails; after Ctrl-C, say how far it got and how to resume."""
+        try:
+            yield self
+        except KeyboardInterrupt:
+            self.abort()
+            done = self.journal.next_shard
+            console.print(f"interrupted after {done} complete shards; rerun the same command to resume")
+            raise
+        except BaseException:
+            self.abort()
+            raise

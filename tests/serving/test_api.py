@@ -18,7 +18,7 @@ from yivl.serving.engine import Engine, Request
 from yivl.serving.worker import GenerationWorker
 
 from .conftest import api_settings
-from .helpers import SlowEngine, data_url, image_message, png_bytes, serve
+from .helpers import ScriptedEngine, SlowEngine, data_url, image_message, png_bytes, serve
 
 ASSET = Path(__file__).resolve().parents[2] / "assets" / "shapes.png"
 GREEDY = {"temperature": 0, "max_tokens": 12}
@@ -223,5 +223,28 @@ def test_a_client_that_hangs_up_mid_stream_frees_the_worker(engine: Engine):
             )
             assert quick.status_code == 200
             assert time.monotonic() - start < 5, "the abandoned stream kept the worker busy"
+    finally:
+        worker.close()
+
+
+def test_a_client_that_hangs_up_before_a_plain_answer_frees_the_worker(engine: Engine):
+    slow = ScriptedEngine(words=["x"] * 200, delay=0.05)  # the whole answer would take 10 s
+    worker = GenerationWorker(slow)
+    body = {"model": "yi-vl", "messages": [{"role": "user", "content": "Hi"}], "stream": False}
+    try:
+        with serve(create_app(engine, worker, api_settings())) as url:
+            with pytest.raises(httpx.ReadTimeout):  # the client gives up and closes its connection
+                httpx.post(f"{url}/v1/chat/completions", json={**body, "max_tokens": 200}, timeout=0.5)
+            deadline = time.monotonic() + 5
+            while slow.active and time.monotonic() < deadline:
+                time.sleep(0.02)
+            assert slow.active == 0, "the abandoned request kept the worker busy"
+            assert slow.finished == 0, "the abandoned answer ran to its end"
+            slow.words = ["y"]
+            start = time.monotonic()
+            quick = httpx.post(f"{url}/v1/chat/completions", json={**body, "max_tokens": 2}, timeout=60)
+            assert quick.status_code == 200
+            assert quick.json()["choices"][0]["message"]["content"] == "y"
+            assert time.monotonic() - start < 5
     finally:
         worker.close()

@@ -8,6 +8,7 @@ queue instead of corrupting each other. Bad requests get an OpenAI-style error b
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import logging
 import time
@@ -99,7 +100,9 @@ def create_app(engine: Engine, worker: GenerationWorker, settings: ApiSettings) 
                 media_type="text/event-stream",
                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
             )
-        generations = await _collect(events)
+        generations = await _collect_unless_gone(request, events)
+        if generations is None:  # nobody is left to read an answer
+            return Response(status_code=499)
         return JSONResponse(completion_body(generations, prepared, settings.model_name))
 
     return app
@@ -201,6 +204,30 @@ async def _collect(events: AsyncEventStream) -> list[Generation]:
         if event.kind == "error":
             raise as_api_error(event.error)
     raise ApiError(500, "the generation ended without an answer")
+
+
+async def _collect_unless_gone(request: Request, events: AsyncEventStream) -> list[Generation] | None:
+    """:func:`_collect`, or None once the client hangs up: its job is cancelled at the next token, so an
+    abandoned non-streamed request frees the worker at once instead of at ``request_timeout_s``."""
+    answers = asyncio.ensure_future(_collect(events))
+    gone = asyncio.ensure_future(_disconnected(request))
+    try:
+        await asyncio.wait({answers, gone}, return_when=asyncio.FIRST_COMPLETED)
+        if answers.done():
+            return answers.result()
+        log.info("the client went away before its answer; generation cancelled")
+        return None
+    finally:
+        gone.cancel()
+        if not answers.done():
+            answers.cancel()
+            events.job.cancel()
+
+
+async def _disconnected(request: Request) -> None:
+    """Return when the client closes the connection (the body has been read, so nothing else arrives)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
 
 
 def _install_error_handlers(app: FastAPI) -> None:

@@ -22,7 +22,18 @@ from yivl.training.trainer import build_callbacks, build_loggers, resolve_hardwa
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs"
-GROUPS = ("model", "experiment", "finetune", "strategy", "data", "trainer", "logger", "callbacks", "debug")
+GROUPS = (
+    "model",
+    "experiment",
+    "finetune",
+    "strategy",
+    "data",
+    "trainer",
+    "logger",
+    "callbacks",
+    "debug",
+    "val_generation",
+)
 PAPER = {  # Yi paper section 7.2 / model card: global batch, lr, clip, epochs, resolution, trains LLM
     "stage1": (4096, 1e-4, 0.5, 1, 224, "frozen"),
     "stage2": (4096, 1e-4, 0.5, 1, 448, "frozen"),
@@ -53,6 +64,8 @@ def context_for(group: str, option: str) -> list[str]:
         return [f"experiment={option}"]
     if group == "model" and option != "tiny":
         return ["experiment=stage3"]
+    if group == "strategy" and option == "fsdp":
+        return ["val_generation=none"]  # the demo data's generation task needs unsharded weights
     return []
 
 
@@ -148,6 +161,7 @@ def test_experiments_never_pick_the_model_and_set_every_stage_key() -> None:
         (["experiment=qlora", "strategy=fsdp"], "storage dtype, which must equal the compute dtype"),
         (["experiment=qlora", "strategy=deepspeed_zero3_offload"], "deepspeed"),
         (["global_batch_size=0"], "must be at least 1"),
+        (["strategy=fsdp"], "val_generation needs the whole model on every rank, but strategy=fsdp"),
         (["experiment=qlora", "finetune.quant.type=int3"], "type must be one of nf4, fp4"),
     ],
 )

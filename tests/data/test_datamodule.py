@@ -133,7 +133,11 @@ def test_lightning_resume_continues_the_data(synth: Path, tokenizer, tmp_path: P
 def test_every_data_config_instantiates(tmp_path: Path) -> None:
     paths = OmegaConf.create({"paths": {"data_dir": str(tmp_path), "cache_dir": str(tmp_path / "cache")}})
     for path in sorted((CONFIGS / "data").glob("*.yaml")):
-        cfg = OmegaConf.merge(paths, {"data": OmegaConf.load(path)})
+        raw = OmegaConf.load(path)
+        raw.pop(
+            "defaults", None
+        )  # Hydra's defaults list (data=synthetic selects val_generation), not an argument
+        cfg = OmegaConf.merge(paths, {"data": raw})
         dm = hydra.utils.instantiate(cfg.data)
         assert isinstance(dm, YiVLDataModule) and dm.train_sources, path.name
         assert all(isinstance(s, dict) for s in dm.train_sources)

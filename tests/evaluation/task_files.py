@@ -104,6 +104,21 @@ def task_records(kind: str, images: list[str], n: int = 6) -> list[dict]:
     return out
 
 
+LONG_TEXT = " ".join(["word"] * 3000)
+"""About 6000 tokens: more than the tiny model's context (4096, ``yivl.models.presets.tiny``)."""
+
+
+def too_long_record(kind: str, images: list[str], record_id: str = "too-long") -> dict:
+    """A valid record of ``kind`` whose text alone does not fit the tiny model's context."""
+    record = task_records(kind, images, n=1)[0] | {"id": record_id}
+    if kind == "loss":
+        human = {"from": "human", "value": f"<image_placeholder>\n{LONG_TEXT}"}
+        record["conversations"] = [human, *record["conversations"][1:]]
+    else:
+        record["question"] = f"{LONG_TEXT}\n{record.get('question', 'Describe the picture.')}"
+    return record
+
+
 def eval_config(checkpoint: Path, out_dir: Path, tasks: list, *overrides: str) -> DictConfig:
     """``configs/eval.yaml`` composed with test-friendly settings (no progress bar, no workers)."""
     base = [

@@ -12,6 +12,9 @@ accumulates ``(sum of token NLLs, token count)`` instead, summed across ranks, w
     def validation_step(self, batch, batch_idx):
         out = self(batch)  # YiVLOutput: loss (token mean) and num_tokens
         self.val_loss.log(self, out.loss, out.num_tokens, batch_size=batch["input_ids"].shape[0])
+
+The optional generation task of validation (``val/vqa/accuracy``...) is in
+:mod:`yivl.evaluation.val_generation`.
 """
 
 from __future__ import annotations

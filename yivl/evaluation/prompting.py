@@ -2,23 +2,26 @@
 
 Generation prompts are rendered like ``infer.py`` renders them; the ``loss`` task uses the training
 example builder (same text, ids and label masks as training); MCQ options are scored as ``" " + option``
-after the rendered question prompt, tokenised jointly with it.
+after the rendered question prompt, tokenised jointly with it. An item that does not fit the model's
+context is not an error: its ``Prepared.skip`` says why, and the runner records it as skipped.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from yivl.constants import IMAGE_TOKEN_INDEX, STOP_STRING
 from yivl.data.chat import Turn, build_training_example, render_prompt, tokenize_prompt
 from yivl.data.tokenizer import YiTokenizer
-from yivl.errors import YivlError
 from yivl.evaluation.items import Item
 from yivl.evaluation.likelihood import continuation_sequence
 from yivl.evaluation.tasks import TaskSpec
 from yivl.serving.engine import with_image_placeholder
 
 Sequence_ = tuple[list[int], list[int]]
+TOO_LONG = "too_long"
+"""The skip reason of an item that does not fit the context (the data pipeline's code for the same)."""
 
 
 @dataclass
@@ -26,7 +29,8 @@ class Prepared:
     """An item's model inputs: generation prompt (text + ids), scored sequences (ids + labels), length.
 
     ``length`` is the longest sequence the model sees for this item, image features included; it
-    orders the batches.
+    orders the batches. ``skip``: the fields of the item's skipped record (reason, length, context)
+    when it does not fit the context, else None.
     """
 
     prompt: str | None = None
@@ -34,6 +38,7 @@ class Prepared:
     cloze_prompt: str | None = None
     sequences: list[Sequence_] | None = None
     length: int = 0
+    skip: dict[str, Any] | None = None
 
 
 def expanded_length(ids: list[int], image_tokens: int) -> int:
@@ -50,7 +55,7 @@ def render_question(question: str, has_image: bool) -> str:
 def prepare_item(
     item: Item, spec: TaskSpec, tokenizer: YiTokenizer, image_tokens: int, context: int
 ) -> Prepared:
-    """Render and tokenise one item; a sequence that does not fit the context is a YivlError."""
+    """Render and tokenise one item; one that does not fit the context gets ``skip`` set."""
     has_image = item.image is not None
     out = Prepared()
     if spec.type == "loss":
@@ -69,10 +74,23 @@ def prepare_item(
         out.sequences = [continuation_sequence(tokenizer, out.cloze_prompt, c) for c in item.continuations]
         longest = max(expanded_length(ids, image_tokens) for ids, _ in out.sequences)
         out.length = max(out.length, longest)
-    limit = context - 1 if spec.generates else context
-    if out.length > limit:
-        raise YivlError(
-            f"{item.where}: the prompt is {out.length} tokens (image features included) but the model's "
-            f"context is {context}; shorten the sample or drop it"
-        )
+    out.skip = too_long(out.length, context, spec.generates)
     return out
+
+
+def too_long(length: int, context: int, generates: bool) -> dict[str, Any] | None:
+    """The skip fields of an item of ``length`` tokens, or None when it fits ``context``.
+
+    Generation needs room for at least one new token, so its prompt must be shorter than the context.
+    """
+    limit = context - 1 if generates else context
+    if length <= limit:
+        return None
+    room = " with room for one generated token" if generates else ""
+    return {
+        "skipped": TOO_LONG,
+        "skip_detail": f"{length} tokens (image features included) do not fit the model's context of "
+        f"{context}{room}",
+        "length": length,
+        "context": context,
+    }

@@ -6,6 +6,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from yivl.data.reasons import REASONS, describe
 from yivl.evaluation.metrics import TaskMetrics
 
 DISPLAY = {
@@ -27,8 +28,15 @@ PARSED_METRICS = {
 PERCENT_TYPES = ("vqa", "mcq", "yesno")
 
 
-def table_rows(name: str, kind: str, metrics: TaskMetrics, chance: Mapping[str, float]) -> list[list[str]]:
-    """Rows ``Task | Metric | Value | Stderr | N | Unparsed | Chance`` for one task."""
+def table_rows(
+    name: str, kind: str, metrics: TaskMetrics | None, chance: Mapping[str, float], skipped: int = 0
+) -> list[list[str]]:
+    """Rows ``Task | Metric | Value | Stderr | N | Skipped | Unparsed | Chance`` for one task.
+
+    ``metrics`` is None when every sample was skipped: one row says so.
+    """
+    if metrics is None:
+        return [[name, "(every sample skipped)", "-", "-", "0", str(skipped), "-", "-"]]
     names = [m for m in DISPLAY[kind] if m in metrics.values]
     for prefix in GROUP_PREFIXES.get(kind, ()):
         names += [m for m in metrics.values if m.startswith(prefix)]
@@ -43,6 +51,7 @@ def table_rows(name: str, kind: str, metrics: TaskMetrics, chance: Mapping[str, 
                 _fmt(metrics.values[metric], percent),
                 _fmt(metrics.stderr.get(metric), percent),
                 str(n),
+                str(skipped),
                 str(metrics.n_unparsed) if _parsed(kind, metric) else "-",
                 _fmt(chance.get(metric), percent),
             ]
@@ -70,7 +79,7 @@ def _fmt(value: float | None, percent: bool = False) -> str:
 
 def markdown_table(rows: list[list[str]]) -> str:
     """A GitHub Markdown table with the standard header."""
-    header = ["Task", "Metric", "Value", "Stderr", "N", "Unparsed", "Chance"]
+    header = ["Task", "Metric", "Value", "Stderr", "N", "Skipped", "Unparsed", "Chance"]
     widths = (
         [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(header)]
         if rows
@@ -94,6 +103,7 @@ def summary_markdown(summary: Mapping[str, Any], rows: list[list[str]]) -> str:
         "",
         markdown_table(rows),
         "",
+        *skip_notes(summary["tasks"]),
     ]
     for name, check in summary.get("batch_check", {}).items():
         if check:
@@ -102,6 +112,25 @@ def summary_markdown(summary: Mapping[str, Any], rows: list[list[str]]) -> str:
                 f"differ between batch size {check['batch_size']} and 1."
             )
     return "\n".join(lines) + "\n"
+
+
+def skip_notes(tasks: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    """Lines under the table naming each task's skipped samples and why (none when nothing was skipped)."""
+    lines = []
+    for name, task in tasks.items():
+        skipped = task["skipped"]
+        if not skipped:
+            continue
+        why = "; ".join(f"{describe({r: c})}: {REASONS.get(r, r)}" for r, c in skipped.items())
+        total = task["n"] + task["n_skipped"]
+        if task["n"] == 0:
+            lines.append(f"Task `{name}`: all {total} samples were skipped ({why}); it has no metric.")
+        else:
+            lines.append(
+                f"Task `{name}`: {task['n_skipped']} of {total} samples skipped ({why}); its metrics "
+                f"are over the {task['n']} scored samples."
+            )
+    return [*lines, ""] if lines else []
 
 
 def bar_chart(path: Path, tasks: Mapping[str, tuple[str, TaskMetrics, Mapping[str, float]]]) -> Path:

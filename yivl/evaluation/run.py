@@ -25,7 +25,7 @@ from yivl.evaluation.items import Item, build_items
 from yivl.evaluation.metrics import TaskMetrics
 from yivl.evaluation.records import SampleWriter, load_records, prepare_output_dir, samples_path
 from yivl.evaluation.runner import RunOptions, TaskOutcome, TaskRunner
-from yivl.evaluation.scoring import chance_levels, summarize
+from yivl.evaluation.scoring import chance_levels, scored_records, skip_counts, summarize
 from yivl.evaluation.sources import dataset_fingerprint, read_task_file
 from yivl.evaluation.summary import write_outputs
 from yivl.evaluation.tasks import TaskSpec, canonical_type, parse_tasks
@@ -45,11 +45,15 @@ class LoadedTask:
 
 @dataclass
 class TaskResult:
+    """A finished task: metrics over its scored records (None when every one was skipped), and the
+    skipped records by reason."""
+
     spec: TaskSpec
     outcome: TaskOutcome
-    metrics: TaskMetrics
+    metrics: TaskMetrics | None
     chance: Mapping[str, float]
     fingerprint: str
+    skipped: Mapping[str, int]
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
@@ -107,14 +111,16 @@ def load_tasks(cfg: DictConfig) -> list[LoadedTask]:
     """Read and check every task file (before the model is loaded, so bad input fails fast)."""
     options = OmegaConf.to_container(cfg.task_options, resolve=True)
     entries = OmegaConf.to_container(cfg.tasks, resolve=True) if OmegaConf.is_config(cfg.tasks) else cfg.tasks
-    loaded = []
-    for spec in parse_tasks(entries, options):
-        records = read_task_file(spec.path, spec.options.get("limit") or cfg.limit)
-        for record in records:
-            _check_record_type(spec, record.data.get("task_type"), record.where)
-        items = build_items(spec.type, records, spec.options)
-        loaded.append(LoadedTask(spec, items, dataset_fingerprint(records)))
-    return loaded
+    return [load_task(spec, spec.options.get("limit") or cfg.limit) for spec in parse_tasks(entries, options)]
+
+
+def load_task(spec: TaskSpec, limit: int | None) -> LoadedTask:
+    """Read one task file (its first ``limit`` records) and check every record for the task."""
+    records = read_task_file(spec.path, limit)
+    for record in records:
+        _check_record_type(spec, record.data.get("task_type"), record.where)
+    items = build_items(spec.type, records, spec.options)
+    return LoadedTask(spec, items, dataset_fingerprint(records))
 
 
 def _check_record_type(spec: TaskSpec, declared: Any, where: str) -> None:
@@ -199,14 +205,17 @@ def _run_options(cfg: DictConfig) -> RunOptions:
 def _run_task(
     runner: TaskRunner, task: LoadedTask, out_dir: Path, resuming: bool, cfg: DictConfig
 ) -> TaskResult:
-    """Run one task (continuing its sample file when resuming) and summarise all its records."""
+    """Run one task (continuing its sample file when resuming) and summarise its scored records."""
     path = samples_path(out_dir, task.spec.name)
     done = load_records(path) if resuming else {}
     with SampleWriter(path) as writer, _progress(task, bool(cfg.progress)) as advance:
         outcome = runner.run(task.spec, task.items, done, writer, advance)
-    metrics = summarize(task.spec, outcome.records, int(cfg.bootstrap_iters), int(cfg.seed))
-    chance = chance_levels(task.spec, outcome.records)
-    return TaskResult(task.spec, outcome, metrics, chance, task.fingerprint)
+    scored, skipped = scored_records(outcome.records), skip_counts(outcome.records)
+    if not scored:  # every sample was skipped: no metric rather than one over zero samples
+        return TaskResult(task.spec, outcome, None, {}, task.fingerprint, skipped)
+    metrics = summarize(task.spec, scored, int(cfg.bootstrap_iters), int(cfg.seed))
+    chance = chance_levels(task.spec, scored)
+    return TaskResult(task.spec, outcome, metrics, chance, task.fingerprint, skipped)
 
 
 @contextmanager

@@ -75,17 +75,27 @@ class TaskRunner:
         spec: TaskSpec,
         items: list[Item],
         done: dict[str, dict[str, Any]],
-        writer: SampleWriter,
+        writer: SampleWriter | None,
         progress: Progress | None = None,
+        share: tuple[int, int] = (0, 1),
     ) -> TaskOutcome:
-        """Compute every item not in ``done`` (whole planned batches), writing records as batches finish."""
+        """Compute every item not in ``done`` (whole planned batches), writing records as batches finish.
+
+        Items that do not fit the context are recorded as skipped, never computed. ``share=(rank,
+        world)`` runs only every ``world``-th planned batch from ``rank`` (and rank 0 records the
+        skipped items); ``records`` then hold this share only. ``writer=None`` writes no file.
+        """
         prepared = self.prepare(spec, items)
-        batches = plan_batches([p.length for p in prepared], self.options.batch_size)
-        todo = [b for b in batches if any(items[i].id not in done for i in b)]
+        rank, world = share
+        todo = [b for b in self.plan(prepared) if any(items[i].id not in done for i in b)][rank::world]
         if progress is not None and len(done):
             progress(sum(1 for item in items if item.id in done))
         outcome = TaskOutcome(records=[])
         start = time.perf_counter()
+        if rank == 0:
+            skipped = self.record_skips(spec, items, prepared, done, writer)
+            if progress is not None and skipped:
+                progress(skipped)
         for indices, pixels in iterate_batches(self.dataset(items), todo, self.options.num_workers):
             t0 = time.perf_counter()
             fields = self.compute(spec, [items[i] for i in indices], [prepared[i] for i in indices], pixels)
@@ -96,19 +106,45 @@ class TaskRunner:
                     continue
                 record = base_record(spec, items[i], prepared[i]) | extra
                 record |= {"batch_size": len(indices), "batch_s": round(elapsed, 4)}
-                writer.write(record)
+                _write(writer, record)
                 done[items[i].id] = record
                 outcome.gen_tokens += int(record.get("gen_tokens") or 0)
                 fresh += 1
             outcome.computed += fresh
             if progress is not None:
                 progress(fresh)
-        writer.sync()
+        if writer is not None:
+            writer.sync()
         outcome.wall_s = time.perf_counter() - start
-        outcome.records = [done[item.id] for item in items]
-        if spec.generates and self.options.batch_check and self.options.batch_size > 1:
+        outcome.records = [done[item.id] for item in items if item.id in done]
+        scored = any(p.skip is None for p in prepared)
+        if spec.generates and scored and self.options.batch_check and self.options.batch_size > 1:
             outcome.batch_check = self.check_batch_invariance(spec, items, prepared, outcome.records)
         return outcome
+
+    def plan(self, prepared: list[Prepared]) -> list[list[int]]:
+        """Batches of the items that fit the context, planned as if the others were not in the file."""
+        fits = [i for i, p in enumerate(prepared) if p.skip is None]
+        batches = plan_batches([prepared[i].length for i in fits], self.options.batch_size)
+        return [[fits[k] for k in batch] for batch in batches]
+
+    def record_skips(
+        self,
+        spec: TaskSpec,
+        items: list[Item],
+        prepared: list[Prepared],
+        done: dict[str, dict[str, Any]],
+        writer: SampleWriter | None,
+    ) -> int:
+        """Write the skipped record of every item that does not fit and is not yet in ``done``."""
+        count = 0
+        for item, prep in zip(items, prepared, strict=True):
+            if prep.skip is not None and item.id not in done:
+                record = base_record(spec, item, prep) | prep.skip
+                _write(writer, record)
+                done[item.id] = record
+                count += 1
+        return count
 
     def compute(
         self, spec: TaskSpec, items: list[Item], prepared: list[Prepared], pixels: list[torch.Tensor | None]
@@ -166,16 +202,18 @@ class TaskRunner:
     def check_batch_invariance(
         self, spec: TaskSpec, items: list[Item], prepared: list[Prepared], records: list[dict[str, Any]]
     ) -> dict[str, Any]:
-        """Regenerate the first ``batch_check`` items one at a time; list those whose answer differs."""
-        count = min(self.options.batch_check, len(items))
-        singles = [[i] for i in range(count)]
+        """Regenerate the first ``batch_check`` scored items alone; list those whose answer differs."""
+        fits = [i for i, p in enumerate(prepared) if p.skip is None]
+        singles = [[i] for i in fits[: self.options.batch_check]]
+        by_id = {str(r["id"]): r for r in records}
         differ = []
         for indices, pixels in iterate_batches(self.dataset(items), singles, 0):
             i = indices[0]
             answer = self.generate(spec, [prepared[i]], pixels)[0][0]
-            if answer != records[i]["raw_output"]:
-                differ.append({"id": items[i].id, "batched": records[i]["raw_output"], "alone": answer})
-        return {"checked": count, "batch_size": self.options.batch_size, "differ": differ}
+            batched = by_id[items[i].id]["raw_output"]
+            if answer != batched:
+                differ.append({"id": items[i].id, "batched": batched, "alone": answer})
+        return {"checked": len(singles), "batch_size": self.options.batch_size, "differ": differ}
 
 
 class TokenCounter:
@@ -201,6 +239,11 @@ class TokenCounter:
         """Tokens per row; rows cannot be told apart (None) when some row stopped on its first token."""
         counts = list(self._longest.values())
         return counts if len(counts) == rows else [None] * rows
+
+
+def _write(writer: SampleWriter | None, record: dict[str, Any]) -> None:
+    if writer is not None:
+        writer.write(record)
 
 
 def base_record(spec: TaskSpec, item: Item, prepared: Prepared) -> dict[str, Any]:

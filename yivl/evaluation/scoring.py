@@ -8,6 +8,7 @@ uninterrupted one would.
 from __future__ import annotations
 
 import math
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -81,8 +82,19 @@ def score_likelihood(item: Item, sums: Sequence[float], counts: Sequence[int]) -
     }
 
 
+def scored_records(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The records the metrics are computed over: all but the skipped ones."""
+    return [r for r in records if not r.get("skipped")]
+
+
+def skip_counts(records: list[dict[str, Any]]) -> dict[str, int]:
+    """Skipped records by reason (e.g. ``{"too_long": 2}``), most frequent first."""
+    counts = Counter(str(r["skipped"]) for r in records if r.get("skipped"))
+    return dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
+
+
 def summarize(spec: TaskSpec, records: list[dict[str, Any]], iters: int, seed: int) -> TaskMetrics:
-    """The task's metrics from its records (ordered by ``index``)."""
+    """The task's metrics from its scored records (ordered by ``index``; at least one)."""
     kind = spec.type
     if kind == "loss":
         return summarize_loss(records)

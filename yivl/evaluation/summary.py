@@ -10,6 +10,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from yivl.data.reasons import describe
 from yivl.evaluation.records import write_text
 from yivl.evaluation.report import bar_chart, summary_markdown, table_rows
 
@@ -38,12 +39,22 @@ def write_outputs(
 ) -> dict[str, Any]:
     """Write summary.json, summary.md and summary.png; print the table; return the summary."""
     summary = build_summary(manifest, results, timing, resumed)
-    rows = [r for res in results for r in table_rows(res.spec.name, res.spec.type, res.metrics, res.chance)]
+    rows = [
+        row
+        for res in results
+        for row in table_rows(
+            res.spec.name, res.spec.type, res.metrics, res.chance, sum(res.skipped.values())
+        )
+    ]
     write_text(out_dir / "summary.json", json.dumps(summary, indent=2, default=str) + "\n")
     markdown = summary_markdown(summary, rows)
     write_text(out_dir / "summary.md", markdown)
     if chart:
-        panels = {res.spec.name: (res.spec.type, res.metrics, res.chance) for res in results}
+        panels = {
+            res.spec.name: (res.spec.type, res.metrics, res.chance)
+            for res in results
+            if res.metrics is not None
+        }
         bar_chart(out_dir / "summary.png", panels)
     print(markdown, flush=True)
     print(
@@ -59,9 +70,7 @@ def build_summary(
     tasks, parsers, checks, task_timing = {}, {}, {}, {}
     computed = tokens = 0
     for res in results:
-        entry = {"type": res.spec.type, **res.metrics.to_dict()}
-        entry["chance"] = dict(res.chance)
-        tasks[res.spec.name] = entry
+        tasks[res.spec.name] = task_entry(res)
         parsers[res.spec.name] = PARSERS.get(res.spec.type, lambda o: {})(res.spec.options)
         checks[res.spec.name] = res.outcome.batch_check
         task_timing[res.spec.name] = _rates(res.outcome.wall_s, res.outcome.computed, res.outcome.gen_tokens)
@@ -85,11 +94,26 @@ def build_summary(
     }
 
 
+def task_entry(res: TaskResult) -> dict[str, Any]:
+    """One task of ``summary.json``: its metrics over the scored samples, and the skipped ones by reason."""
+    entry: dict[str, Any] = {"type": res.spec.type}
+    if res.metrics is None:
+        entry |= {"main": None, "n": 0, "n_unparsed": 0, "stderr": None}
+        entry["note"] = f"every sample was skipped ({describe(res.skipped)}); the task has no metric"
+    else:
+        entry |= res.metrics.to_dict()
+    entry |= {"n_skipped": sum(res.skipped.values()), "skipped": dict(res.skipped)}
+    entry["chance"] = dict(res.chance)
+    return entry
+
+
 NOTES = [
     "Greedy decoding; prompts use the training chat format (each sample record holds its exact prompt).",
     "Batched generation pads on the left; a near-tie can flip a greedy answer between batch sizes. "
     "batch_check lists such answers among the first samples; batch_size=1 is the reference mode.",
     "Unparsed answers count as wrong and are counted in n_unparsed; there is no random fallback.",
+    "Samples that do not fit the model's context are skipped, counted by reason in n_skipped and "
+    "skipped, and left out of every metric; n counts the scored samples.",
 ]
 
 

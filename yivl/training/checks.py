@@ -22,6 +22,7 @@ def check_config(cfg: Mapping, accelerator: str, precision: str) -> None:
     check_strategy(strategy, accelerator)
     if finetune["method"] == "qlora":
         check_qlora(finetune, strategy, precision)
+    check_val_generation(cfg["val_generation"], strategy)
     if int(cfg["global_batch_size"]) < 1:
         raise YivlError(f"global_batch_size={cfg['global_batch_size']} must be at least 1")
 
@@ -71,6 +72,18 @@ def check_strategy(strategy: Mapping, accelerator: str) -> None:
     if accelerator != "gpu":
         raise YivlError(
             f"{label} runs only on CUDA GPUs; use trainer=gpu or trainer=multi_gpu (or strategy=ddp)"
+        )
+
+
+def check_val_generation(val_generation: Mapping, strategy: Mapping) -> None:
+    """The validation generation task needs the whole model on every rank: no strategy that shards it."""
+    if val_generation["type"] is None:
+        return
+    if strategy["name"] == "fsdp" or zero_stage(strategy) == 3:
+        name = "fsdp" if strategy["name"] == "fsdp" else "deepspeed_zero3"
+        raise YivlError(
+            f"val_generation needs the whole model on every rank, but strategy={name} shards it; use "
+            "strategy=ddp or strategy=deepspeed_zero2, or turn the task off with val_generation=none"
         )
 
 

@@ -22,6 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 from yivl.checkpoint.layout import check_model_dir, read_config
 from yivl.checkpoint.tiny import ensure_tiny_checkpoint
 from yivl.errors import YivlError
+from yivl.evaluation.val_generation import ValGeneration, ValidationGeneration, parse_val_generation
 from yivl.models.config import YiVLConfig
 from yivl.training.checkpointing import check_same_run, peek_meta, run_meta
 from yivl.training.checks import check_config
@@ -83,6 +84,7 @@ def train(cfg: DictConfig) -> Trained:
     accelerator, precision = resolve_hardware(cfg.trainer)
     plain = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
     check_config(plain, accelerator, precision)
+    val_task = parse_val_generation(plain["val_generation"])
     if cfg.extras.ignore_warnings:
         warnings.filterwarnings("ignore")
     if cfg.extras.print_config:
@@ -96,7 +98,8 @@ def train(cfg: DictConfig) -> Trained:
     check_export_dir(plain["export"])
     inputs = model_inputs(base, vit_dir, config, plan["image_size"])
     datamodule = build_datamodule(cfg.data, inputs)
-    trainer = build_trainer(plain, accelerator, precision)
+    has_val = bool(datamodule.val_sources)
+    trainer = build_trainer(plain, accelerator, precision, val_callbacks(val_task, inputs, base, has_val))
     ckpt_path = resolve_ckpt_path(plain, run_meta(plan, config))
     module = YiVLModule(**plan)
     try:
@@ -104,6 +107,15 @@ def train(cfg: DictConfig) -> Trained:
     except YivlError as err:
         raise unwrap_worker_error(err) from None
     return Trained(trainer, module, finish(trainer, module, inputs, plain))
+
+
+def val_callbacks(
+    task: ValGeneration | None, inputs: ModelInputs, base: Path, has_val_data: bool
+) -> list[L.Callback]:
+    """The validation generation task's callback, when ``val_generation`` names one."""
+    if task is None:
+        return []
+    return [ValidationGeneration(task, inputs.tokenizer, inputs.image_processor, base, has_val_data)]
 
 
 def unwrap_worker_error(err: YivlError) -> YivlError:

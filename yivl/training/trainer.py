@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import lightning as L
 import torch
@@ -60,8 +60,11 @@ def accumulation(global_batch: int, micro_batch: int, world_size: int) -> int:
     return global_batch // per_step
 
 
-def build_trainer(plain: Mapping, accelerator: str, precision: str) -> L.Trainer:
-    """The Trainer for the composed config (``plain``: resolved to plain containers)."""
+def build_trainer(
+    plain: Mapping, accelerator: str, precision: str, callbacks: Sequence[L.Callback] = ()
+) -> L.Trainer:
+    """The Trainer for the composed config (``plain``: resolved to plain containers), with the
+    ``callbacks`` group's callbacks plus ``callbacks``."""
     micro_batch = int(plain["data"]["batch_size"])
     kwargs = {k: v for k, v in plain["trainer"].items() if k != "_target_"}
     kwargs.update(accelerator=accelerator, precision=precision)
@@ -69,7 +72,7 @@ def build_trainer(plain: Mapping, accelerator: str, precision: str) -> L.Trainer
         **kwargs,
         strategy=build_strategy(plain["strategy"], micro_batch),
         logger=build_loggers(plain["logger"]) or False,
-        callbacks=build_callbacks(plain["callbacks"]),
+        callbacks=[*build_callbacks(plain["callbacks"]), *callbacks],
     )
     world = trainer.num_devices * trainer.num_nodes
     trainer.accumulate_grad_batches = accumulation(int(plain["global_batch_size"]), micro_batch, world)

@@ -25,6 +25,7 @@ from yivl.evaluation.runner import RunOptions, TaskRunner
 from yivl.evaluation.scoring import summarize_loss
 from yivl.evaluation.sources import read_task_file
 from yivl.evaluation.tasks import TaskSpec
+from yivl.models.generation import PrefixCache
 
 pytestmark = pytest.mark.usefixtures("no_network", "one_thread")
 
@@ -94,3 +95,32 @@ def test_continuation_is_scored_from_the_jointly_tokenised_boundary(tiny_loaded:
     scored = [i for i, lab in zip(ids, labels, strict=True) if lab != IGNORE_INDEX]
     assert tok.decode(scored) == " dark blue"
     assert labels[: len(tokenize_prompt(tok, prompt))] == [IGNORE_INDEX] * len(tokenize_prompt(tok, prompt))
+
+
+def test_the_runner_reuses_the_system_prompt_cache_only_within_one_run(
+    tiny_loaded: LoadedModel, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Batches share the system prompt's KV cache; after a weight update (training) it is computed anew."""
+    path = write_jsonl(tmp_path / "vqa.jsonl", task_records("vqa", write_images(tmp_path, 6), n=6))
+    spec = TaskSpec("vqa", "vqa", path, {"max_new_tokens": 4, "norm": "evalai", "suffix": ""})
+    items = build_items("vqa", read_task_file(path), spec.options)
+    caches: list[PrefixCache] = []
+    real_get = PrefixCache.get
+
+    def spy(self: PrefixCache, *args, **kwargs):
+        if self not in caches:
+            caches.append(self)
+        return real_get(self, *args, **kwargs)
+
+    monkeypatch.setattr(PrefixCache, "get", spy)
+    runner = TaskRunner(tiny_loaded, RunOptions(batch_size=2, num_workers=0))
+    before = [r["raw_output"] for r in runner.run(spec, items, {}, None).records]
+    assert len(caches) == 1 and caches[0].computed == 1  # three batches, one prefix computation
+    with torch.no_grad():
+        for p in tiny_loaded.model.llm.model.layers[0].parameters():
+            p.mul_(1.5)  # as a training step would change the weights
+    after = [r["raw_output"] for r in runner.run(spec, items, {}, None).records]
+    fresh = TaskRunner(tiny_loaded, RunOptions(batch_size=2, num_workers=0)).run(spec, items, {}, None)
+    assert after == [r["raw_output"] for r in fresh.records]
+    assert after != before  # the update changed the answers, so a stale cache would have shown
+    assert len(caches) == 3 and caches[1].computed == 1

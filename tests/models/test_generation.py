@@ -9,7 +9,7 @@ import torch
 
 from yivl.constants import IMAGE_TOKEN_INDEX as IMG
 from yivl.errors import YivlError
-from yivl.models.generation import Generation, GenerationSettings, generate, generate_full
+from yivl.models.generation import Generation, GenerationSettings, PrefixCache, generate, generate_full
 from yivl.models.sampling import next_tokens
 from yivl.models.text_stream import find_stop
 from yivl.models.yivl import YiVL
@@ -68,6 +68,25 @@ def test_batched_greedy_equals_one_by_one_and_reference(tiny_model, images) -> N
         expected = _reference_greedy(tiny_model, prompt, image, GREEDY.max_new_tokens)
         assert answer == tok.decode(expected)
         assert len(expected) == GREEDY.max_new_tokens
+
+
+def test_a_prefix_cache_reused_across_calls_changes_no_answer(tiny_model, images) -> None:
+    """The system-prompt KV cache computed once and reused by batches of other sizes and prompts."""
+    g = torch.Generator().manual_seed(5)
+    system = torch.randint(3, 1024, (20,), generator=g).tolist()  # >= MIN_SHARED_PREFIX
+    prompts = [[*system, IMG, *torch.randint(3, 1024, (n,), generator=g).tolist()] for n in (3, 6, 1, 4)]
+    imgs = [images[i % images.shape[0]] for i in range(len(prompts))]
+    tok, prefixes = IdTokenizer(), PrefixCache()
+    expected = [
+        _reference_greedy(tiny_model, p, im, GREEDY.max_new_tokens)
+        for p, im in zip(prompts, imgs, strict=True)
+    ]
+    for rows in ([0, 1, 2], [1, 3], [0, 1, 2, 3], [3, 2]):
+        answers = generate(
+            tiny_model, tok, [prompts[r] for r in rows], [imgs[r] for r in rows], GREEDY, prefixes=prefixes
+        )
+        assert answers == [tok.decode(expected[r]) for r in rows]
+    assert prefixes.computed == 1  # one prefix, run through the model once for the four calls
 
 
 def test_eos_ends_one_sample_while_others_go_on(tiny_model, images) -> None:

@@ -20,7 +20,7 @@ from yivl.evaluation.prompting import Prepared, prepare_item
 from yivl.evaluation.records import SampleWriter
 from yivl.evaluation.scoring import score_likelihood, score_output
 from yivl.evaluation.tasks import TaskSpec
-from yivl.models.generation import GenerationSettings, generate
+from yivl.models.generation import GenerationSettings, PrefixCache, generate
 
 Progress = Callable[[int], None]
 
@@ -60,6 +60,8 @@ class TaskRunner:
         self.image_tokens = loaded.model.config.num_image_tokens
         self.device = self.model.llm.get_input_embeddings().weight.device
         self.pixel_dtype = next(self.model.vision_tower.parameters()).dtype
+        # the system prompt's KV cache, computed once per run(): the weights cannot change inside one
+        self.prefixes: PrefixCache | None = None
 
     def prepare(self, spec: TaskSpec, items: list[Item]) -> list[Prepared]:
         return [prepare_item(item, spec, self.tokenizer, self.image_tokens, self.context) for item in items]
@@ -85,6 +87,21 @@ class TaskRunner:
         world)`` runs only every ``world``-th planned batch from ``rank`` (and rank 0 records the
         skipped items); ``records`` then hold this share only. ``writer=None`` writes no file.
         """
+        self.prefixes = PrefixCache()
+        try:
+            return self._run(spec, items, done, writer, progress, share)
+        finally:
+            self.prefixes = None
+
+    def _run(
+        self,
+        spec: TaskSpec,
+        items: list[Item],
+        done: dict[str, dict[str, Any]],
+        writer: SampleWriter | None,
+        progress: Progress | None,
+        share: tuple[int, int],
+    ) -> TaskOutcome:
         prepared = self.prepare(spec, items)
         rank, world = share
         todo = [b for b in self.plan(prepared) if any(items[i].id not in done for i in b)][rank::world]
@@ -184,7 +201,7 @@ class TaskRunner:
         settings = GenerationSettings(temperature=0.0, top_k=None, max_new_tokens=budget)
         images = [None if px is None else px.to(self.device, self.pixel_dtype) for px in pixels]
         counter = TokenCounter(self.tokenizer)
-        answers = generate(self.model, counter, prompts, images, settings)
+        answers = generate(self.model, counter, prompts, images, settings, prefixes=self.prefixes)
         return answers, counter.per_row(len(prompts))
 
     def logprobs(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -128,6 +129,36 @@ def prefix_cache(model: YiVL, prefix: list[int], batch: int, device: torch.devic
     return cache
 
 
+class PrefixCache:
+    """Shared-prefix KV caches kept across :func:`generate` calls, so a prefix that every batch shares
+    (the system prompt) is computed once, not once per batch.
+
+    The caches hold activations of the weights at the time they were computed: scope one object to a
+    stretch without weight updates (one evaluation pass), never across training steps.
+    """
+
+    def __init__(self, capacity: int = 4) -> None:
+        self.capacity = capacity
+        self.computed = 0  # prefixes run through the model (the rest were reused)
+        self._caches: OrderedDict[tuple[int, ...], DynamicCache] = OrderedDict()
+
+    def get(self, model: YiVL, prefix: list[int], batch: int, device: torch.device) -> DynamicCache:
+        """A fresh cache of ``prefix`` for ``batch`` rows, from the one-row cache computed on first use."""
+        key = tuple(prefix)
+        base = self._caches.get(key)
+        if base is None:
+            base = prefix_cache(model, prefix, 1, device)
+            self.computed += 1
+            self._caches[key] = base
+            while len(self._caches) > self.capacity:
+                self._caches.popitem(last=False)
+        self._caches.move_to_end(key)
+        cache = DynamicCache(config=model.llm.config)
+        for index, layer in enumerate(base.layers):  # the decoder grows its cache: never hand out ours
+            cache.update(layer.keys.repeat(batch, 1, 1, 1), layer.values.repeat(batch, 1, 1, 1), index)
+        return cache
+
+
 class _Decoder:
     """The KV cache and per-row state of the samples still being generated (rows drop out when done)."""
 
@@ -188,14 +219,17 @@ def generate(
     images: Sequence[torch.Tensor | None],
     settings: GenerationSettings | None = None,
     on_text: Callable[[int, str], None] | None = None,
+    prefixes: PrefixCache | None = None,
 ) -> list[str]:
     """Answer each prompt (token ids, -200 where its image goes); returns the answers in prompt order.
 
     A sample stops at the eos id, when its decoded continuation contains a stop string (the answer is the
     text before it, whitespace stripped), after ``max_new_tokens``, or when its context is full.
     ``on_text(i, delta)`` receives prompt i's answer piece by piece; the deltas concatenate to the answer.
+    ``prefixes`` reuses the KV cache of the prompts' shared prefix across calls (see :class:`PrefixCache`).
     """
-    return [g.text for g in generate_full(model, tokenizer, prompts, images, settings, on_text)]
+    answers = generate_full(model, tokenizer, prompts, images, settings, on_text, prefixes)
+    return [g.text for g in answers]
 
 
 @torch.inference_mode()
@@ -206,6 +240,7 @@ def generate_full(
     images: Sequence[torch.Tensor | None],
     settings: GenerationSettings | None = None,
     on_text: Callable[[int, str], None] | None = None,
+    prefixes: PrefixCache | None = None,
 ) -> list[Generation]:
     """:func:`generate`, with each answer's generated-token count and finish reason."""
     settings = settings or GenerationSettings()
@@ -220,7 +255,10 @@ def generate_full(
     spliced = model.splice(ids, mask, pixel_values=stack_images(prompts, images), padding_side="left")
     limit = int(model.config.llm["max_position_embeddings"])
     _check_context(spliced.attention_mask.sum(1) + shared, limit)
-    cache = prefix_cache(model, prompts[0][:shared], len(prompts), device) if shared else None
+    cache = None
+    if shared:
+        prefix = prompts[0][:shared]
+        cache = (prefixes.get if prefixes else prefix_cache)(model, prefix, len(prompts), device)
     generator = None
     if settings.seed is not None and settings.temperature > 0:
         generator = torch.Generator(device=device).manual_seed(settings.seed)

@@ -1,18 +1,24 @@
 """Time to first token and tokens/s of the OpenAI-compatible API against the engine called in-process.
 
 Builds the tiny random Yi-VL, starts ``python infer.py mode=api`` on 127.0.0.1 (a free port) in a
-subprocess, and streams the same greedy question about an image through the ``openai`` client, with
-one client and with four at once. The baseline is the engine's generation called in this process
-(four clients: four threads sharing one lock, as the server's single worker does). Overhead target:
-<= 10%.
+subprocess, and streams the same greedy question about an image, with one client and with four at
+once, through two clients: ``http``, a bare httpx client that reads the event stream line by line (what
+the server itself adds), and ``openai``, the official client (the server plus that library's own
+request building and per-chunk parsing, which any OpenAI-compatible server costs its users). The
+baseline is the engine's generation called in this process (four clients: four threads taking turns
+first come, first served, as the server's single worker queue does). One client sends the three paths'
+requests interleaved one by one and the table gives medians, so a drift in machine load hits every
+path alike; four clients run the paths in alternating rounds and report total tokens over wall time.
+Overhead target: <= 10%.
 
-    python bench/serving_latency.py [--tokens 64] [--requests 6] [--markdown]
+    python bench/serving_latency.py [--tokens 64] [--requests 6] [--rounds 3] [--markdown]
 """
 
 from __future__ import annotations
 
 import argparse
 import base64
+import json
 import os
 import socket
 import statistics
@@ -58,6 +64,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--requests", type=int, default=6, help="requests per client")
     parser.add_argument("--clients", type=int, default=4, help="clients in the concurrent runs")
     parser.add_argument(
+        "--rounds",
+        type=int,
+        default=3,
+        help="one client: requests x rounds each; several: alternating rounds",
+    )
+    parser.add_argument(
         "--threads",
         type=int,
         default=1,
@@ -67,7 +79,28 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def direct_once(engine: Engine, tokens: int, lock: threading.Lock) -> Sample:
+class FifoLock:
+    """A lock granted in arrival order (``threading.Lock`` lets the releasing thread barge back in, which
+    would flatter the in-process baseline's time to first token against the server's FIFO queue)."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._next_ticket = 0
+        self._serving = 0
+
+    def __enter__(self) -> None:
+        with self._cond:
+            ticket = self._next_ticket
+            self._next_ticket += 1
+            self._cond.wait_for(lambda: self._serving == ticket)
+
+    def __exit__(self, *exc: object) -> None:
+        with self._cond:
+            self._serving += 1
+            self._cond.notify_all()
+
+
+def direct_once(engine: Engine, tokens: int, lock: FifoLock) -> Sample:
     """The engine in-process, streaming into a callback (what the API wraps)."""
     first: list[float] = []
     settings = GenerationSettings(temperature=0, max_new_tokens=tokens)
@@ -83,16 +116,47 @@ def direct_once(engine: Engine, tokens: int, lock: threading.Lock) -> Sample:
     return Sample((first[0] if first else end) - start, end - start, answer.num_tokens)
 
 
-def api_once(client: openai.OpenAI, tokens: int) -> Sample:
-    """One streamed request through the OpenAI client."""
+def messages() -> list[dict]:
+    """The question with the image as a data URL."""
     url = "data:image/png;base64," + base64.b64encode(IMAGE.read_bytes()).decode()
     content = [{"type": "text", "text": QUESTION}, {"type": "image_url", "image_url": {"url": url}}]
+    return [{"role": "user", "content": content}]
+
+
+def http_once(client: httpx.Client, url: str, tokens: int) -> Sample:
+    """One streamed request read line by line: only the server's own cost is added to the engine's."""
+    body = {
+        "model": "yi-vl",
+        "messages": messages(),  # built before the clock starts, as for the openai client
+        "temperature": 0,
+        "max_tokens": tokens,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
+    start = time.perf_counter()
+    first, last = None, ""
+    with client.stream("POST", f"{url}/chat/completions", json=body) as response:
+        response.raise_for_status()
+        for line in response.iter_lines():
+            if not line.startswith("data: {"):
+                continue
+            if first is None and '"content": "' in line and '"content": ""' not in line:
+                first = time.perf_counter()
+            last = line
+    end = time.perf_counter()
+    used = json.loads(last[len("data: ") :])["usage"]["completion_tokens"]
+    return Sample((first or end) - start, end - start, used)
+
+
+def api_once(client: openai.OpenAI, tokens: int) -> Sample:
+    """One streamed request through the OpenAI client."""
+    chat = messages()
     start = time.perf_counter()
     first = None
     used = 0
     stream = client.chat.completions.create(
         model="yi-vl",
-        messages=[{"role": "user", "content": content}],
+        messages=chat,
         temperature=0,
         max_tokens=tokens,
         stream=True,
@@ -154,58 +218,71 @@ def start_server(model: Path, port: int, threads: int) -> subprocess.Popen:
     raise SystemExit("the API server did not start in time")
 
 
-def summarize(name: str, clients: int, samples: list[Sample], wall: float) -> dict:
-    tokens = sum(s.tokens for s in samples)
+def run_interleaved(paths: dict[str, Callable[[], Sample]], requests: int) -> dict[str, list[Sample]]:
+    """One client: each path in turn, request by request, so a drift in machine load hits all alike."""
+    samples: dict[str, list[Sample]] = {name: [] for name in paths}
+    for _ in range(requests):
+        for name, once in paths.items():
+            samples[name].append(once())
+    return samples
+
+
+def summarize(name: str, clients: int, samples: list[Sample], wall: float | None) -> dict:
+    """Medians of one path; ``tok_s`` is the median request's rate for one client (``wall`` None) and
+    all tokens over the wall time for several."""
+    rate = (
+        statistics.median(s.tokens / s.total for s in samples)
+        if wall is None
+        else sum(s.tokens for s in samples) / wall
+    )
     return {
         "path": name,
         "clients": clients,
         "requests": len(samples),
+        "tokens": statistics.median(s.tokens for s in samples),
         "ttft_ms": 1000 * statistics.median(s.ttft for s in samples),
         "latency_ms": 1000 * statistics.median(s.total for s in samples),
-        "tokens": statistics.median(s.tokens for s in samples),
-        "client_tok_s": statistics.median(s.tokens / s.total for s in samples),
-        "total_tok_s": tokens / wall,
+        "tok_s": rate,
     }
 
 
-def measure(engine: Engine, client: openai.OpenAI, args: argparse.Namespace) -> list[dict]:
-    """Direct and API rounds, alternated so drifting machine load hits both alike."""
-    lock = threading.Lock()
-    direct = partial(direct_once, engine, args.tokens, lock)
-    api = partial(api_once, client, args.tokens)
-    for once in (direct, api, direct, api):  # warm-up
-        once()
-    rows = []
-    for clients, requests in ((1, args.requests), (args.clients, max(1, args.requests // 2))):
-        runs: dict[str, tuple[list[Sample], float]] = {"direct": ([], 0.0), "api": ([], 0.0)}
-        for _ in range(2):
-            for name, once in (("direct", direct), ("api", api)):
-                samples, wall = run_clients(once, clients, requests)
-                runs[name] = (runs[name][0] + samples, runs[name][1] + wall)
-        rows += [summarize(name, clients, *runs[name]) for name in ("direct", "api")]
+def measure(engine: Engine, url: str, args: argparse.Namespace) -> list[dict]:
+    """One client: the paths interleaved request by request. Several clients: the paths take turns in
+    rounds. Either way drifting machine load hits every path alike."""
+    client = openai.OpenAI(base_url=url, api_key="none", max_retries=0, timeout=300)
+    # enough pooled connections that four clients never wait for one
+    http = httpx.Client(timeout=300, limits=httpx.Limits(max_connections=args.clients + 1))
+    paths = {
+        "direct": partial(direct_once, engine, args.tokens, FifoLock()),
+        "http": partial(http_once, http, url, args.tokens),
+        "openai": partial(api_once, client, args.tokens),
+    }
+    run_interleaved(paths, 2)  # warm-up
+    singles = run_interleaved(paths, args.requests * args.rounds)
+    rows = [summarize(name, 1, singles[name], None) for name in paths]
+    runs: dict[str, tuple[list[Sample], float]] = {name: ([], 0.0) for name in paths}
+    for _ in range(args.rounds):
+        for name, once in paths.items():
+            samples, wall = run_clients(once, args.clients, max(1, args.requests // 2))
+            runs[name] = (runs[name][0] + samples, runs[name][1] + wall)
+    rows += [summarize(name, args.clients, *runs[name]) for name in paths]
+    http.close()
     return rows
 
 
 def print_table(rows: list[dict], markdown: bool) -> None:
-    headers = [
-        "path",
-        "clients",
-        "requests",
-        "tokens",
-        "TTFT ms",
-        "latency ms",
-        "tok/s per client",
-        "tok/s total",
-    ]
-    keys = ["path", "clients", "requests", "tokens", "ttft_ms", "latency_ms", "client_tok_s", "total_tok_s"]
+    """Medians per path; the API rows add the difference to ``direct`` (ms) and the throughput change."""
+    headers = ["path", "clients", "requests", "tokens", "TTFT ms", "latency ms", "tok/s"]
+    keys = ["path", "clients", "requests", "tokens", "ttft_ms", "latency_ms", "tok_s"]
     baseline = {r["clients"]: r for r in rows if r["path"] == "direct"}
     cells = []
     for row in rows:
         base = baseline[row["clients"]]
         fmt = [f"{row[k]:.1f}" if isinstance(row[k], float) else str(row[k]) for k in keys]
-        if row["path"] == "api":
+        if row["path"] != "direct":
             fmt[4] += f" ({row['ttft_ms'] - base['ttft_ms']:+.1f})"
-            fmt[7] += f" ({row['total_tok_s'] / base['total_tok_s'] - 1:+.0%})"
+            fmt[5] += f" ({row['latency_ms'] - base['latency_ms']:+.1f})"
+            fmt[6] += f" ({row['tok_s'] / base['tok_s'] - 1:+.1%})"
         cells.append(fmt)
     if markdown:
         print("| " + " | ".join(headers) + " |\n|" + "---|" * len(headers))
@@ -229,10 +306,7 @@ def main(argv: list[str] | None = None) -> None:
         port = free_port()
         server = start_server(model, port, args.threads)
         try:
-            client = openai.OpenAI(
-                base_url=f"http://127.0.0.1:{port}/v1", api_key="none", max_retries=0, timeout=300
-            )
-            rows = measure(engine, client, args)
+            rows = measure(engine, f"http://127.0.0.1:{port}/v1", args)
         finally:
             server.terminate()
             server.wait(30)

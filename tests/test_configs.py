@@ -177,6 +177,16 @@ def test_sharding_strategies_are_refused_on_the_cpu() -> None:
         check_config(plain(compose_train("strategy=fsdp")), "cpu", "32-true")
 
 
+@pytest.mark.parametrize("precision", ["bf16-mixed", "16-mixed"])
+def test_mixed_precision_is_refused_on_the_cpu_in_one_line(precision: str) -> None:
+    data = plain(compose_train())
+    with pytest.raises(YivlError, match=f"trainer.precision={precision} needs a GPU") as err:
+        check_config(data, "cpu", precision)
+    assert "\n" not in str(err.value)
+    check_config(data, "cpu", "32-true")
+    check_config(data, "gpu", precision)
+
+
 def test_qlora_under_zero3_is_allowed_when_storage_matches_compute() -> None:
     from yivl.training.checks import check_qlora
 

@@ -20,11 +20,22 @@ def check_config(cfg: Mapping, accelerator: str, precision: str) -> None:
     check_finetune(module["stage"], module["train"]["llm"], finetune["method"])
     check_demo_model(module["stage"], cfg["model"]["name"])
     check_strategy(strategy, accelerator)
+    check_precision(precision, accelerator)
     if finetune["method"] == "qlora":
         check_qlora(finetune, strategy, precision)
     check_val_generation(cfg["val_generation"], strategy)
     if int(cfg["global_batch_size"]) < 1:
         raise YivlError(f"global_batch_size={cfg['global_batch_size']} must be at least 1")
+
+
+def check_precision(precision: str, accelerator: str) -> None:
+    """Mixed precision is for GPUs: CPU autocast hands the CLIP tower's LayerNorms bf16 inputs with
+    fp32 weights, which the CPU kernels reject mid-step."""
+    if accelerator == "cpu" and precision.endswith("-mixed"):
+        raise YivlError(
+            f"trainer.precision={precision} needs a GPU (CPU autocast cannot run the CLIP tower); "
+            "use trainer.precision=32-true on the CPU"
+        )
 
 
 def check_finetune(stage: str, llm: str, method: str) -> None:

@@ -64,6 +64,10 @@ def test_an_over_long_sample_is_skipped_counted_and_left_out_of_the_metrics(
     markdown = (out / "summary.md").read_text()
     assert re.search(r"\| N +\| Skipped +\| Unparsed +\|", markdown)
     assert re.search(r"\| vqa_with +\| accuracy +\| [\d.]+ +\| [\d.]+ +\| 6 +\| 1 +\|", markdown)
+    # the skip count is the task's: answer-type rows do not repeat it
+    assert re.search(
+        r"\| vqa_with +\| accuracy/answer_type/\w+ +\| [\d.]+ +\| [\d.]+ +\| \d +\| - +\|", markdown
+    )
     for kind in KINDS:
         with_long, without = summary["tasks"][f"{kind}_with"], summary["tasks"][f"{kind}_without"]
         assert (with_long["n"], with_long["n_skipped"], with_long["skipped"]) == (6, 1, {"too_long": 1})

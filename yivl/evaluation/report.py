@@ -33,7 +33,8 @@ def table_rows(
 ) -> list[list[str]]:
     """Rows ``Task | Metric | Value | Stderr | N | Skipped | Unparsed | Chance`` for one task.
 
-    ``metrics`` is None when every sample was skipped: one row says so.
+    ``metrics`` is None when every sample was skipped: one row says so. Skipped samples are counted for
+    the task, not per answer-type group, so group rows show "-" there.
     """
     if metrics is None:
         return [[name, "(every sample skipped)", "-", "-", "0", str(skipped), "-", "-"]]
@@ -42,8 +43,10 @@ def table_rows(
         names += [m for m in metrics.values if m.startswith(prefix)]
     rows = []
     percent = kind in PERCENT_TYPES
+    groups = GROUP_PREFIXES.get(kind, ())
     for metric in names:
         n = metrics.group_n.get(metric, metrics.group_n.get(metric.split("/", 1)[-1], metrics.n))
+        grouped = metric.startswith(groups) if groups else False
         rows.append(
             [
                 name,
@@ -51,7 +54,7 @@ def table_rows(
                 _fmt(metrics.values[metric], percent),
                 _fmt(metrics.stderr.get(metric), percent),
                 str(n),
-                str(skipped),
+                "-" if grouped else str(skipped),
                 str(metrics.n_unparsed) if _parsed(kind, metric) else "-",
                 _fmt(chance.get(metric), percent),
             ]

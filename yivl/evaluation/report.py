@@ -38,15 +38,15 @@ def table_rows(
     """
     if metrics is None:
         return [[name, "(every sample skipped)", "-", "-", "0", str(skipped), "-", "-"]]
+    groups = GROUP_PREFIXES.get(kind, ())
     names = [m for m in DISPLAY[kind] if m in metrics.values]
-    for prefix in GROUP_PREFIXES.get(kind, ()):
+    for prefix in groups:
         names += [m for m in metrics.values if m.startswith(prefix)]
     rows = []
     percent = kind in PERCENT_TYPES
-    groups = GROUP_PREFIXES.get(kind, ())
     for metric in names:
         n = metrics.group_n.get(metric, metrics.group_n.get(metric.split("/", 1)[-1], metrics.n))
-        grouped = metric.startswith(groups) if groups else False
+        grouped = metric.startswith(groups)  # startswith(()) is False
         rows.append(
             [
                 name,

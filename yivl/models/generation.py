@@ -113,8 +113,8 @@ def shared_prefix_length(prompts: list[list[int]]) -> int:
     return n
 
 
-def prefix_cache(model: YiVL, prefix: list[int], batch: int, device: torch.device) -> DynamicCache:
-    """KV cache of the text ``prefix`` (P ids, positions 0..P-1) computed once, repeated to ``batch`` rows."""
+def prefix_cache(model: YiVL, prefix: list[int], device: torch.device) -> DynamicCache:
+    """One-row KV cache of the text ``prefix`` (P ids, positions 0..P-1)."""
     ids = torch.tensor([prefix], dtype=torch.long, device=device)  # [1, P]
     cache = DynamicCache(config=model.llm.config)
     model.llm(
@@ -125,7 +125,6 @@ def prefix_cache(model: YiVL, prefix: list[int], batch: int, device: torch.devic
         use_cache=True,
         logits_to_keep=1,
     )
-    cache.batch_repeat_interleave(batch)
     return cache
 
 
@@ -147,7 +146,7 @@ class PrefixCache:
         key = tuple(prefix)
         base = self._caches.get(key)
         if base is None:
-            base = prefix_cache(model, prefix, 1, device)
+            base = prefix_cache(model, prefix, device)
             self.computed += 1
             self._caches[key] = base
             while len(self._caches) > self.capacity:
@@ -255,10 +254,9 @@ def generate_full(
     spliced = model.splice(ids, mask, pixel_values=stack_images(prompts, images), padding_side="left")
     limit = int(model.config.llm["max_position_embeddings"])
     _check_context(spliced.attention_mask.sum(1) + shared, limit)
-    cache = None
-    if shared:
-        prefix = prompts[0][:shared]
-        cache = (prefixes.get if prefixes else prefix_cache)(model, prefix, len(prompts), device)
+    # without a caller's PrefixCache the prefix lives for this call only
+    prefixes = prefixes or PrefixCache(capacity=1)
+    cache = prefixes.get(model, prompts[0][:shared], len(prompts), device) if shared else None
     generator = None
     if settings.seed is not None and settings.temperature > 0:
         generator = torch.Generator(device=device).manual_seed(settings.seed)

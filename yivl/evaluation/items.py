@@ -133,9 +133,22 @@ def _loss(record: RawRecord, options: Mapping[str, Any]) -> Item:
     data = dict(record.data)
     if data.get("image") is not None and record.image is not None:
         data["image"] = record.image.display()
+    data["conversations"] = _yivl_placeholders(data.get("conversations"))
     check_record(data, record.where)
     item.turns = turns_from_record(data, record.where)
     return item
+
+
+def _yivl_placeholders(turns: Any) -> Any:
+    """LLaVA's ``<image>`` in a conversation's turns -> the Yi-VL placeholder (as for questions)."""
+    if not isinstance(turns, list):
+        return turns  # check_record names the problem
+    return [
+        t | {"value": t["value"].replace(LLAVA_IMAGE_TOKEN, IMAGE_PLACEHOLDER)}
+        if isinstance(t, dict) and isinstance(t.get("value"), str)
+        else t
+        for t in turns
+    ]
 
 
 def _mcq(record: RawRecord, options: Mapping[str, Any]) -> Item:

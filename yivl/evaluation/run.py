@@ -20,14 +20,23 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from yivl.errors import YivlError
+from yivl.evaluation.benchmarks import BENCHMARK_OPTIONS
 from yivl.evaluation.checkpoints import describe_checkpoint, load_checkpoint
 from yivl.evaluation.items import Item, build_items
 from yivl.evaluation.metrics import TaskMetrics
 from yivl.evaluation.records import SampleWriter, load_records, prepare_output_dir, samples_path
 from yivl.evaluation.runner import RunOptions, TaskOutcome, TaskRunner
 from yivl.evaluation.scoring import chance_levels, scored_records, skip_counts, summarize
-from yivl.evaluation.sources import dataset_fingerprint, read_task_file
+from yivl.evaluation.sources import (
+    DEFAULT_IMAGE_FILES,
+    ImageFiles,
+    RawRecord,
+    dataset_fingerprint,
+    read_task_file,
+)
 from yivl.evaluation.summary import write_outputs
+from yivl.evaluation.table_records import read_table
+from yivl.evaluation.tabular import is_table
 from yivl.evaluation.tasks import TaskSpec, canonical_type, parse_tasks
 
 OFFLINE_ENV = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE")
@@ -41,6 +50,7 @@ class LoadedTask:
     spec: TaskSpec
     items: list[Item]
     fingerprint: str
+    benchmark: str | None = None  # the layout a benchmark table was read as
 
 
 @dataclass
@@ -111,16 +121,45 @@ def load_tasks(cfg: DictConfig) -> list[LoadedTask]:
     """Read and check every task file (before the model is loaded, so bad input fails fast)."""
     options = OmegaConf.to_container(cfg.task_options, resolve=True)
     entries = OmegaConf.to_container(cfg.tasks, resolve=True) if OmegaConf.is_config(cfg.tasks) else cfg.tasks
-    return [load_task(spec, spec.options.get("limit") or cfg.limit) for spec in parse_tasks(entries, options)]
+    if not isinstance(cfg.max_image_bytes, int) or cfg.max_image_bytes < 1:
+        raise YivlError(f"max_image_bytes={cfg.max_image_bytes!r} must be a positive integer")
+    images = ImageFiles(None, bool(cfg.allow_images_outside_folder), int(cfg.max_image_bytes))
+    specs = parse_tasks(entries, options)
+    return [load_task(spec, spec.options.get("limit") or cfg.limit, images) for spec in specs]
 
 
-def load_task(spec: TaskSpec, limit: int | None) -> LoadedTask:
+def load_task(spec: TaskSpec, limit: int | None, images: ImageFiles = DEFAULT_IMAGE_FILES) -> LoadedTask:
     """Read one task file (its first ``limit`` records) and check every record for the task."""
-    records = read_task_file(spec.path, limit)
+    records, benchmark = _read_records(spec, limit, images)
     for record in records:
         _check_record_type(spec, record.data.get("task_type"), record.where)
     items = build_items(spec.type, records, spec.options)
-    return LoadedTask(spec, items, dataset_fingerprint(records))
+    return LoadedTask(spec, items, dataset_fingerprint(records), benchmark)
+
+
+def _read_records(
+    spec: TaskSpec, limit: int | None, images: ImageFiles
+) -> tuple[list[RawRecord], str | None]:
+    """A benchmark table (TSV, Parquet) or the project's own files (JSONL, JSON, shards)."""
+    folder, extra = spec.options.get("image_folder"), spec.options.get("images")
+    if not is_table(spec.path):
+        if extra is not None:
+            raise YivlError(f"task {spec.name}: images= is for GQA's images Parquet, not {spec.path.name}")
+        if folder is not None:
+            images = ImageFiles(Path(str(folder)).expanduser(), images.allow_outside, images.max_bytes)
+        return read_task_file(spec.path, limit, images), None
+    if folder is not None:
+        raise YivlError(
+            f"task {spec.name}: image_folder is for JSON/JSONL tasks; {spec.path.name} holds its images"
+        )
+    extra_path = Path(str(extra)).expanduser() if extra is not None else None
+    layout, records = read_table(
+        spec.path, spec.type, spec.benchmark, [spec.name], limit, images.max_bytes, extra_path
+    )
+    for key, value in BENCHMARK_OPTIONS.get(layout.benchmark, {}).items():
+        if key not in spec.explicit:  # a benchmark found from the columns implies its options too
+            spec.options[key] = value
+    return records, layout.benchmark
 
 
 def _check_record_type(spec: TaskSpec, declared: Any, where: str) -> None:
@@ -160,11 +199,18 @@ def run_settings(cfg: DictConfig, tasks: list[LoadedTask], device: str, dtype: s
         "device": device,
         "dtype": dtype,
         "max_image_pixels": cfg.max_image_pixels,
+        "max_image_bytes": cfg.max_image_bytes,
         "batch_check": cfg.batch_check,
         "bootstrap_iters": cfg.bootstrap_iters,
         "base_model": cfg.base_model,
         "tasks": [
-            {"name": t.spec.name, "type": t.spec.type, "path": str(t.spec.path.resolve()), **t.spec.options}
+            {
+                "name": t.spec.name,
+                "type": t.spec.type,
+                "benchmark": t.benchmark,
+                "path": str(t.spec.path.resolve()),
+                **t.spec.options,
+            }
             for t in tasks
         ],
     }

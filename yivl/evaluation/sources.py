@@ -1,8 +1,10 @@
 """Reading task files: JSONL (or a JSON array), or WebDataset ``.tar`` shards, from local paths only.
 
-Image paths in JSONL records are relative to the file's folder. A shard sample is ``KEY.json`` (the
-record) plus an optional ``KEY.jpg|jpeg|png|webp``; shard images are read later, by byte offset, in
-the DataLoader workers, so a large shard is never held in memory.
+Image paths in JSONL records are relative to the task's image folder (default: the file's folder) and
+must stay inside it. A shard sample is ``KEY.json`` (the record) plus an optional
+``KEY.jpg|jpeg|png|webp``; shard images are read later, by byte offset, in the DataLoader workers, so
+a large shard is never held in memory. Benchmark tables (TSV, Parquet) are read by ``benchmarks``;
+their images arrive as bytes (``ImageRef.data``).
 """
 
 from __future__ import annotations
@@ -19,17 +21,25 @@ from yivl.errors import YivlError
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
 
 
+DEFAULT_MAX_IMAGE_BYTES = 64 * 1024 * 1024
+"""``max_image_bytes``' default (configs/eval.yaml), the name shared with the data tools."""
+
+
 @dataclass(frozen=True)
 class ImageRef:
-    """Where one image lives: a file, or ``size`` bytes at ``offset`` inside a tar shard."""
+    """Where one image lives: a file, ``size`` bytes at ``offset`` inside a tar shard, or ``data`` itself
+    (an image cell of a benchmark table, already decoded and checked against ``max_image_bytes``)."""
 
     path: str
     offset: int = -1
     size: int = -1
     name: str = ""
+    data: bytes | None = None
 
     def read(self) -> bytes:
         """The image file's bytes (YivlError when it cannot be read)."""
+        if self.data is not None:
+            return self.data
         try:
             with open(self.path, "rb") as f:
                 if self.offset < 0:
@@ -56,7 +66,22 @@ class RawRecord:
     num_images: int
 
 
-def read_task_file(path: str | Path, limit: int | None = None) -> list[RawRecord]:
+@dataclass(frozen=True)
+class ImageFiles:
+    """How image paths of JSON records are resolved: against ``folder`` (None: the task file's folder),
+    contained in it unless ``allow_outside``, each file at most ``max_bytes``."""
+
+    folder: Path | None = None
+    allow_outside: bool = False
+    max_bytes: int = DEFAULT_MAX_IMAGE_BYTES
+
+
+DEFAULT_IMAGE_FILES = ImageFiles()
+
+
+def read_task_file(
+    path: str | Path, limit: int | None = None, images: ImageFiles = DEFAULT_IMAGE_FILES
+) -> list[RawRecord]:
     """Records of a JSONL file, a JSON array file, a ``.tar`` shard or a folder of shards, in order.
 
     ``limit`` keeps the first N records. Missing or malformed files, non-object records, duplicate
@@ -75,9 +100,14 @@ def read_task_file(path: str | Path, limit: int | None = None) -> list[RawRecord
     elif path.suffix == ".tar":
         records = _read_shard(path)
     else:
-        records = _read_json_lines(path)
+        records = _read_json_lines(path, images)
     if not records:
         raise YivlError(f"{path} holds no records; add one JSON object per line")
+    return finish_records(records, limit)
+
+
+def finish_records(records: list[RawRecord], limit: int | None) -> list[RawRecord]:
+    """The first ``limit`` records, ids checked unique, numbered by position."""
     records = records[:limit] if limit is not None else records
     _check_unique_ids(records)
     for i, record in enumerate(records):
@@ -85,7 +115,7 @@ def read_task_file(path: str | Path, limit: int | None = None) -> list[RawRecord
     return records
 
 
-def _read_json_lines(path: Path) -> list[RawRecord]:
+def _read_json_lines(path: Path, images: ImageFiles) -> list[RawRecord]:
     """JSONL (one object per line, blank lines skipped) or a JSON array (LLaVA training files)."""
     try:
         text = path.read_text(encoding="utf-8")
@@ -97,11 +127,12 @@ def _read_json_lines(path: Path) -> list[RawRecord]:
         items = _parse(text, f"{path}")
         if not isinstance(items, list):
             raise YivlError(f"{path}: expected a JSON array of records")
-        return [_record(item, f"{path}[{i}]", path.parent, i + 1) for i, item in enumerate(items)]
+        return [_record(item, f"{path}[{i}]", path.parent, images, i + 1) for i, item in enumerate(items)]
     out = []
     for number, line in enumerate(text.splitlines(), start=1):
         if line.strip():
-            out.append(_record(_parse(line, f"{path}:{number}"), f"{path}:{number}", path.parent, number))
+            data = _parse(line, f"{path}:{number}")
+            out.append(_record(data, f"{path}:{number}", path.parent, images, number))
     return out
 
 
@@ -112,18 +143,40 @@ def _parse(text: str, where: str) -> Any:
         raise YivlError(f"{where}: not valid JSON ({err.msg} at column {err.colno}); fix the line") from None
 
 
-def _record(data: Any, where: str, folder: Path, number: int) -> RawRecord:
-    """A file record: image paths resolved against ``folder`` and checked to exist."""
+def _record(data: Any, where: str, file_folder: Path, images: ImageFiles, number: int) -> RawRecord:
+    """A file record: its first image path resolved (``resolve_image``) against the image folder."""
     if not isinstance(data, dict):
         raise YivlError(f"{where}: a record must be a JSON object, got {type(data).__name__}")
     names = _image_names(data, where)
     image = None
     if names:
-        file = (folder / names[0]).expanduser()
-        if not file.is_file():
-            raise YivlError(f"{where}: image {names[0]} not found (looked for {file}); fix the 'image' path")
+        folder = images.folder if images.folder is not None else file_folder
+        file = resolve_image(folder, names[0], where, images)
         image = ImageRef(str(file), name=names[0])
     return RawRecord(0, _record_id(data, str(number), where), where, data, image, len(names))
+
+
+def resolve_image(folder: Path, name: str, where: str, images: ImageFiles) -> Path:
+    """``name`` inside ``folder``: resolved, contained (unless allowed outside), a regular file within
+    the byte limit. The one place JSON image paths are resolved (the data tools share the same rules)."""
+    root = folder.expanduser().resolve()
+    file = (root / name).resolve()
+    if not images.allow_outside and not file.is_relative_to(root):
+        raise YivlError(
+            f"{where}: image {name} resolves outside the image folder {root}; fix the path, or set "
+            "allow_images_outside_folder=true"
+        )
+    if not file.exists():
+        raise YivlError(f"{where}: image {name} not found (looked for {file}); fix the 'image' path")
+    if not file.is_file():
+        raise YivlError(f"{where}: image {name} is not a regular file ({file}); fix the 'image' path")
+    size = file.stat().st_size
+    if size > images.max_bytes:
+        raise YivlError(
+            f"{where}: image {name} is {size} bytes, over max_image_bytes={images.max_bytes}; "
+            "shrink it or raise max_image_bytes"
+        )
+    return file
 
 
 def _image_names(data: dict, where: str) -> list[str]:
@@ -196,5 +249,7 @@ def dataset_fingerprint(records: list[RawRecord]) -> str:
     for record in records:
         image = record.image.display() if record.image else ""
         digest.update(json.dumps([record.id, image, record.data], sort_keys=True, default=str).encode())
+        if record.image is not None and record.image.data is not None:
+            digest.update(hashlib.sha256(record.image.data).digest())  # a table's image is part of the record
         digest.update(b"\n")
     return digest.hexdigest()

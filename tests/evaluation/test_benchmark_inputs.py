@@ -201,3 +201,34 @@ def test_a_folder_of_parquet_shards_reads_as_one_table(tmp_path: Path) -> None:
     assert [(i.question, i.target, i.image.read()) for i in split.items] == [
         (i.question, i.target, i.image.read()) for i in one.items
     ]
+
+
+def test_lmms_mmmu_parquet_reads_its_option_literals_and_open_questions(tmp_path: Path) -> None:
+    """lmms-lab/MMMU: ``options`` a Python list literal, ``question_type``, ``image_1``..``image_7``."""
+    from tests.evaluation.benchmark_files import hf_image, write_jsonl
+
+    images = shape_images(tmp_path, 2)
+    base = {"explanation": "", "img_type": "['Diagrams']", "topic_difficulty": "Easy", "subfield": "Colour"}
+    rows = [
+        {"id": "validation_Art_1", "question": "<image 1> What colour is the square?"}
+        | {"options": "['red', 'green', \"it's blue\"]", "answer": "A", "question_type": "multiple-choice"},
+        {"id": "validation_Art_2", "question": "<image 1> Name the colour."}
+        | {"options": "[]", "answer": "green", "question_type": "open"},
+    ]
+    for row, image in zip(rows, images, strict=True):
+        row |= base | {"image_1": hf_image(tmp_path, image), "image_2": None}
+    write_parquet(tmp_path / "MMMU_validation.parquet", rows)
+    twin = [
+        {"id": "validation_Art_1", "image": images[0], "question": rows[0]["question"]}
+        | {"choices": ["red", "green", "it's blue"], "answer": "A", "category": "Colour"},
+        {"id": "validation_Art_2", "image": images[1], "question": rows[1]["question"]}
+        | {"answer": "green", "question_type": "open"},
+    ]
+    write_jsonl(tmp_path / "mmmu.jsonl", twin)
+    entries = [f"mmmu:{tmp_path / 'MMMU_validation.parquet'}", f"j:mcq:{tmp_path / 'mmmu.jsonl'}"]
+    table, jsonl = _load(tmp_path, entries, "task_options.mcq.parser=mmmu")
+    assert table.benchmark == "mmmu" and table.spec.options["parser"] == "mmmu"
+    assert [(i.question, i.target, i.meta, i.image.read()) for i in table.items] == [
+        (i.question, i.target, i.meta, i.image.read()) for i in jsonl.items
+    ]
+    assert table.items[1].meta["open"] is True

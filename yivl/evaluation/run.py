@@ -26,7 +26,7 @@ from yivl.evaluation.metrics import TaskMetrics
 from yivl.evaluation.records import SampleWriter, load_records, prepare_output_dir, samples_path
 from yivl.evaluation.runner import RunOptions, TaskOutcome, TaskRunner
 from yivl.evaluation.scoring import chance_levels, scored_records, skip_counts, summarize
-from yivl.evaluation.sources import dataset_fingerprint, read_task_file
+from yivl.evaluation.sources import dataset_fingerprint, image_rules, read_task_file
 from yivl.evaluation.summary import write_outputs
 from yivl.evaluation.tasks import TaskSpec, canonical_type, parse_tasks
 
@@ -116,7 +116,7 @@ def load_tasks(cfg: DictConfig) -> list[LoadedTask]:
 
 def load_task(spec: TaskSpec, limit: int | None) -> LoadedTask:
     """Read one task file (its first ``limit`` records) and check every record for the task."""
-    records = read_task_file(spec.path, limit)
+    records = read_task_file(spec.path, limit, image_rules(spec.options))
     for record in records:
         _check_record_type(spec, record.data.get("task_type"), record.where)
     items = build_items(spec.type, records, spec.options)

@@ -1,8 +1,9 @@
 """Reading task files: JSONL (or a JSON array), or WebDataset ``.tar`` shards, from local paths only.
 
-Image paths in JSONL records are relative to the file's folder. A shard sample is ``KEY.json`` (the
-record) plus an optional ``KEY.jpg|jpeg|png|webp``; shard images are read later, by byte offset, in
-the DataLoader workers, so a large shard is never held in memory.
+Image paths in JSONL records are relative to the file's folder and must resolve inside it (unless
+``allow_images_outside_folder``); image files over ``max_image_bytes`` are refused. A shard sample is
+``KEY.json`` (the record) plus an optional ``KEY.jpg|jpeg|png|webp``; shard images are read later, by
+byte offset, in the DataLoader workers, so a large shard is never held in memory.
 """
 
 from __future__ import annotations
@@ -14,6 +15,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from yivl.data.image_files import (
+    DEFAULT_MAX_IMAGE_BYTES,
+    check_image_size,
+    read_image_file,
+    resolve_image_path,
+)
 from yivl.errors import YivlError
 
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
@@ -27,13 +34,15 @@ class ImageRef:
     offset: int = -1
     size: int = -1
     name: str = ""
+    max_bytes: int = DEFAULT_MAX_IMAGE_BYTES
 
     def read(self) -> bytes:
-        """The image file's bytes (YivlError when it cannot be read)."""
+        """The image file's bytes, at most ``max_bytes`` (YivlError when it cannot be read)."""
+        if self.offset < 0:
+            return read_image_file(self.path, self.display(), self.max_bytes)
+        check_image_size(self.size, self.display(), self.max_bytes)
         try:
             with open(self.path, "rb") as f:
-                if self.offset < 0:
-                    return f.read()
                 f.seek(self.offset)
                 return f.read(self.size)
         except OSError as err:
@@ -56,13 +65,17 @@ class RawRecord:
     num_images: int
 
 
-def read_task_file(path: str | Path, limit: int | None = None) -> list[RawRecord]:
+def read_task_file(
+    path: str | Path, limit: int | None = None, images: ImageRules | None = None
+) -> list[RawRecord]:
     """Records of a JSONL file, a JSON array file, a ``.tar`` shard or a folder of shards, in order.
 
-    ``limit`` keeps the first N records. Missing or malformed files, non-object records, duplicate
-    ids and missing image files raise a one-line YivlError naming the file and line.
+    ``limit`` keeps the first N records; ``images`` says how image files are checked. Missing or
+    malformed files, non-object records, duplicate ids and missing, outside or non-regular image
+    files raise a one-line YivlError naming the file and line.
     """
     path = Path(path).expanduser()
+    images = images or ImageRules()
     if not path.exists():
         raise YivlError(f"task file not found: {path}; give a JSONL file or a folder of .tar shards")
     if path.is_dir():
@@ -71,11 +84,11 @@ def read_task_file(path: str | Path, limit: int | None = None) -> list[RawRecord
             raise YivlError(
                 f"{path} holds no .tar shards; give a JSONL file or a folder of WebDataset shards"
             )
-        records = [r for shard in shards for r in _read_shard(shard)]
+        records = [r for shard in shards for r in _read_shard(shard, images)]
     elif path.suffix == ".tar":
-        records = _read_shard(path)
+        records = _read_shard(path, images)
     else:
-        records = _read_json_lines(path)
+        records = _read_json_lines(path, images)
     if not records:
         raise YivlError(f"{path} holds no records; add one JSON object per line")
     records = records[:limit] if limit is not None else records
@@ -85,7 +98,7 @@ def read_task_file(path: str | Path, limit: int | None = None) -> list[RawRecord
     return records
 
 
-def _read_json_lines(path: Path) -> list[RawRecord]:
+def _read_json_lines(path: Path, images: ImageRules) -> list[RawRecord]:
     """JSONL (one object per line, blank lines skipped) or a JSON array (LLaVA training files)."""
     try:
         text = path.read_text(encoding="utf-8")
@@ -97,11 +110,12 @@ def _read_json_lines(path: Path) -> list[RawRecord]:
         items = _parse(text, f"{path}")
         if not isinstance(items, list):
             raise YivlError(f"{path}: expected a JSON array of records")
-        return [_record(item, f"{path}[{i}]", path.parent, i + 1) for i, item in enumerate(items)]
+        return [_record(item, f"{path}[{i}]", path.parent, i + 1, images) for i, item in enumerate(items)]
     out = []
     for number, line in enumerate(text.splitlines(), start=1):
         if line.strip():
-            out.append(_record(_parse(line, f"{path}:{number}"), f"{path}:{number}", path.parent, number))
+            where = f"{path}:{number}"
+            out.append(_record(_parse(line, where), where, path.parent, number, images))
     return out
 
 
@@ -112,18 +126,51 @@ def _parse(text: str, where: str) -> Any:
         raise YivlError(f"{where}: not valid JSON ({err.msg} at column {err.colno}); fix the line") from None
 
 
-def _record(data: Any, where: str, folder: Path, number: int) -> RawRecord:
-    """A file record: image paths resolved against ``folder`` and checked to exist."""
+def _record(data: Any, where: str, folder: Path, number: int, images: ImageRules) -> RawRecord:
+    """A file record: image paths resolved inside ``folder`` and checked to be a regular file."""
     if not isinstance(data, dict):
         raise YivlError(f"{where}: a record must be a JSON object, got {type(data).__name__}")
     names = _image_names(data, where)
     image = None
     if names:
-        file = (folder / names[0]).expanduser()
-        if not file.is_file():
-            raise YivlError(f"{where}: image {names[0]} not found (looked for {file}); fix the 'image' path")
-        image = ImageRef(str(file), name=names[0])
+        file = resolve_image_file(folder, names[0], where, images)
+        image = ImageRef(str(file), name=names[0], max_bytes=images.max_bytes)
     return RawRecord(0, _record_id(data, str(number), where), where, data, image, len(names))
+
+
+@dataclass(frozen=True)
+class ImageRules:
+    """How task images are checked: the ``max_image_bytes`` and ``allow_images_outside_folder`` options."""
+
+    max_bytes: int = DEFAULT_MAX_IMAGE_BYTES
+    allow_outside: bool = False
+
+
+def image_rules(options: dict[str, Any]) -> ImageRules:
+    """The image rules of a task's options (``max_image_bytes``, ``allow_images_outside_folder``)."""
+    defaults = ImageRules()
+    max_bytes = options.get("max_image_bytes", defaults.max_bytes)
+    allow = options.get("allow_images_outside_folder", defaults.allow_outside)
+    if not isinstance(max_bytes, int) or isinstance(max_bytes, bool) or max_bytes < 1:
+        raise YivlError(f"max_image_bytes must be a positive integer, got {max_bytes!r}")
+    if not isinstance(allow, bool):
+        raise YivlError(f"allow_images_outside_folder must be true or false, got {allow!r}")
+    return ImageRules(max_bytes, allow)
+
+
+def resolve_image_file(folder: Path, name: str, where: str, images: ImageRules) -> Path:
+    """``name`` resolved inside ``folder`` (symlinks followed), existing, regular and not too large."""
+    path = resolve_image_path(folder, name, where, images.allow_outside)
+    try:
+        st = path.stat()
+    except OSError:
+        raise YivlError(
+            f"{where}: image {name} not found (looked for {path}); fix the 'image' path"
+        ) from None
+    if not path.is_file():
+        raise YivlError(f"{where}: image {name} ({path}) is not a regular file; fix the 'image' path")
+    check_image_size(st.st_size, where, images.max_bytes)
+    return path
 
 
 def _image_names(data: dict, where: str) -> list[str]:
@@ -144,7 +191,7 @@ def _record_id(data: dict, default: str, where: str) -> str:
     return str(raw)
 
 
-def _read_shard(shard: Path) -> list[RawRecord]:
+def _read_shard(shard: Path, images: ImageRules) -> list[RawRecord]:
     """Samples of one WebDataset shard in member order: ``KEY.json`` + optional ``KEY.<image ext>``."""
     samples: dict[str, dict[str, tarfile.TarInfo]] = {}
     try:
@@ -155,13 +202,13 @@ def _read_shard(shard: Path) -> list[RawRecord]:
                 key, _, ext = base.partition(".")
                 prefix = member.name[: len(member.name) - len(base)]
                 samples.setdefault(prefix + key, {})[ext.lower()] = member
-            return [_shard_record(tar, shard, key, parts) for key, parts in samples.items()]
+            return [_shard_record(tar, shard, key, parts, images) for key, parts in samples.items()]
     except (tarfile.TarError, OSError) as err:
         raise YivlError(f"{shard} is not a readable tar shard ({err}); rewrite the shard") from None
 
 
 def _shard_record(
-    tar: tarfile.TarFile, shard: Path, key: str, parts: dict[str, tarfile.TarInfo]
+    tar: tarfile.TarFile, shard: Path, key: str, parts: dict[str, tarfile.TarInfo], images: ImageRules
 ) -> RawRecord:
     where = f"{shard}:{key}"
     if "json" not in parts:
@@ -174,7 +221,8 @@ def _shard_record(
     image = None
     if ext is not None:
         member = parts[ext]
-        image = ImageRef(str(shard), member.offset_data, member.size, name=f"{shard.name}:{member.name}")
+        name = f"{shard.name}:{member.name}"
+        image = ImageRef(str(shard), member.offset_data, member.size, name, images.max_bytes)
     elif data.get("image") is not None:
         raise YivlError(f"{where}: the record names an image but the shard has no {key}.jpg/.png/.webp")
     return RawRecord(0, _record_id(data, key, where), where, data, image, int(image is not None))

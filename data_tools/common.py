@@ -5,9 +5,11 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import shlex
 from pathlib import Path
 
 from data_tools.model import ModelSpec
+from yivl.data.image_files import DEFAULT_MAX_IMAGE_BYTES
 from yivl.data.images import DEFAULT_MAX_PIXELS
 from yivl.errors import YivlError
 
@@ -85,3 +87,23 @@ def model_spec(args: argparse.Namespace) -> ModelSpec:
 
 def processes(args: argparse.Namespace) -> int:
     return args.processes or os.cpu_count() or 1
+
+
+def add_image_file_args(parser: argparse.ArgumentParser) -> None:
+    """``--max-image-bytes`` and ``--allow-images-outside-folder`` (see docs/data.md, Limits)."""
+    parser.add_argument(
+        "--max-image-bytes",
+        type=parse_size,
+        default=DEFAULT_MAX_IMAGE_BYTES,
+        help="reject image files (and shard image members) larger than this, unread (default 64M)",
+    )
+    parser.add_argument(
+        "--allow-images-outside-folder",
+        action="store_true",
+        help="accept image paths that resolve outside the image folder (.., absolute paths, symlinks out)",
+    )
+
+
+def rerun_command(args: argparse.Namespace) -> str:
+    """The command line that ran this tool, without ``--overwrite`` (which would discard the progress)."""
+    return shlex.join(["python", "-m", "data_tools", *(a for a in args.argv if a != "--overwrite")])

@@ -11,9 +11,16 @@ import json
 import os
 from pathlib import Path
 
-from data_tools.common import add_model_args, add_output_args, model_spec, processes
+from data_tools.common import (
+    add_image_file_args,
+    add_model_args,
+    add_output_args,
+    model_spec,
+    processes,
+    rerun_command,
+)
 from data_tools.journal import open_output, write_manifest
-from data_tools.parallel import ordered_map
+from data_tools.parallel import WorkerDied, WorkerStalled, ordered_map
 from data_tools.process import Item, Job, convert_job, init_worker
 from data_tools.report import build_manifest, console, print_summary, verify_output
 from data_tools.sequence import ShardSequence
@@ -33,6 +40,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=Path,
         help="folder the records' `image` paths are relative to (default: the input file's folder)",
     )
+    add_image_file_args(parser)
     add_output_args(parser)
     add_model_args(parser)
 
@@ -62,6 +70,8 @@ def run(args: argparse.Namespace) -> int:
         "max_samples": args.max_samples,
         "max_bytes": args.max_bytes,
         "prefix": args.prefix,
+        "max_image_bytes": args.max_image_bytes,
+        "allow_images_outside_folder": args.allow_images_outside_folder,
     }
     params = json.loads(json.dumps(params))
     journal = open_output(args.out, params, args.overwrite)
@@ -72,13 +82,18 @@ def run(args: argparse.Namespace) -> int:
         console.print(f"resuming at record {start} of {total} ({journal.next_shard} shards done)")
     sequence = ShardSequence(journal, args.max_samples, args.max_bytes, args.prefix)
     items = (Item(i, records.raw(i)) for i in range(start, total))
-    with sequence.aborting_on_error(), progress_bar("convert", total - start) as bar:
-        for outcome in ordered_map(
-            convert_job, items, processes(args), init_worker, (Job(spec, image_folder),)
-        ):
-            sequence.add(outcome)
-            bar.advance()
-        sequence.finish(total)
+    job = Job(spec, image_folder, True, args.max_image_bytes, args.allow_images_outside_folder)
+    try:
+        with sequence.aborting_on_error(), progress_bar("convert", total - start) as bar:
+            for outcome in ordered_map(convert_job, items, processes(args), init_worker, (job,)):
+                sequence.add(outcome)
+                bar.advance()
+            sequence.finish(total)
+    except (WorkerDied, WorkerStalled) as err:
+        raise YivlError(
+            f"{err}; {journal.next_index} of {total} records are committed in {journal.next_shard} "
+            f"complete shards; resume with: {rerun_command(args)}"
+        ) from None
     return finish(args.out, journal, total, keys_are_indices=True)
 
 

@@ -19,6 +19,7 @@ from data_tools.report import console
 from data_tools.validate import add_input_args
 from yivl.constants import IGNORE_INDEX, IMAGE_PLACEHOLDER, IMAGE_TOKEN_INDEX
 from yivl.data.encode import EncodedText, SampleEncoder, decode_image, read_image_bytes
+from yivl.data.image_files import resolve_image_path
 from yivl.data.reasons import SampleRejected
 from yivl.data.records import parse_record
 from yivl.errors import YivlError
@@ -46,8 +47,7 @@ def run(args: argparse.Namespace) -> int:
         text = encoder.encode_text(record, where)
         image = None
         if text.image is not None:
-            folder = (args.image_folder or args.input.parent).resolve()
-            image = item.image if item.in_shard else read_image_bytes(folder / text.image, where)
+            image = item.image if item.in_shard else _image_file(args, text.image, where)
             if image is None:
                 raise SampleRejected("image_missing", f"{where}: the sample has no image member")
             show_image(encoder, image, where)
@@ -56,6 +56,12 @@ def run(args: argparse.Namespace) -> int:
         return 1
     show_tokens(encoder, text, where)
     return 0
+
+
+def _image_file(args: argparse.Namespace, name: str, where: str) -> bytes:
+    folder = (args.image_folder or args.input.parent).resolve()
+    path = resolve_image_path(folder, name, where, args.allow_images_outside_folder)
+    return read_image_bytes(path, where, args.max_image_bytes)
 
 
 def show_image(encoder: SampleEncoder, data: bytes, where: str) -> None:

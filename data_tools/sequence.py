@@ -29,7 +29,7 @@ class Outcome:
     members: dict[str, bytes] | None = None
     tokens: int = 0
     image_size: tuple[int, int] | None = None
-    image_action: str = "text_only"  # text_only | passed_through | reencoded
+    image_action: str = "text_only"  # text_only | passed_through | trimmed | reencoded
     extra: dict = field(default_factory=dict)  # tool-specific fields for the rejects file
 
     def reject_line(self) -> dict:
@@ -71,6 +71,14 @@ class ShardSequence:
             self.rejects.append(outcome)
             return
         size = sample_bytes(outcome.members)
+        if size > self.max_bytes:  # it would get a shard of its own, over the limit
+            outcome.reason, outcome.members = "sample_too_large", None
+            outcome.detail = (
+                f"{outcome.key}: the sample is {size} bytes in a tar, over the shard limit "
+                f"--max-bytes={self.max_bytes}; shrink its image or raise --max-bytes"
+            )
+            self.rejects.append(outcome)
+            return
         if self.writer is not None and self.writer.nbytes + size > self.max_bytes:
             self.commit(end=outcome.index)
         if self.writer is None:

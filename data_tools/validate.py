@@ -11,12 +11,13 @@ import json
 from collections import Counter
 from pathlib import Path
 
-from data_tools.common import add_model_args, model_spec, processes
+from data_tools.common import add_image_file_args, add_model_args, model_spec, processes, rerun_command
 from data_tools.inputs import conversation_items
-from data_tools.parallel import ordered_map
+from data_tools.parallel import WorkerDied, WorkerStalled, ordered_map
 from data_tools.process import Job, convert_job, init_worker
 from data_tools.report import console, percentiles, reasons_table, stats_table
 from data_tools.sequence import Outcome
+from yivl.errors import YivlError
 from yivl.progress import progress_bar
 
 HELP = "check records exactly as convert would, without writing; print reject reasons by count"
@@ -31,6 +32,7 @@ def add_input_args(parser: argparse.ArgumentParser) -> None:
         type=Path,
         help="folder the records' `image` paths are relative to (default: the input file's folder)",
     )
+    add_image_file_args(parser)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -43,11 +45,16 @@ def outcomes(args: argparse.Namespace, description: str):
     """Outcomes of every input record, in order, with a progress bar."""
     total, items = conversation_items(args.input)
     folder = (args.image_folder or Path(args.input).parent).resolve()
-    job = Job(model_spec(args), folder, write=False)
-    with progress_bar(description, total) as bar:
-        for outcome in ordered_map(convert_job, items, processes(args), init_worker, (job,)):
-            bar.advance()
-            yield outcome
+    job = Job(model_spec(args), folder, False, args.max_image_bytes, args.allow_images_outside_folder)
+    done = 0
+    try:
+        with progress_bar(description, total) as bar:
+            for outcome in ordered_map(convert_job, items, processes(args), init_worker, (job,)):
+                bar.advance()
+                done += 1
+                yield outcome
+    except (WorkerDied, WorkerStalled) as err:
+        raise YivlError(f"{err} after {done} records; run it again: {rerun_command(args)}") from None
 
 
 def run(args: argparse.Namespace) -> int:

@@ -179,8 +179,9 @@ def test_llava_json_scores_with_its_image_folder(tiny_checkpoint: Path, tmp_path
     outside = _llava_json(tmp_path / "annotations" / "escape.json", ["../annotations/mix.json"])
     entry = {"type": "loss", "path": str(outside), "image_folder": str(folder)}
     assert _error(tmp_path, [entry]) == (
-        "D/annotations/escape.json[0]: image ../annotations/mix.json resolves outside the image folder "
-        "D/data; fix the path, or set allow_images_outside_folder=true"
+        "image_outside_folder: D/annotations/escape.json[0]: image '../annotations/mix.json' resolves to "
+        "D/annotations/mix.json, outside the image folder D/data; fix the path or set "
+        "allow_images_outside_folder (--allow-images-outside-folder)"
     )
     [task] = _load(tmp_path, [entry], "allow_images_outside_folder=true")
     assert task.items[0].image.path == str(tmp_path / "annotations" / "mix.json")

@@ -2,7 +2,8 @@
 
 A source is ``{type: json|synthetic|conversation_shards|laion_shards, weight: 1.0, ...}``:
 
-- ``json``: ``path`` (a JSON list or JSONL file), ``image_folder`` (default: the file's folder).
+- ``json``: ``path`` (a JSON list or JSONL file), ``image_folder`` (default: the file's folder),
+  ``allow_images_outside_folder`` (default false: image paths must resolve inside the folder).
 - ``synthetic``: ``root``, ``split`` (train or val), ``num_train``, ``num_val``, ``seed``; generated on
   first use.
 - ``conversation_shards``: ``urls`` (folder, brace pattern, ``pipe:`` command or a list).
@@ -29,7 +30,7 @@ from yivl.data.synthetic import ensure_synthetic_dataset
 from yivl.errors import YivlError
 
 SOURCE_KEYS: dict[str, set[str]] = {
-    "json": {"path", "image_folder"},
+    "json": {"path", "image_folder", "allow_images_outside_folder"},
     "synthetic": {"root", "split", "num_train", "num_val", "seed"},
     "conversation_shards": {"urls"},
     "laion_shards": {"urls", "caption_prompts"},
@@ -78,6 +79,14 @@ def record_files(spec: Mapping[str, Any]) -> tuple[Path, Path | None]:
     return Path(_require(spec, "path")), Path(folder) if folder else None
 
 
+def allows_outside(spec: Mapping[str, Any]) -> bool:
+    """The source's ``allow_images_outside_folder`` (false unless given; synthetic data never needs it)."""
+    value = spec.get("allow_images_outside_folder", False)
+    if not isinstance(value, bool):
+        raise YivlError(f"allow_images_outside_folder must be true or false, got {value!r}")
+    return value
+
+
 def build_stream_source(spec: Mapping[str, Any], shuffle_buffer: int) -> StreamSource:
     """A streaming source from its config."""
     kind = source_type(spec)
@@ -86,7 +95,7 @@ def build_stream_source(spec: Mapping[str, Any], shuffle_buffer: int) -> StreamS
         raise YivlError(f"data source weight must be >= 0, got {weight}")
     if kind in MAP_STYLE:
         path, folder = record_files(spec)
-        return JsonSource(path, folder, weight)
+        return JsonSource(path, folder, weight, allows_outside(spec))
     if kind == "conversation_shards":
         return ConversationShardSource(_require(spec, "urls"), weight, shuffle_buffer)
     prompts = list(spec.get("caption_prompts") or DEFAULT_CAPTION_PROMPTS)

@@ -16,9 +16,17 @@ from typing import Any
 import lightning as L
 from torch.utils.data import DataLoader
 
-from yivl.data.build import MAP_STYLE, build_stream_source, known_samples, record_files, source_type
+from yivl.data.build import (
+    MAP_STYLE,
+    allows_outside,
+    build_stream_source,
+    known_samples,
+    record_files,
+    source_type,
+)
 from yivl.data.collate import Collator
 from yivl.data.encode import SampleEncoder
+from yivl.data.image_files import DEFAULT_MAX_IMAGE_BYTES
 from yivl.data.images import DEFAULT_MAX_PIXELS, ImageProcessor
 from yivl.data.loaders import MapDataLoader, StreamDataLoader
 from yivl.data.map_dataset import ConversationDataset, LengthGroupedSampler
@@ -67,6 +75,7 @@ class YiVLDataModule(L.LightningDataModule):
         samples_per_epoch: int | None = None,
         val_samples: int | None = None,
         max_pixels: int = DEFAULT_MAX_PIXELS,
+        max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES,
         log_every: int = 1000,
         pin_memory: bool = False,
         persistent_workers: bool = False,
@@ -86,6 +95,7 @@ class YiVLDataModule(L.LightningDataModule):
         self.shuffle_buffer = int(shuffle_buffer)
         self.samples_per_epoch, self.val_samples = samples_per_epoch, val_samples
         self.max_pixels = int(max_pixels)
+        self.max_image_bytes = int(max_image_bytes)
         self.loader_kwargs = {
             "pin_memory": pin_memory,
             "persistent_workers": persistent_workers and num_workers > 0,
@@ -101,7 +111,12 @@ class YiVLDataModule(L.LightningDataModule):
     def bind(self, tokenizer: YiTokenizer, image_processor: ImageProcessor, num_image_tokens: int) -> None:
         """Attach the model's tokenizer, image processor and features per image (before ``fit``)."""
         self.encoder = SampleEncoder(
-            tokenizer, image_processor, num_image_tokens, self.max_length, self.max_pixels
+            tokenizer,
+            image_processor,
+            num_image_tokens,
+            self.max_length,
+            self.max_pixels,
+            self.max_image_bytes,
         )
         self.collator = Collator(image_processor.size, tokenizer.pad_token_id)
 
@@ -149,8 +164,9 @@ class YiVLDataModule(L.LightningDataModule):
         return loader
 
     def _map_train_loader(self, encoder: SampleEncoder) -> MapDataLoader:
-        path, folder = record_files(self.train_sources[0])
-        dataset = ConversationDataset(path, folder, encoder, self.skips)
+        spec = self.train_sources[0]
+        path, folder = record_files(spec)
+        dataset = ConversationDataset(path, folder, encoder, self.skips, allows_outside(spec))
         world, rank = self._ranks()
         lengths = dataset.lengths(encoder.num_image_tokens) if self.group_by_length else None
         sampler = LengthGroupedSampler(
@@ -205,8 +221,9 @@ class YiVLDataModule(L.LightningDataModule):
             return []
         encoder = self._bound()
         if len(self.val_sources) == 1 and self.val_sources[0]["type"] in MAP_STYLE:
-            path, folder = record_files(self.val_sources[0])
-            dataset = ConversationDataset(path, folder, encoder, self.val_skips)
+            spec = self.val_sources[0]
+            path, folder = record_files(spec)
+            dataset = ConversationDataset(path, folder, encoder, self.val_skips, allows_outside(spec))
             return DataLoader(
                 dataset,
                 self.val_batch_size,

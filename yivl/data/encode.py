@@ -16,6 +16,7 @@ from yivl.constants import IGNORE_INDEX
 from yivl.data.chat import ChatFormatError, TrainingExample, build_training_example, turns_from_record
 from yivl.data.checks import check_record
 from yivl.data.collate import Sample, expanded_length
+from yivl.data.image_files import DEFAULT_MAX_IMAGE_BYTES, check_image_size, read_image_file
 from yivl.data.images import DEFAULT_MAX_PIXELS, ImageError, ImageProcessor, load_image
 from yivl.data.reasons import SampleRejected
 from yivl.data.tokenizer import YiTokenizer
@@ -36,17 +37,12 @@ class EncodedText:
         return sum(label != IGNORE_INDEX for label in self.example.labels)
 
 
-def read_image_bytes(path: Path, where: str) -> bytes:
-    """The bytes of an image file; missing or empty files raise :class:`SampleRejected`."""
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise SampleRejected("image_missing", f"{where}: {path} does not exist") from None
-    except OSError as err:
-        raise SampleRejected("image_missing", f"{where}: cannot read {path} ({err.strerror})") from None
-    if not data:
-        raise SampleRejected("image_empty", f"{where}: {path} is zero bytes")
-    return data
+def read_image_bytes(path: Path, where: str, max_bytes: int = DEFAULT_MAX_IMAGE_BYTES) -> bytes:
+    """The bytes of an image file (regular, at most ``max_bytes``); problems raise :class:`SampleRejected`.
+
+    ``path`` is already resolved and contained (see :func:`yivl.data.image_files.resolve_image_path`).
+    """
+    return read_image_file(path, where, max_bytes)
 
 
 def decode_image(data: bytes, where: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
@@ -65,7 +61,7 @@ class SampleEncoder:
 
     ``num_image_tokens`` is how many features one image becomes (1024 for Yi-VL at 448 px);
     ``max_length`` the longest sequence allowed after that expansion. Over-long samples are rejected
-    whole, never truncated.
+    whole, never truncated. Image files and image bytes over ``max_image_bytes`` are rejected unread.
     """
 
     def __init__(
@@ -75,12 +71,14 @@ class SampleEncoder:
         num_image_tokens: int,
         max_length: int,
         max_pixels: int = DEFAULT_MAX_PIXELS,
+        max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES,
     ) -> None:
         self.tokenizer = tokenizer
         self.image_processor = image_processor
         self.num_image_tokens = int(num_image_tokens)
         self.max_length = int(max_length)
         self.max_pixels = int(max_pixels)
+        self.max_image_bytes = int(max_image_bytes)
 
     def encode_text(self, record: dict, where: str) -> EncodedText:
         """Check, render and mask a record; rejects over-long and unsupervised samples."""
@@ -107,7 +105,7 @@ class SampleEncoder:
         return self.image_processor(decode_image(data, where, self.max_pixels)).unsqueeze(0)
 
     def encode(self, record: dict, image: ImageSource | None, key: str) -> Sample:
-        """A full sample; ``image`` is the file (resolved path) or its bytes, None for text-only records.
+        """A full sample; ``image`` is the file (resolved, contained path) or its bytes, None for text-only.
 
         A record naming an image when none is given (or the reverse) is a reject.
         """
@@ -117,9 +115,11 @@ class SampleEncoder:
             pixel_values = torch.zeros((0, 3, size, size), dtype=torch.float32)
         elif image is None:
             raise SampleRejected("image_missing", f"{key}: the record names an image but none was found")
+        elif isinstance(image, Path):
+            pixel_values = self.pixels(read_image_bytes(image, key, self.max_image_bytes), key)
         else:
-            data = read_image_bytes(image, key) if isinstance(image, Path) else image
-            pixel_values = self.pixels(data, key)
+            check_image_size(len(image), key, self.max_image_bytes)
+            pixel_values = self.pixels(image, key)
         ids = torch.tensor(text.example.input_ids, dtype=torch.long)
         labels = torch.tensor(text.example.labels, dtype=torch.long)
         return Sample(ids, labels, pixel_values, key)

@@ -11,6 +11,7 @@ from torch.utils.data import Dataset, DistributedSampler
 from yivl.data.checks import record_image
 from yivl.data.collate import Sample
 from yivl.data.encode import SampleEncoder
+from yivl.data.image_files import resolve_image_path
 from yivl.data.reasons import SampleRejected, SkipCounter
 from yivl.data.records import RecordFile
 from yivl.errors import YivlError
@@ -20,7 +21,8 @@ MAX_REPLACEMENTS = 64
 
 
 class ConversationDataset(Dataset):
-    """Yi-VL/LLaVA JSON or JSONL conversations; images resolved relative to ``image_folder``.
+    """Yi-VL/LLaVA JSON or JSONL conversations; images resolved inside ``image_folder`` (anywhere when
+    ``allow_outside``).
 
     A record that cannot be used (see :mod:`yivl.data.reasons`) is counted in ``skips`` and replaced by
     the next usable one, so batches keep their size. ``lengths`` is a cheap per-record length estimate
@@ -33,11 +35,13 @@ class ConversationDataset(Dataset):
         image_folder: str | Path | None,
         encoder: SampleEncoder | None = None,
         skips: SkipCounter | None = None,
+        allow_outside: bool = False,
     ) -> None:
         self.records = RecordFile(path)
         if len(self.records) == 0:
             raise YivlError(f"{path} holds no records; point the data config at a non-empty file")
         self.image_folder = Path(image_folder) if image_folder else Path(path).parent
+        self.allow_outside = bool(allow_outside)
         self.encoder = encoder
         self.skips = skips if skips is not None else SkipCounter()
 
@@ -59,7 +63,8 @@ class ConversationDataset(Dataset):
         key = f"{self.records.path.name}:{index}"
         record = self.records.record(index)
         image = record_image(record, key)
-        return self.encoder.encode(record, self.image_folder / image if image else None, key)
+        path = resolve_image_path(self.image_folder, image, key, self.allow_outside) if image else None
+        return self.encoder.encode(record, path, key)
 
     def __getitem__(self, index: int) -> Sample:
         for step in range(MAX_REPLACEMENTS):

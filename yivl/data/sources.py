@@ -20,6 +20,7 @@ import webdataset as wds
 
 from yivl.constants import IMAGE_PLACEHOLDER
 from yivl.data.checks import record_image
+from yivl.data.image_files import resolve_image_path
 from yivl.data.reasons import SampleRejected, SkipCounter
 from yivl.data.records import RecordFile, parse_record
 from yivl.data.shards import expand_shards, image_member
@@ -114,11 +115,21 @@ def _rng(*parts: int | str) -> random.Random:
 
 
 class JsonSource(StreamSource):
-    """A JSON/JSONL record file read as a stream (records are the units split across readers)."""
+    """A JSON/JSONL record file read as a stream (records are the units split across readers).
 
-    def __init__(self, path: str | Path, image_folder: str | Path | None = None, weight: float = 1.0) -> None:
+    Image paths must resolve inside ``image_folder`` unless ``allow_outside``.
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        image_folder: str | Path | None = None,
+        weight: float = 1.0,
+        allow_outside: bool = False,
+    ) -> None:
         self.records = RecordFile(path)
         self.image_folder = Path(image_folder) if image_folder else Path(path).parent
+        self.allow_outside = bool(allow_outside)
         self.weight = float(weight)
         self.num_units = len(self.records)
 
@@ -138,10 +149,13 @@ class JsonSource(StreamSource):
             try:
                 record = self.records.record(i)
                 image = record_image(record, key)
+                path = (
+                    resolve_image_path(self.image_folder, image, key, self.allow_outside) if image else None
+                )
             except SampleRejected as err:
                 skips.add(err.reason, str(err))
                 continue
-            yield RawItem(key, record, self.image_folder / image if image else None)
+            yield RawItem(key, record, path)
 
 
 class ShardSource(StreamSource):

@@ -16,13 +16,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from yivl.data.image_files import (
+    DEFAULT_MAX_IMAGE_BYTES,
+    check_image_size,
+    read_image_file,
+    resolve_image_path,
+)
 from yivl.errors import YivlError
 
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
-
-
-DEFAULT_MAX_IMAGE_BYTES = 64 * 1024 * 1024
-"""``max_image_bytes``' default (configs/eval.yaml), the name shared with the data tools."""
 
 
 @dataclass(frozen=True)
@@ -34,16 +36,18 @@ class ImageRef:
     offset: int = -1
     size: int = -1
     name: str = ""
+    max_bytes: int = DEFAULT_MAX_IMAGE_BYTES
     data: bytes | None = None
 
     def read(self) -> bytes:
-        """The image file's bytes (YivlError when it cannot be read)."""
+        """The image's bytes, at most ``max_bytes`` (YivlError when it cannot be read)."""
         if self.data is not None:
             return self.data
+        if self.offset < 0:
+            return read_image_file(self.path, self.display(), self.max_bytes)
+        check_image_size(self.size, self.display(), self.max_bytes)
         try:
             with open(self.path, "rb") as f:
-                if self.offset < 0:
-                    return f.read()
                 f.seek(self.offset)
                 return f.read(self.size)
         except OSError as err:
@@ -96,9 +100,9 @@ def read_task_file(
             raise YivlError(
                 f"{path} holds no .tar shards; give a JSONL file or a folder of WebDataset shards"
             )
-        records = [r for shard in shards for r in _read_shard(shard)]
+        records = [r for shard in shards for r in _read_shard(shard, images)]
     elif path.suffix == ".tar":
-        records = _read_shard(path)
+        records = _read_shard(path, images)
     else:
         records = _read_json_lines(path, images)
     if not records:
@@ -152,31 +156,24 @@ def _record(data: Any, where: str, file_folder: Path, images: ImageFiles, number
     if names:
         folder = images.folder if images.folder is not None else file_folder
         file = resolve_image(folder, names[0], where, images)
-        image = ImageRef(str(file), name=names[0])
+        image = ImageRef(str(file), name=names[0], max_bytes=images.max_bytes)
     return RawRecord(0, _record_id(data, str(number), where), where, data, image, len(names))
 
 
 def resolve_image(folder: Path, name: str, where: str, images: ImageFiles) -> Path:
     """``name`` inside ``folder``: resolved, contained (unless allowed outside), a regular file within
-    the byte limit. The one place JSON image paths are resolved (the data tools share the same rules)."""
-    root = folder.expanduser().resolve()
-    file = (root / name).resolve()
-    if not images.allow_outside and not file.is_relative_to(root):
+    the byte limit; the same rules as the data tools (:mod:`yivl.data.image_files`)."""
+    path = resolve_image_path(folder.expanduser(), name, where, images.allow_outside)
+    try:
+        st = path.stat()
+    except OSError:
         raise YivlError(
-            f"{where}: image {name} resolves outside the image folder {root}; fix the path, or set "
-            "allow_images_outside_folder=true"
-        )
-    if not file.exists():
-        raise YivlError(f"{where}: image {name} not found (looked for {file}); fix the 'image' path")
-    if not file.is_file():
-        raise YivlError(f"{where}: image {name} is not a regular file ({file}); fix the 'image' path")
-    size = file.stat().st_size
-    if size > images.max_bytes:
-        raise YivlError(
-            f"{where}: image {name} is {size} bytes, over max_image_bytes={images.max_bytes}; "
-            "shrink it or raise max_image_bytes"
-        )
-    return file
+            f"{where}: image {name} not found (looked for {path}); fix the 'image' path"
+        ) from None
+    if not path.is_file():
+        raise YivlError(f"{where}: image {name} ({path}) is not a regular file; fix the 'image' path")
+    check_image_size(st.st_size, where, images.max_bytes)
+    return path
 
 
 def _image_names(data: dict, where: str) -> list[str]:
@@ -197,7 +194,7 @@ def _record_id(data: dict, default: str, where: str) -> str:
     return str(raw)
 
 
-def _read_shard(shard: Path) -> list[RawRecord]:
+def _read_shard(shard: Path, images: ImageFiles) -> list[RawRecord]:
     """Samples of one WebDataset shard in member order: ``KEY.json`` + optional ``KEY.<image ext>``."""
     samples: dict[str, dict[str, tarfile.TarInfo]] = {}
     try:
@@ -208,13 +205,13 @@ def _read_shard(shard: Path) -> list[RawRecord]:
                 key, _, ext = base.partition(".")
                 prefix = member.name[: len(member.name) - len(base)]
                 samples.setdefault(prefix + key, {})[ext.lower()] = member
-            return [_shard_record(tar, shard, key, parts) for key, parts in samples.items()]
+            return [_shard_record(tar, shard, key, parts, images.max_bytes) for key, parts in samples.items()]
     except (tarfile.TarError, OSError) as err:
         raise YivlError(f"{shard} is not a readable tar shard ({err}); rewrite the shard") from None
 
 
 def _shard_record(
-    tar: tarfile.TarFile, shard: Path, key: str, parts: dict[str, tarfile.TarInfo]
+    tar: tarfile.TarFile, shard: Path, key: str, parts: dict[str, tarfile.TarInfo], max_bytes: int
 ) -> RawRecord:
     where = f"{shard}:{key}"
     if "json" not in parts:
@@ -227,7 +224,8 @@ def _shard_record(
     image = None
     if ext is not None:
         member = parts[ext]
-        image = ImageRef(str(shard), member.offset_data, member.size, name=f"{shard.name}:{member.name}")
+        name = f"{shard.name}:{member.name}"
+        image = ImageRef(str(shard), member.offset_data, member.size, name, max_bytes)
     elif data.get("image") is not None:
         raise YivlError(f"{where}: the record names an image but the shard has no {key}.jpg/.png/.webp")
     return RawRecord(0, _record_id(data, key, where), where, data, image, int(image is not None))

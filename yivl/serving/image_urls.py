@@ -13,7 +13,9 @@ from urllib.request import url2pathname
 
 from PIL import Image
 
+from yivl.data.image_files import read_image_file
 from yivl.data.images import load_image
+from yivl.data.reasons import SampleRejected
 from yivl.errors import YivlError
 from yivl.serving.api_errors import ApiError, bad_request
 from yivl.serving.openai_format import ImageRef
@@ -96,7 +98,11 @@ def _file_bytes(ref: ImageRef, policy: ImagePolicy) -> bytes:
     size = path.stat().st_size
     if size > policy.max_image_bytes:
         raise _too_large(ref, size, policy)
-    return path.read_bytes()
+    try:  # regular files only, opened non-blocking, read bounded (the file may change after the checks)
+        return read_image_file(path, ref.param, policy.max_image_bytes)
+    except SampleRejected as exc:
+        status = 413 if exc.reason == "image_file_too_large" else 400
+        raise ApiError(status, exc.detail, param=ref.param, code="invalid_image") from None
 
 
 def _remote_bytes(ref: ImageRef, policy: ImagePolicy) -> bytes:

@@ -19,10 +19,13 @@ from torch.utils.data import DataLoader
 from yivl.data.build import MAP_STYLE, build_stream_source, known_samples, record_files, source_type
 from yivl.data.collate import Collator
 from yivl.data.encode import SampleEncoder
+from yivl.data.formats import DEFAULT_IMAGE_TOKENS
+from yivl.data.formats import image_tokens as accepted_image_tokens
+from yivl.data.guard import DEFAULT_MAX_REJECT_FRACTION, RejectGuard, checked_fraction, reject_problem
 from yivl.data.images import DEFAULT_MAX_PIXELS, ImageProcessor
 from yivl.data.loaders import MapDataLoader, StreamDataLoader
 from yivl.data.map_dataset import ConversationDataset, LengthGroupedSampler
-from yivl.data.reasons import SkipCounter
+from yivl.data.reasons import SkipCounter, Tally, describe
 from yivl.data.streaming import StreamingDataset
 from yivl.data.tokenizer import YiTokenizer
 from yivl.errors import YivlError
@@ -70,6 +73,8 @@ class YiVLDataModule(L.LightningDataModule):
         log_every: int = 1000,
         pin_memory: bool = False,
         persistent_workers: bool = False,
+        image_tokens: Sequence[str] = DEFAULT_IMAGE_TOKENS,
+        max_reject_fraction: float = DEFAULT_MAX_REJECT_FRACTION,
     ) -> None:
         super().__init__()
         self.train_sources, self.val_sources = _plain(train), _plain(val)
@@ -86,6 +91,8 @@ class YiVLDataModule(L.LightningDataModule):
         self.shuffle_buffer = int(shuffle_buffer)
         self.samples_per_epoch, self.val_samples = samples_per_epoch, val_samples
         self.max_pixels = int(max_pixels)
+        self.image_tokens = accepted_image_tokens(image_tokens, "data.image_tokens")
+        self.max_reject_fraction = checked_fraction(max_reject_fraction, "data.max_reject_fraction")
         self.loader_kwargs = {
             "pin_memory": pin_memory,
             "persistent_workers": persistent_workers and num_workers > 0,
@@ -96,12 +103,13 @@ class YiVLDataModule(L.LightningDataModule):
         self.collator: Collator | None = None
         self._resume: dict | None = None
         self._train_loader: MapDataLoader | StreamDataLoader | None = None
+        self.train_survey: Tally | None = None  # what the map-style survey found (see _check_survey)
 
     # -- model binding and setup -------------------------------------------------------------------
     def bind(self, tokenizer: YiTokenizer, image_processor: ImageProcessor, num_image_tokens: int) -> None:
         """Attach the model's tokenizer, image processor and features per image (before ``fit``)."""
         self.encoder = SampleEncoder(
-            tokenizer, image_processor, num_image_tokens, self.max_length, self.max_pixels
+            tokenizer, image_processor, num_image_tokens, self.max_length, self.max_pixels, self.image_tokens
         )
         self.collator = Collator(image_processor.size, tokenizer.pad_token_id)
 
@@ -150,7 +158,9 @@ class YiVLDataModule(L.LightningDataModule):
 
     def _map_train_loader(self, encoder: SampleEncoder) -> MapDataLoader:
         path, folder = record_files(self.train_sources[0])
-        dataset = ConversationDataset(path, folder, encoder, self.skips)
+        guard = RejectGuard(self.skips, self.max_reject_fraction, str(path))
+        dataset = ConversationDataset(path, folder, encoder, self.skips, guard)
+        self._check_survey(dataset, guard)
         world, rank = self._ranks()
         lengths = dataset.lengths(encoder.num_image_tokens) if self.group_by_length else None
         sampler = LengthGroupedSampler(
@@ -173,6 +183,24 @@ class YiVLDataModule(L.LightningDataModule):
             **self.loader_kwargs,
         )
 
+    def _check_survey(self, dataset: ConversationDataset, guard: RejectGuard) -> None:
+        """Judge the reject rule on a survey of the file before any step (one line, then stop)."""
+        tally = self.train_survey = dataset.survey()
+        log.info(
+            "%s: checked %d of %d records: %d usable, %d rejected (%s), %d repaired (%s)",
+            dataset.records.path.name,
+            tally.total,
+            len(dataset),
+            tally.kept,
+            sum(tally.rejected.values()),
+            describe(tally.rejected),
+            sum(tally.repaired.values()),
+            describe(tally.repaired),
+        )
+        problem = reject_problem(tally, guard.max_fraction, guard.name, "data.max_reject_fraction")
+        if problem:
+            raise YivlError(problem)
+
     def _batches_per_epoch(self, sources: list, samples: int | None, batch_size: int) -> int | None:
         world, _ = self._ranks()
         if samples is None:
@@ -190,6 +218,7 @@ class YiVLDataModule(L.LightningDataModule):
         if batches is None:
             raise YivlError("the size of streaming data is unknown; set data.samples_per_epoch")
         dataset = StreamingDataset(sources, self.batch_size, batches, self.resampled, self.seed, self.skips)
+        dataset.guard = RejectGuard(self.skips, self.max_reject_fraction, "the training data")
         dataset.bind(encoder, self.collator)
         return StreamDataLoader(
             dataset,
@@ -258,6 +287,10 @@ class YiVLDataModule(L.LightningDataModule):
     def skip_counts(self) -> dict[str, int]:
         """Training samples dropped so far, by reason, summed over all workers."""
         return self.skips.counts()
+
+    def repair_counts(self) -> dict[str, int]:
+        """Training samples repaired so far (still used), by repair, summed over all workers."""
+        return self.skips.repair_counts()
 
     @property
     def stats(self) -> dict[str, int]:

@@ -6,6 +6,7 @@ data tools write it to a rejects file. Cheap text checks run before any image is
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,8 +17,10 @@ from yivl.constants import IGNORE_INDEX
 from yivl.data.chat import ChatFormatError, TrainingExample, build_training_example, turns_from_record
 from yivl.data.checks import check_record
 from yivl.data.collate import Sample, expanded_length
+from yivl.data.formats import DEFAULT_IMAGE_TOKENS, normalize_record
+from yivl.data.formats import image_tokens as accepted_image_tokens
 from yivl.data.images import DEFAULT_MAX_PIXELS, ImageError, ImageProcessor, load_image
-from yivl.data.reasons import SampleRejected
+from yivl.data.reasons import SampleRejected, SkipCounter
 from yivl.data.tokenizer import YiTokenizer
 
 ImageSource = Path | bytes
@@ -30,10 +33,31 @@ class EncodedText:
     example: TrainingExample
     image: str | None
     length: int
+    record: dict  # the canonical record (see yivl.data.formats), what the data tools write
+    repairs: tuple[str, ...] = ()
 
     @property
     def supervised(self) -> int:
         return sum(label != IGNORE_INDEX for label in self.example.labels)
+
+
+def encode_counted(
+    encoder: SampleEncoder,
+    record: dict,
+    image: ImageSource | None,
+    key: str,
+    skips: SkipCounter,
+    has_image: bool,
+) -> Sample | None:
+    """``encoder.encode``, counting the outcome in ``skips``: None for a reject. ``has_image`` says the
+    record names an image (the all-image-records-rejected rule counts those)."""
+    try:
+        sample = encoder.encode(record, image, key)
+    except SampleRejected as err:
+        skips.add(err.reason, str(err), has_image)
+        return None
+    skips.kept(sample.num_images > 0, sample.repairs)
+    return sample
 
 
 def read_image_bytes(path: Path, where: str) -> bytes:
@@ -75,16 +99,20 @@ class SampleEncoder:
         num_image_tokens: int,
         max_length: int,
         max_pixels: int = DEFAULT_MAX_PIXELS,
+        image_tokens: Sequence[str] = DEFAULT_IMAGE_TOKENS,
     ) -> None:
         self.tokenizer = tokenizer
+        self.image_tokens = accepted_image_tokens(image_tokens)
         self.image_processor = image_processor
         self.num_image_tokens = int(num_image_tokens)
         self.max_length = int(max_length)
         self.max_pixels = int(max_pixels)
 
     def encode_text(self, record: dict, where: str) -> EncodedText:
-        """Check, render and mask a record; rejects over-long and unsupervised samples."""
-        image = check_record(record, where)
+        """Normalise, check, render and mask a record; rejects over-long and unsupervised samples."""
+        normalized = normalize_record(record, self.image_tokens)
+        record = normalized.record
+        image = check_record(record, where, self.image_tokens)
         try:
             turns = turns_from_record(record, where)
             example = build_training_example(self.tokenizer, turns, sample_id=where)
@@ -95,7 +123,7 @@ class SampleEncoder:
             raise SampleRejected(
                 "too_long", f"{where}: {length} tokens after image expansion > {self.max_length}"
             )
-        encoded = EncodedText(example, image, length)
+        encoded = EncodedText(example, image, length, record, normalized.repairs)
         if encoded.supervised == 0:
             raise SampleRejected("no_supervised_tokens", f"{where}: every label is -100")
         return encoded
@@ -111,7 +139,10 @@ class SampleEncoder:
 
         A record naming an image when none is given (or the reverse) is a reject.
         """
-        text = self.encode_text(record, key)
+        return self.sample(self.encode_text(record, key), image, key)
+
+    def sample(self, text: EncodedText, image: ImageSource | None, key: str) -> Sample:
+        """The tensors of an encoded record and its image (see :meth:`encode`)."""
         size = self.image_processor.size if self.image_processor else 0
         if text.image is None:
             pixel_values = torch.zeros((0, 3, size, size), dtype=torch.float32)
@@ -122,4 +153,4 @@ class SampleEncoder:
             pixel_values = self.pixels(data, key)
         ids = torch.tensor(text.example.input_ids, dtype=torch.long)
         labels = torch.tensor(text.example.labels, dtype=torch.long)
-        return Sample(ids, labels, pixel_values, key)
+        return Sample(ids, labels, pixel_values, key, text.repairs)

@@ -41,25 +41,6 @@ class EncodedText:
         return sum(label != IGNORE_INDEX for label in self.example.labels)
 
 
-def encode_counted(
-    encoder: SampleEncoder,
-    record: dict,
-    image: ImageSource | None,
-    key: str,
-    skips: SkipCounter,
-    has_image: bool,
-) -> Sample | None:
-    """``encoder.encode``, counting the outcome in ``skips``: None for a reject. ``has_image`` says the
-    record names an image (the all-image-records-rejected rule counts those)."""
-    try:
-        sample = encoder.encode(record, image, key)
-    except SampleRejected as err:
-        skips.add(err.reason, str(err), has_image)
-        return None
-    skips.kept(sample.num_images > 0, sample.repairs)
-    return sample
-
-
 def read_image_bytes(path: Path, where: str) -> bytes:
     """The bytes of an image file; missing or empty files raise :class:`SampleRejected`."""
     try:
@@ -139,10 +120,7 @@ class SampleEncoder:
 
         A record naming an image when none is given (or the reverse) is a reject.
         """
-        return self.sample(self.encode_text(record, key), image, key)
-
-    def sample(self, text: EncodedText, image: ImageSource | None, key: str) -> Sample:
-        """The tensors of an encoded record and its image (see :meth:`encode`)."""
+        text = self.encode_text(record, key)
         size = self.image_processor.size if self.image_processor else 0
         if text.image is None:
             pixel_values = torch.zeros((0, 3, size, size), dtype=torch.float32)
@@ -154,3 +132,22 @@ class SampleEncoder:
         ids = torch.tensor(text.example.input_ids, dtype=torch.long)
         labels = torch.tensor(text.example.labels, dtype=torch.long)
         return Sample(ids, labels, pixel_values, key, text.repairs)
+
+
+def encode_counted(
+    encoder: SampleEncoder,
+    record: dict,
+    image: ImageSource | None,
+    key: str,
+    skips: SkipCounter,
+    has_image: bool,
+) -> Sample | None:
+    """``encoder.encode``, counting the outcome in ``skips``: None for a reject. ``has_image`` says the
+    record names an image (the all-image-records-rejected rule counts those)."""
+    try:
+        sample = encoder.encode(record, image, key)
+    except SampleRejected as err:
+        skips.add(err.reason, str(err), has_image)
+        return None
+    skips.kept(sample.num_images > 0, sample.repairs)
+    return sample

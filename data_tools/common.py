@@ -9,8 +9,11 @@ import shlex
 from pathlib import Path
 
 from data_tools.model import ModelSpec
+from yivl.data.formats import DEFAULT_IMAGE_TOKENS, image_tokens
+from yivl.data.guard import DEFAULT_MAX_REJECT_FRACTION, checked_fraction, reject_problem
 from yivl.data.image_files import DEFAULT_MAX_IMAGE_BYTES
 from yivl.data.images import DEFAULT_MAX_PIXELS
+from yivl.data.reasons import Tally
 from yivl.errors import YivlError
 
 _UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
@@ -56,6 +59,38 @@ def add_model_args(parser: argparse.ArgumentParser, required: bool = True) -> No
     )
 
 
+def add_image_tokens_arg(parser: argparse.ArgumentParser) -> None:
+    """``--image-tokens``: every tool that renders records (convert, validate, stats, inspect)."""
+    parser.add_argument(
+        "--image-tokens",
+        nargs="+",
+        default=list(DEFAULT_IMAGE_TOKENS),
+        metavar="TOKEN",
+        help="image tokens the records use; each becomes <image_placeholder>, placed first in the first "
+        "human turn (default: <image_placeholder> <image>)",
+    )
+
+
+def add_format_args(parser: argparse.ArgumentParser) -> None:
+    """``--image-tokens`` and ``--max-reject-fraction``, shared by convert, validate and stats."""
+    add_image_tokens_arg(parser)
+    parser.add_argument(
+        "--max-reject-fraction",
+        type=float,
+        default=DEFAULT_MAX_REJECT_FRACTION,
+        help="exit non-zero when more of the records are rejected (default 0.05; 1 accepts any fraction). "
+        "A file whose image records are all rejected always fails",
+    )
+
+
+def reject_check(tally: Tally, args: argparse.Namespace, name: str) -> None:
+    """Raise the one-line YivlError of the reject rule (see yivl.data.guard) when ``tally`` fails it."""
+    fraction = checked_fraction(args.max_reject_fraction, "--max-reject-fraction")
+    problem = reject_problem(tally, fraction, name, "--max-reject-fraction")
+    if problem:
+        raise YivlError(problem)
+
+
 def add_output_args(parser: argparse.ArgumentParser, required: bool = True) -> None:
     parser.add_argument(
         "--out",
@@ -82,7 +117,8 @@ def add_output_args(parser: argparse.ArgumentParser, required: bool = True) -> N
 def model_spec(args: argparse.Namespace) -> ModelSpec:
     if args.model is None:
         raise YivlError("pass --model DIR (a Yi-VL model directory) to tokenize the samples")
-    return ModelSpec(args.model, args.max_length, args.max_pixels)
+    tokens = image_tokens(args.image_tokens, "--image-tokens")
+    return ModelSpec(args.model, args.max_length, args.max_pixels, tokens)
 
 
 def processes(args: argparse.Namespace) -> int:

@@ -12,17 +12,19 @@ import os
 from pathlib import Path
 
 from data_tools.common import (
+    add_format_args,
     add_image_file_args,
     add_model_args,
     add_output_args,
     model_spec,
     processes,
+    reject_check,
     rerun_command,
 )
 from data_tools.journal import open_output, write_manifest
 from data_tools.parallel import WorkerDied, WorkerStalled, ordered_map
 from data_tools.process import Item, Job, convert_job, init_worker
-from data_tools.report import build_manifest, console, print_summary, verify_output
+from data_tools.report import build_manifest, console, manifest_tally, print_summary, verify_output
 from data_tools.sequence import ShardSequence
 from yivl.data.records import RecordFile
 from yivl.errors import YivlError
@@ -43,6 +45,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_image_file_args(parser)
     add_output_args(parser)
     add_model_args(parser)
+    add_format_args(parser)
 
 
 def _input_params(path: Path, records: RecordFile) -> dict:
@@ -72,6 +75,7 @@ def run(args: argparse.Namespace) -> int:
         "prefix": args.prefix,
         "max_image_bytes": args.max_image_bytes,
         "allow_images_outside_folder": args.allow_images_outside_folder,
+        "image_tokens": list(spec.image_tokens),
     }
     params = json.loads(json.dumps(params))
     journal = open_output(args.out, params, args.overwrite)
@@ -94,7 +98,10 @@ def run(args: argparse.Namespace) -> int:
             f"{err}; {journal.next_index} of {total} records are committed in {journal.next_shard} "
             f"complete shards; resume with: {rerun_command(args)}"
         ) from None
-    return finish(args.out, journal, total, keys_are_indices=True)
+    status = finish(args.out, journal, total, keys_are_indices=True)
+    # after the manifest and rejects are on disk, so a refused conversion loses nothing
+    reject_check(manifest_tally(json.loads((args.out / "manifest.json").read_text())), args, str(args.input))
+    return status
 
 
 def finish(out_dir: Path, journal, total: int, keys_are_indices: bool, extra: dict | None = None) -> int:

@@ -13,7 +13,7 @@ from PIL import Image
 from rich.table import Table
 from rich.text import Text
 
-from data_tools.common import add_model_args, model_spec
+from data_tools.common import add_image_tokens_arg, add_model_args, model_spec
 from data_tools.inputs import conversation_items
 from data_tools.report import console
 from data_tools.validate import add_input_args
@@ -30,6 +30,7 @@ HELP = "show one sample as the model sees it: prompt, supervised tokens, image b
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_input_args(parser)
     add_model_args(parser)
+    add_image_tokens_arg(parser)
     parser.add_argument("--index", type=int, default=0, help="which record (0-based, in file or shard order)")
 
 

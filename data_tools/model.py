@@ -7,6 +7,7 @@ from pathlib import Path
 
 from yivl.checkpoint.layout import check_model_dir, read_config
 from yivl.data.encode import SampleEncoder
+from yivl.data.formats import DEFAULT_IMAGE_TOKENS
 from yivl.data.images import DEFAULT_MAX_PIXELS, ImageProcessor
 from yivl.data.tokenizer import YiTokenizer
 
@@ -18,6 +19,7 @@ class ModelSpec:
     model_dir: Path
     max_length: int | None = None  # None: the model's max_position_embeddings
     max_pixels: int = DEFAULT_MAX_PIXELS
+    image_tokens: tuple[str, ...] = DEFAULT_IMAGE_TOKENS
 
     def load(self, with_images: bool = False) -> SampleEncoder:
         """A :class:`SampleEncoder` for this model (image processor only when ``with_images``)."""
@@ -26,7 +28,14 @@ class ModelSpec:
         tokenizer = YiTokenizer.from_dir(model_dir)
         processor = ImageProcessor.from_pretrained(vit_dir) if with_images else None
         max_length = self.max_length or int(config.llm["max_position_embeddings"])
-        return SampleEncoder(tokenizer, processor, config.num_image_tokens, max_length, self.max_pixels)
+        return SampleEncoder(
+            tokenizer,
+            processor,
+            config.num_image_tokens,
+            max_length,
+            self.max_pixels,
+            image_tokens=self.image_tokens,
+        )
 
     def fingerprint(self) -> dict:
         """What makes two conversions comparable: the tokenizer bytes, image tokens and lengths."""
@@ -41,4 +50,5 @@ class ModelSpec:
             "num_image_tokens": config.num_image_tokens,
             "max_length": max_length,
             "max_pixels": self.max_pixels,
+            "image_tokens": list(self.image_tokens),
         }

@@ -103,14 +103,16 @@ def convert_record(encoder: SampleEncoder, job: Job, item: Item) -> Outcome:
     """One record -> an accepted sample (shard members) or a rejected one with its reason."""
     key = item.key or f"{item.index:09d}"
     where = f"record {item.index}" if not item.in_shard else f"sample {key}"
+    has_image = False
     try:
         if item.error is not None:
             raise SampleRejected("shard_corrupt", item.error)
         if item.in_shard and not item.raw:
             raise SampleRejected("sample_incomplete", f"{where}: no .json member")
         record = parse_record(item.raw, where)
+        has_image = record.get("image") not in (None, "", [])
         text = encoder.encode_text(record, where)
-        members = {"json": json.dumps(record, ensure_ascii=False).encode("utf-8")}
+        members = {"json": json.dumps(text.record, ensure_ascii=False).encode("utf-8")}
         size, action = None, "text_only"
         if text.image is not None:
             data = _image_bytes(job, item, text.image, where)
@@ -119,9 +121,18 @@ def convert_record(encoder: SampleEncoder, job: Job, item: Item) -> Outcome:
             )
             members[ext] = image_bytes
     except SampleRejected as err:
-        return Outcome(item.index, key, err.reason, err.detail)
+        return Outcome(item.index, key, err.reason, err.detail, has_image=has_image)
     members = members if job.write else {}
-    return Outcome(item.index, key, members=members, tokens=text.length, image_size=size, image_action=action)
+    return Outcome(
+        item.index,
+        key,
+        members=members,
+        tokens=text.length,
+        image_size=size,
+        image_action=action,
+        repairs=text.repairs,
+        has_image=text.image is not None,
+    )
 
 
 def _image_bytes(job: Job, item: Item, name: str, where: str) -> bytes:

@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.table import Table
 
 from data_tools.journal import REJECTS, Journal
-from yivl.data.reasons import REASONS
+from yivl.data.reasons import REASONS, REPAIRS, Tally
 
 console = Console(highlight=False)
 
@@ -42,15 +42,24 @@ def build_manifest(journal: Journal, total_input: int, extra: Mapping | None = N
     reasons: Counter = Counter()
     tokens: Counter = Counter()
     images: Counter = Counter()
+    repaired: Counter = Counter()
     for c in journal.commits:
         reasons.update(c["reasons"])
+        repaired.update(c.get("repaired", {}))
         tokens.update({int(k): v for k, v in c["tokens"].items()})
         images.update(c["images"])
     return {
         **journal.params,
-        "records": {"input": total_input, "written": written, "rejected": rejected},
+        "records": {
+            "input": total_input,
+            "written": written,
+            "rejected": rejected,
+            "repaired": sum(c.get("repaired_records", 0) for c in journal.commits),
+        },
         "reconciled": written + rejected == total_input,
         "rejects_by_reason": dict(reasons.most_common()),
+        "repaired_by_reason": dict(repaired.most_common()),
+        "rejected_images": sum(c.get("rejected_images", 0) for c in journal.commits),
         "shards": shards,
         "total_bytes": sum(s["bytes"] for s in shards),
         "token_length": percentiles(tokens),
@@ -59,14 +68,29 @@ def build_manifest(journal: Journal, total_input: int, extra: Mapping | None = N
     }
 
 
-def reasons_table(reasons: Mapping[str, int], title: str = "Rejected, by reason") -> Table:
+def reasons_table(
+    reasons: Mapping[str, int], title: str = "Rejected, by reason", column: str = "reason"
+) -> Table:
     table = Table(title=title)
-    table.add_column("reason")
+    table.add_column(column)
     table.add_column("count", justify="right")
     table.add_column("meaning")
     for reason, n in sorted(reasons.items(), key=lambda kv: (-kv[1], kv[0])):
-        table.add_row(reason, str(n), REASONS.get(reason, ""))
+        table.add_row(reason, str(n), REASONS.get(reason) or REPAIRS.get(reason, ""))
     return table
+
+
+def manifest_tally(manifest: Mapping) -> Tally:
+    """The counts of a conversion manifest, for the reject rule (yivl.data.guard)."""
+    images = manifest.get("images", {})
+    kept_images = sum(n for action, n in images.items() if action != "text_only")
+    return Tally(
+        kept=manifest["records"]["written"],
+        rejected=dict(manifest["rejects_by_reason"]),
+        repaired=dict(manifest.get("repaired_by_reason", {})),
+        image_records=kept_images + manifest.get("rejected_images", 0),
+        image_kept=kept_images,
+    )
 
 
 def stats_table(title: str, rows: Mapping[str, Mapping[str, float]]) -> Table:
@@ -90,6 +114,7 @@ def print_summary(manifest: Mapping, out_dir: str) -> bool:
     table.add_row("input records", str(rec["input"]))
     table.add_row("written", str(rec["written"]))
     table.add_row("rejected", str(rec["rejected"]))
+    table.add_row("repaired (written)", str(rec.get("repaired", 0)))
     table.add_row("shards", str(len(manifest["shards"])))
     table.add_row("bytes", f"{manifest['total_bytes']:,}")
     for action, n in manifest.get("images", {}).items():
@@ -101,6 +126,8 @@ def print_summary(manifest: Mapping, out_dir: str) -> bool:
         )
     if manifest["rejects_by_reason"]:
         console.print(reasons_table(manifest["rejects_by_reason"]))
+    if manifest.get("repaired_by_reason"):
+        console.print(reasons_table(manifest["repaired_by_reason"], "Repaired (still written)", "repair"))
     ok = bool(manifest["reconciled"])
     sign = "[green]reconciled[/]" if ok else "[red]NOT reconciled[/]"
     console.print(

@@ -31,6 +31,8 @@ class Outcome:
     image_size: tuple[int, int] | None = None
     image_action: str = "text_only"  # text_only | passed_through | trimmed | reencoded
     extra: dict = field(default_factory=dict)  # tool-specific fields for the rejects file
+    repairs: tuple[str, ...] = ()  # repairs of a written record (yivl.data.reasons.REPAIRS)
+    has_image: bool = False  # the record names an image (for the all-image-records-rejected rule)
 
     def reject_line(self) -> dict:
         return {
@@ -64,6 +66,8 @@ class ShardSequence:
     def _reset_stats(self) -> None:
         self.tokens: Counter = Counter()
         self.images: Counter = Counter()
+        self.repaired: Counter = Counter()
+        self.repaired_records = 0
         self.first_key: str | None = None
 
     def add(self, outcome: Outcome) -> None:
@@ -86,6 +90,8 @@ class ShardSequence:
         self.writer.write(outcome.key, outcome.members)
         self.tokens[outcome.tokens] += 1
         self.images[outcome.image_action] += 1
+        self.repaired.update(outcome.repairs)
+        self.repaired_records += bool(outcome.repairs)
         _crash_point("mid_shard", len(self.journal.commits))
         if self.writer.count >= self.max_samples:
             self.commit(end=outcome.index + 1)
@@ -113,6 +119,9 @@ class ShardSequence:
                 "rejects_offset": offset,
                 "tokens": {str(k): v for k, v in sorted(self.tokens.items())},
                 "images": dict(sorted(self.images.items())),
+                "repaired": dict(sorted(self.repaired.items())),
+                "repaired_records": self.repaired_records,
+                "rejected_images": sum(r.has_image for r in self.rejects),
             }
         )
         self.start, self.rejects = end, []

@@ -10,9 +10,10 @@ import argparse
 from collections import Counter
 from pathlib import Path
 
-from data_tools.common import add_model_args
+from data_tools.common import add_format_args, add_model_args, reject_check
 from data_tools.report import console, percentiles, stats_table
 from data_tools.validate import add_input_args, outcomes
+from yivl.data.reasons import Tally
 
 HELP = "token-length and image-size distributions: a table and a PNG"
 
@@ -20,6 +21,7 @@ HELP = "token-length and image-size distributions: a table and a PNG"
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_input_args(parser)
     add_model_args(parser)
+    add_format_args(parser)
     parser.add_argument(
         "--plot",
         type=Path,
@@ -32,10 +34,10 @@ def run(args: argparse.Namespace) -> int:
     tokens: list[int] = []
     widths: list[int] = []
     heights: list[int] = []
-    rejected = 0
+    tally = Tally()
     for outcome in outcomes(args, "stats"):
+        tally.add(outcome.reason, outcome.has_image, outcome.repairs)
         if outcome.reason is not None:
-            rejected += 1
             continue
         tokens.append(outcome.tokens)
         if outcome.image_size is not None:
@@ -47,9 +49,11 @@ def run(args: argparse.Namespace) -> int:
         rows["image height"] = percentiles(Counter(heights))
         aspects = Counter(round(100 * w / h) for w, h in zip(widths, heights, strict=True))
         rows["aspect (w/h) x100"] = percentiles(aspects)
+    rejected = sum(tally.rejected.values())
     console.print(stats_table(f"{len(tokens)} usable samples ({rejected} rejected)", rows))
     draw(args.plot, tokens, widths, heights)
     console.print(f"plot: {args.plot}")
+    reject_check(tally, args, str(args.input))
     return 0
 
 

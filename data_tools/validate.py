@@ -11,12 +11,21 @@ import json
 from collections import Counter
 from pathlib import Path
 
-from data_tools.common import add_image_file_args, add_model_args, model_spec, processes, rerun_command
+from data_tools.common import (
+    add_format_args,
+    add_image_file_args,
+    add_model_args,
+    model_spec,
+    processes,
+    reject_check,
+    rerun_command,
+)
 from data_tools.inputs import conversation_items
 from data_tools.parallel import WorkerDied, WorkerStalled, ordered_map
 from data_tools.process import Job, convert_job, init_worker
 from data_tools.report import console, percentiles, reasons_table, stats_table
 from data_tools.sequence import Outcome
+from yivl.data.reasons import Tally
 from yivl.errors import YivlError
 from yivl.progress import progress_bar
 
@@ -38,6 +47,7 @@ def add_input_args(parser: argparse.ArgumentParser) -> None:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_input_args(parser)
     add_model_args(parser)
+    add_format_args(parser)
     parser.add_argument("--rejects", type=Path, help="write the rejected records' reasons here (JSONL)")
 
 
@@ -58,32 +68,36 @@ def outcomes(args: argparse.Namespace, description: str):
 
 
 def run(args: argparse.Namespace) -> int:
-    reasons: Counter = Counter()
+    tally = Tally()
     tokens: Counter = Counter()
-    total = 0
     rejects_file = open(args.rejects, "w", encoding="utf-8") if args.rejects else None  # noqa: SIM115
     try:
         for outcome in outcomes(args, "validate"):
-            total += 1
-            _count(outcome, reasons, tokens, rejects_file)
+            _count(outcome, tally, tokens, rejects_file)
     finally:
         if rejects_file:
             rejects_file.close()
-    rejected = sum(reasons.values())
-    console.print(f"{total} records: {total - rejected} usable, {rejected} rejected")
+    rejected = sum(tally.rejected.values())
+    console.print(
+        f"{tally.total} records: {tally.kept} usable ({sum(tally.repaired.values())} repairs), "
+        f"{rejected} rejected"
+    )
     if tokens:
         console.print(
             stats_table("Tokens per usable sample (after image expansion)", {"tokens": percentiles(tokens)})
         )
-    if reasons:
-        console.print(reasons_table(reasons))
+    if tally.rejected:
+        console.print(reasons_table(tally.rejected))
+    if tally.repaired:
+        console.print(reasons_table(tally.repaired, "Repaired (still usable)", "repair"))
+    reject_check(tally, args, str(args.input))
     return 0
 
 
-def _count(outcome: Outcome, reasons: Counter, tokens: Counter, rejects_file) -> None:
+def _count(outcome: Outcome, tally: Tally, tokens: Counter, rejects_file) -> None:
+    tally.add(outcome.reason, outcome.has_image, outcome.repairs)
     if outcome.reason is None:
         tokens[outcome.tokens] += 1
         return
-    reasons[outcome.reason] += 1
     if rejects_file is not None:
         rejects_file.write(json.dumps(outcome.reject_line(), ensure_ascii=False) + "\n")

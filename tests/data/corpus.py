@@ -90,7 +90,15 @@ def bad_corpus() -> list[tuple[bytes, str | None]]:
         (b'{"conversations": "\xff\xfe broken"}', "invalid_utf8"),
         (j({"image": "good.jpg", "id": 7}), "no_conversations"),
         (j(conv("No placeholder?", "x", "good.jpg", placeholder=False)), "placeholder_missing"),
-        (j(conv(f"Two {ph} here?", "x", "good.jpg")), "placeholder_count"),
+        (
+            j(
+                {
+                    "image": "good.jpg",
+                    **_turns(("human", f"{ph} Q1"), ("gpt", "A"), ("human", f"{ph} Q2"), ("gpt", "B")),
+                }
+            ),
+            "placeholder_count",  # one image, a token in two turns (twice in one turn is one, as in LLaVA)
+        ),
         (j(conv("Placeholder but no image?", "x")), "placeholder_count"),
         (
             j({"image": "good.jpg", **_turns(("human", f"{ph}\nQ"), ("gpt", f"see {ph}"))}),

@@ -54,7 +54,7 @@ def test_shards_read_back_as_the_records(reference: Path, good: Path) -> None:
         else:
             assert set(sample) == {"__key__", "json"}
     manifest = json.loads((reference / "manifest.json").read_text())
-    assert manifest["records"] == {"input": 40, "written": 40, "rejected": 0}
+    assert manifest["records"] == {"input": 40, "written": 40, "rejected": 0, "repaired": 0}
     assert [s["samples"] for s in manifest["shards"]] == [7, 7, 7, 7, 7, 5]
     assert manifest["reconciled"] is True
     assert manifest["token_length"]["min"] > 64  # the 64 image features are counted
@@ -96,14 +96,24 @@ def test_resume_after_kill_equals_uninterrupted(
     assert shard_bytes(out) == shard_bytes(reference)
     assert not list(out.glob("*.tmp"))
     manifest = json.loads((out / "manifest.json").read_text())
-    assert manifest["records"] == {"input": 40, "written": 40, "rejected": 0}
+    assert manifest["records"] == {"input": 40, "written": 40, "rejected": 0, "repaired": 0}
 
 
 def test_every_bad_input_is_accounted_for(tiny_checkpoint: Path, tmp_path: Path) -> None:
     src, expected = write_bad_corpus(tmp_path / "bad")
     out = tmp_path / "out"
     assert (
-        convert(src, out, tiny_checkpoint, "--image-folder", str(src.parent / "images"), "--processes", "2")
+        convert(
+            src,
+            out,
+            tiny_checkpoint,
+            "--image-folder",
+            str(src.parent / "images"),
+            "--processes",
+            "2",
+            "--max-reject-fraction",
+            "1",  # the corpus is mostly bad on purpose
+        )
         == 0
     )
     rejects = [json.loads(line) for line in (out / "rejects.jsonl").read_text().splitlines()]
@@ -117,6 +127,7 @@ def test_every_bad_input_is_accounted_for(tiny_checkpoint: Path, tmp_path: Path)
         "input": len(expected),
         "written": len(expected) - n_bad,
         "rejected": n_bad,
+        "repaired": 0,
     }
     assert manifest["images"]["reencoded"] == 4  # CMYK, 16-bit, palette, alpha convert instead of failing
     assert manifest["reconciled"] is True
@@ -134,7 +145,7 @@ def test_validate_reports_the_same_reasons(tiny_checkpoint: Path, tmp_path: Path
         str(tiny_checkpoint),
     ]
     argv += ["--max-pixels", str(MAX_PIXELS), "--max-length", str(MAX_LENGTH), "--processes", "1"]
-    assert main([*argv, "--rejects", str(rejects)]) == 0
+    assert main([*argv, "--rejects", str(rejects), "--max-reject-fraction", "1"]) == 0
     got = [json.loads(line)["reason"] for line in rejects.read_text().splitlines()]
     assert got == [r for r in expected if r]
     assert "placeholder_in_assistant" in capsys.readouterr().out
@@ -273,7 +284,10 @@ def test_laion_filters_reshards_and_accounts(tiny_checkpoint: Path, tmp_path: Pa
     assert [s["__key__"] for s in samples] == [k for k, r in expected.items() if r is None]
     assert all({"txt", "json"} <= set(s) for s in samples)
     manifest = json.loads((out / "manifest.json").read_text())
-    assert manifest["records"] == {"input": 16, "written": 6, "rejected": 10} and manifest["reconciled"]
+    assert (
+        manifest["records"] == {"input": 16, "written": 6, "rejected": 10, "repaired": 0}
+        and manifest["reconciled"]
+    )
     assert manifest["img2dataset_successes"] == 16
 
 

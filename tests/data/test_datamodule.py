@@ -147,7 +147,8 @@ def test_skipped_samples_are_counted_and_logged(synth: Path, tokenizer, tmp_path
     lines = (synth / "train.jsonl").read_text().splitlines()[:12]
     path = tmp_path / "mixed.jsonl"
     path.write_text("\n".join([*lines[:6], "{broken", *lines[6:], '{"conversations": []}']) + "\n")
-    dm = YiVLDataModule([{"type": "json", "path": str(path), "image_folder": str(synth)}], batch_size=2)
+    source = {"type": "json", "path": str(path), "image_folder": str(synth)}
+    dm = YiVLDataModule([source], batch_size=2, max_reject_fraction=0.2)  # 2 of 14 rejected
     dm.bind(tokenizer, ImageProcessor(size=28), num_image_tokens=4)
     seen = _fit(dm, callbacks=[SkippedSamplesLogger(every_n_steps=1)])
     assert len(seen) == 14  # 7 batches of 2 per epoch: rejects are replaced, not dropped from the batch

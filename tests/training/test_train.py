@@ -111,7 +111,8 @@ def test_a_dataset_without_supervised_tokens_is_refused(train_cfg, tmp_path: Pat
         '{"conversations": [{"from": "human", "value": "hi"}, {"from": "gpt", "value": ""}]}\n' * 40
     )
     paths = [f"data.train.0.path={records}", f"data.train.0.image_folder={tmp_path}", "data.num_workers=1"]
-    cfg = train_cfg(*paths, out=tmp_path, data="json")
+    # max_reject_fraction=1 gets past the survey before training, so the worker's own error is what stops
+    cfg = train_cfg(*paths, "data.max_reject_fraction=1", out=tmp_path, data="json")
     with pytest.raises(
         YivlError, match=r"records in a row .* were rejected \(skips so far: \{'reply_empty'"
     ) as err:

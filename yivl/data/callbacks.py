@@ -1,4 +1,4 @@
-"""A Lightning callback that reports the data module's skipped samples every N steps."""
+"""A Lightning callback that reports the data module's skipped and repaired samples every N steps."""
 
 from __future__ import annotations
 
@@ -12,8 +12,9 @@ log = logging.getLogger("yivl.data")
 
 
 class SkippedSamplesLogger(L.Callback):
-    """Every ``every_n_steps`` optimizer steps: log ``data/skipped/<reason>`` counts to the loggers and
-    one line to the console when the total grew. Needs a :class:`YiVLDataModule`."""
+    """Every ``every_n_steps`` optimizer steps: log ``data/skipped/<reason>`` and ``data/repaired/<repair>``
+    counts to the loggers and one line to the console when the skipped total grew. Needs a
+    :class:`YiVLDataModule`."""
 
     def __init__(self, every_n_steps: int = 100) -> None:
         self.every_n_steps = max(1, int(every_n_steps))
@@ -29,14 +30,18 @@ class SkippedSamplesLogger(L.Callback):
             or trainer.global_step % self.every_n_steps
         ):
             return
-        counts = datamodule.skip_counts()
+        counts, repairs = datamodule.skip_counts(), datamodule.repair_counts()
         total = sum(counts.values())
-        if counts:
-            pl_module.log_dict(
-                {f"data/skipped/{k}": float(v) for k, v in counts.items()}, rank_zero_only=True
-            )
+        metrics = {f"data/skipped/{k}": float(v) for k, v in counts.items()}
+        metrics.update({f"data/repaired/{k}": float(v) for k, v in repairs.items()})
+        if metrics:
+            pl_module.log_dict(metrics, rank_zero_only=True)
         if total > self._last_total and trainer.is_global_zero:
             log.warning(
-                "step %d: %d samples skipped so far (%s)", trainer.global_step, total, describe(counts)
+                "step %d: %d samples skipped so far (%s); repaired: %s",
+                trainer.global_step,
+                total,
+                describe(counts),
+                describe(repairs),
             )
         self._last_total = total

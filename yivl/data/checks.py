@@ -7,10 +7,12 @@ masking stay in :mod:`yivl.data.chat`; role names are normalised by its ``normal
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from yivl.constants import IMAGE_PLACEHOLDER
 from yivl.data.chat import normalize_role
+from yivl.data.formats import DEFAULT_IMAGE_TOKENS
 from yivl.data.reasons import SampleRejected
 from yivl.errors import YivlError
 
@@ -64,7 +66,9 @@ def _check_order(roles: list[str], conversations: list, where: str) -> None:
         raise SampleRejected("turn_order", f"{where}: the last turn is {roles[-1]}, not an assistant reply")
 
 
-def _check_placeholders(roles: list[str], conversations: list, has_image: bool, where: str) -> None:
+def _check_placeholders(
+    roles: list[str], conversations: list, has_image: bool, where: str, tokens: Sequence[str]
+) -> None:
     counts = [turn["value"].count(IMAGE_PLACEHOLDER) for turn in conversations]
     for i, (role, n) in enumerate(zip(roles, counts, strict=True)):
         if n and role == "assistant":
@@ -78,12 +82,15 @@ def _check_placeholders(roles: list[str], conversations: list, has_image: bool, 
         )
     if total < images:
         raise SampleRejected(
-            "placeholder_missing", f"{where}: an image but no {IMAGE_PLACEHOLDER} in any turn"
+            "placeholder_missing",
+            f"{where}: an image but none of the image tokens {', '.join(tokens)} in a human turn; add the "
+            "record's token to image_tokens (data config, task_options.loss) or --image-tokens (data_tools)",
         )
 
 
-def check_record(record: dict, where: str) -> str | None:
-    """Validate a Yi-VL/LLaVA record's structure; returns its image path (None if text-only).
+def check_record(record: dict, where: str, tokens: Sequence[str] = DEFAULT_IMAGE_TOKENS) -> str | None:
+    """Validate a normalised record's structure (see :mod:`yivl.data.formats`); returns its image path
+    (None if text-only). ``tokens`` are the accepted image tokens, named in ``placeholder_missing``.
 
     Raises :class:`SampleRejected` naming the first problem found.
     """
@@ -93,5 +100,5 @@ def check_record(record: dict, where: str) -> str | None:
     image = record_image(record, where)
     roles = _turn_roles(conversations, where)
     _check_order(roles, conversations, where)
-    _check_placeholders(roles, conversations, image is not None, where)
+    _check_placeholders(roles, conversations, image is not None, where, tokens)
     return image

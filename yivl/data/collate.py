@@ -23,6 +23,7 @@ class Sample:
     labels: torch.Tensor
     pixel_values: torch.Tensor
     key: str = ""
+    repairs: tuple[str, ...] = ()  # what yivl.data.formats changed to make the record usable
 
     @property
     def num_images(self) -> int:

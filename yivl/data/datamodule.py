@@ -26,11 +26,14 @@ from yivl.data.build import (
 )
 from yivl.data.collate import Collator
 from yivl.data.encode import SampleEncoder
+from yivl.data.formats import DEFAULT_IMAGE_TOKENS
+from yivl.data.formats import image_tokens as accepted_image_tokens
+from yivl.data.guard import DEFAULT_MAX_REJECT_FRACTION, RejectGuard, checked_fraction, reject_problem
 from yivl.data.image_files import DEFAULT_MAX_IMAGE_BYTES
 from yivl.data.images import DEFAULT_MAX_PIXELS, ImageProcessor
 from yivl.data.loaders import MapDataLoader, StreamDataLoader
 from yivl.data.map_dataset import ConversationDataset, LengthGroupedSampler
-from yivl.data.reasons import SkipCounter
+from yivl.data.reasons import SkipCounter, Tally, describe
 from yivl.data.streaming import StreamingDataset
 from yivl.data.tokenizer import YiTokenizer
 from yivl.errors import YivlError
@@ -79,6 +82,8 @@ class YiVLDataModule(L.LightningDataModule):
         log_every: int = 1000,
         pin_memory: bool = False,
         persistent_workers: bool = False,
+        image_tokens: Sequence[str] = DEFAULT_IMAGE_TOKENS,
+        max_reject_fraction: float = DEFAULT_MAX_REJECT_FRACTION,
     ) -> None:
         super().__init__()
         self.train_sources, self.val_sources = _plain(train), _plain(val)
@@ -96,6 +101,8 @@ class YiVLDataModule(L.LightningDataModule):
         self.samples_per_epoch, self.val_samples = samples_per_epoch, val_samples
         self.max_pixels = int(max_pixels)
         self.max_image_bytes = int(max_image_bytes)
+        self.image_tokens = accepted_image_tokens(image_tokens, "data.image_tokens")
+        self.max_reject_fraction = checked_fraction(max_reject_fraction, "data.max_reject_fraction")
         self.loader_kwargs = {
             "pin_memory": pin_memory,
             "persistent_workers": persistent_workers and num_workers > 0,
@@ -106,6 +113,7 @@ class YiVLDataModule(L.LightningDataModule):
         self.collator: Collator | None = None
         self._resume: dict | None = None
         self._train_loader: MapDataLoader | StreamDataLoader | None = None
+        self.train_survey: Tally | None = None  # what the map-style survey found (see _check_survey)
 
     # -- model binding and setup -------------------------------------------------------------------
     def bind(self, tokenizer: YiTokenizer, image_processor: ImageProcessor, num_image_tokens: int) -> None:
@@ -116,7 +124,8 @@ class YiVLDataModule(L.LightningDataModule):
             num_image_tokens,
             self.max_length,
             self.max_pixels,
-            self.max_image_bytes,
+            max_image_bytes=self.max_image_bytes,
+            image_tokens=self.image_tokens,
         )
         self.collator = Collator(image_processor.size, tokenizer.pad_token_id)
 
@@ -166,7 +175,11 @@ class YiVLDataModule(L.LightningDataModule):
     def _map_train_loader(self, encoder: SampleEncoder) -> MapDataLoader:
         spec = self.train_sources[0]
         path, folder = record_files(spec)
-        dataset = ConversationDataset(path, folder, encoder, self.skips, allows_outside(spec))
+        guard = RejectGuard(self.skips, self.max_reject_fraction, str(path))
+        dataset = ConversationDataset(
+            path, folder, encoder, self.skips, allow_outside=allows_outside(spec), guard=guard
+        )
+        self._check_survey(dataset, guard)
         world, rank = self._ranks()
         lengths = dataset.lengths(encoder.num_image_tokens) if self.group_by_length else None
         sampler = LengthGroupedSampler(
@@ -189,6 +202,24 @@ class YiVLDataModule(L.LightningDataModule):
             **self.loader_kwargs,
         )
 
+    def _check_survey(self, dataset: ConversationDataset, guard: RejectGuard) -> None:
+        """Judge the reject rule on a survey of the file before any step (one line, then stop)."""
+        tally = self.train_survey = dataset.survey()
+        log.info(
+            "%s: checked %d of %d records: %d usable, %d rejected (%s), %d repaired (%s)",
+            dataset.records.path.name,
+            tally.total,
+            len(dataset),
+            tally.kept,
+            sum(tally.rejected.values()),
+            describe(tally.rejected),
+            sum(tally.repaired.values()),
+            describe(tally.repaired),
+        )
+        problem = reject_problem(tally, guard.max_fraction, guard.name, "data.max_reject_fraction")
+        if problem:
+            raise YivlError(problem)
+
     def _batches_per_epoch(self, sources: list, samples: int | None, batch_size: int) -> int | None:
         world, _ = self._ranks()
         if samples is None:
@@ -206,6 +237,7 @@ class YiVLDataModule(L.LightningDataModule):
         if batches is None:
             raise YivlError("the size of streaming data is unknown; set data.samples_per_epoch")
         dataset = StreamingDataset(sources, self.batch_size, batches, self.resampled, self.seed, self.skips)
+        dataset.guard = RejectGuard(self.skips, self.max_reject_fraction, "the training data")
         dataset.bind(encoder, self.collator)
         return StreamDataLoader(
             dataset,
@@ -275,6 +307,10 @@ class YiVLDataModule(L.LightningDataModule):
     def skip_counts(self) -> dict[str, int]:
         """Training samples dropped so far, by reason, summed over all workers."""
         return self.skips.counts()
+
+    def repair_counts(self) -> dict[str, int]:
+        """Training samples repaired so far (still used), by repair, summed over all workers."""
+        return self.skips.repair_counts()
 
     @property
     def stats(self) -> dict[str, int]:

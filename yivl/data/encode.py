@@ -6,6 +6,7 @@ data tools write it to a rejects file. Cheap text checks run before any image is
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,9 +17,11 @@ from yivl.constants import IGNORE_INDEX
 from yivl.data.chat import ChatFormatError, TrainingExample, build_training_example, turns_from_record
 from yivl.data.checks import check_record
 from yivl.data.collate import Sample, expanded_length
+from yivl.data.formats import DEFAULT_IMAGE_TOKENS, normalize_record
+from yivl.data.formats import image_tokens as accepted_image_tokens
 from yivl.data.image_files import DEFAULT_MAX_IMAGE_BYTES, check_image_size, read_image_file
 from yivl.data.images import DEFAULT_MAX_PIXELS, ImageError, ImageProcessor, load_image
-from yivl.data.reasons import SampleRejected
+from yivl.data.reasons import SampleRejected, SkipCounter
 from yivl.data.tokenizer import YiTokenizer
 
 ImageSource = Path | bytes
@@ -31,6 +34,8 @@ class EncodedText:
     example: TrainingExample
     image: str | None
     length: int
+    record: dict  # the canonical record (see yivl.data.formats), what the data tools write
+    repairs: tuple[str, ...] = ()
 
     @property
     def supervised(self) -> int:
@@ -72,8 +77,10 @@ class SampleEncoder:
         max_length: int,
         max_pixels: int = DEFAULT_MAX_PIXELS,
         max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES,
+        image_tokens: Sequence[str] = DEFAULT_IMAGE_TOKENS,
     ) -> None:
         self.tokenizer = tokenizer
+        self.image_tokens = accepted_image_tokens(image_tokens)
         self.image_processor = image_processor
         self.num_image_tokens = int(num_image_tokens)
         self.max_length = int(max_length)
@@ -81,8 +88,10 @@ class SampleEncoder:
         self.max_image_bytes = int(max_image_bytes)
 
     def encode_text(self, record: dict, where: str) -> EncodedText:
-        """Check, render and mask a record; rejects over-long and unsupervised samples."""
-        image = check_record(record, where)
+        """Normalise, check, render and mask a record; rejects over-long and unsupervised samples."""
+        normalized = normalize_record(record, self.image_tokens)
+        record = normalized.record
+        image = check_record(record, where, self.image_tokens)
         try:
             turns = turns_from_record(record, where)
             example = build_training_example(self.tokenizer, turns, sample_id=where)
@@ -93,7 +102,7 @@ class SampleEncoder:
             raise SampleRejected(
                 "too_long", f"{where}: {length} tokens after image expansion > {self.max_length}"
             )
-        encoded = EncodedText(example, image, length)
+        encoded = EncodedText(example, image, length, record, normalized.repairs)
         if encoded.supervised == 0:
             raise SampleRejected("no_supervised_tokens", f"{where}: every label is -100")
         return encoded
@@ -122,4 +131,23 @@ class SampleEncoder:
             pixel_values = self.pixels(image, key)
         ids = torch.tensor(text.example.input_ids, dtype=torch.long)
         labels = torch.tensor(text.example.labels, dtype=torch.long)
-        return Sample(ids, labels, pixel_values, key)
+        return Sample(ids, labels, pixel_values, key, text.repairs)
+
+
+def encode_counted(
+    encoder: SampleEncoder,
+    record: dict,
+    image: ImageSource | None,
+    key: str,
+    skips: SkipCounter,
+    has_image: bool,
+) -> Sample | None:
+    """``encoder.encode``, counting the outcome in ``skips``: None for a reject. ``has_image`` says the
+    record names an image (the all-image-records-rejected rule counts those)."""
+    try:
+        sample = encoder.encode(record, image, key)
+    except SampleRejected as err:
+        skips.add(err.reason, str(err), has_image)
+        return None
+    skips.kept(sample.num_images > 0, sample.repairs)
+    return sample

@@ -10,14 +10,17 @@ from torch.utils.data import Dataset, DistributedSampler
 
 from yivl.data.checks import record_image
 from yivl.data.collate import Sample
-from yivl.data.encode import SampleEncoder
+from yivl.data.encode import SampleEncoder, encode_counted
+from yivl.data.guard import RejectGuard
 from yivl.data.image_files import resolve_image_path
-from yivl.data.reasons import SampleRejected, SkipCounter
+from yivl.data.reasons import SampleRejected, SkipCounter, Tally
 from yivl.data.records import RecordFile
 from yivl.errors import YivlError
 
 MAX_REPLACEMENTS = 64
 """How many following records a rejected one may be replaced by before the dataset gives up."""
+SURVEY_RECORDS = 1000
+"""Records checked before training (all of a smaller file) to judge the reject rule at once."""
 
 
 class ConversationDataset(Dataset):
@@ -36,6 +39,7 @@ class ConversationDataset(Dataset):
         encoder: SampleEncoder | None = None,
         skips: SkipCounter | None = None,
         allow_outside: bool = False,
+        guard: RejectGuard | None = None,
     ) -> None:
         self.records = RecordFile(path)
         if len(self.records) == 0:
@@ -44,6 +48,7 @@ class ConversationDataset(Dataset):
         self.allow_outside = bool(allow_outside)
         self.encoder = encoder
         self.skips = skips if skips is not None else SkipCounter()
+        self.guard = guard
 
     def bind(self, encoder: SampleEncoder) -> None:
         """Attach the model-dependent encoder (tokenizer, image processor, lengths)."""
@@ -66,13 +71,48 @@ class ConversationDataset(Dataset):
         path = resolve_image_path(self.image_folder, image, key, self.allow_outside) if image else None
         return self.encoder.encode(record, path, key)
 
-    def __getitem__(self, index: int) -> Sample:
-        for step in range(MAX_REPLACEMENTS):
-            i = (index + step) % len(self)
+    def survey(self, limit: int = SURVEY_RECORDS) -> Tally:
+        """Check up to ``limit`` records spread evenly over the file, text and image file existence
+        only (nothing is decoded): what the reject rule is judged on before training starts."""
+        if self.encoder is None:
+            raise RuntimeError("call bind() with a SampleEncoder before surveying")
+        tally = Tally()
+        for i in np.unique(np.linspace(0, len(self) - 1, min(limit, len(self))).round().astype(int)):
+            key = f"{self.records.path.name}:{i}"
+            has_image = bool(self.records.has_image[i])
             try:
-                return self.encode(i)
+                text = self.encoder.encode_text(self.records.record(int(i)), key)
+                if text.image is not None and not (self.image_folder / text.image).is_file():
+                    raise SampleRejected(
+                        "image_missing", f"{key}: {self.image_folder / text.image} not found"
+                    )
             except SampleRejected as err:
-                self.skips.add(err.reason, str(err))
+                tally.add(err.reason, has_image)
+                continue
+            tally.add(None, text.image is not None, text.repairs)
+        return tally
+
+    def _attempt(self, i: int) -> Sample | None:
+        key = f"{self.records.path.name}:{i}"
+        has_image = bool(self.records.has_image[i])
+        try:
+            record = self.records.record(i)
+            image = record_image(record, key)
+        except SampleRejected as err:
+            self.skips.add(err.reason, str(err), has_image)
+            return None
+        path = self.image_folder / image if image else None
+        return encode_counted(self.encoder, record, path, key, self.skips, has_image)
+
+    def __getitem__(self, index: int) -> Sample:
+        if self.encoder is None:
+            raise RuntimeError("call bind() with a SampleEncoder before reading samples")
+        for step in range(MAX_REPLACEMENTS):
+            sample = self._attempt((index + step) % len(self))
+            if self.guard is not None:
+                self.guard.check()
+            if sample is not None:
+                return sample
         raise YivlError(
             f"{self.records.path}: {MAX_REPLACEMENTS} records in a row from {index} were rejected "
             f"(skips so far: {self.skips.counts()}); run `python -m data_tools validate` on it"

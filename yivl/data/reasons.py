@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import multiprocessing as mp
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 
 from yivl.errors import YivlError
 
@@ -24,7 +25,8 @@ REASONS: dict[str, str] = {
     "role_unknown": "a turn's `from` is not human/user/gpt/assistant",
     "turn_order": "turns do not alternate human/assistant starting with human and ending with assistant",
     "reply_empty": "an assistant reply is empty",
-    "placeholder_missing": "the record has an image but no <image_placeholder>",
+    "placeholder_missing": "an image but none of the image tokens; add its token to image_tokens or "
+    "--image-tokens",
     "placeholder_count": "more <image_placeholder> than images",
     "placeholder_in_assistant": "an assistant turn holds <image_placeholder>",
     "placeholder_not_first": "the placeholder is not in the first human turn",
@@ -49,7 +51,44 @@ REASONS: dict[str, str] = {
 }
 """Every reject reason, with the sentence shown in summaries."""
 
+REPAIRS: dict[str, str] = {
+    "assistant_first_dropped": "the record started with an assistant turn; it was dropped (as LLaVA does)",
+    "placeholder_moved": "the image token was in a later human turn; moved to the start of the first one",
+    "placeholder_deduplicated": "the image token appeared twice in one turn; one kept (as LLaVA does)",
+}
+"""Every repair: the record is still used (and written), the change is counted by this name."""
+
 _INDEX = {name: i for i, name in enumerate(REASONS)}
+_REPAIR_INDEX = {name: i for i, name in enumerate(REPAIRS)}
+
+
+_SEEN_FIELDS = 3
+
+
+@dataclass
+class Tally:
+    """Counts of one source or run: usable records, rejects and repairs by reason, image records."""
+
+    kept: int = 0
+    rejected: dict[str, int] = field(default_factory=dict)
+    repaired: dict[str, int] = field(default_factory=dict)
+    image_records: int = 0  # records naming an image, kept or rejected
+    image_kept: int = 0
+
+    @property
+    def total(self) -> int:
+        return self.kept + sum(self.rejected.values())
+
+    def add(self, reason: str | None, has_image: bool, repairs: tuple[str, ...] = ()) -> None:
+        """Count one record: kept (``reason`` None, with its repairs) or rejected for ``reason``."""
+        self.image_records += int(has_image)
+        if reason is not None:
+            self.rejected[reason] = self.rejected.get(reason, 0) + 1
+            return
+        self.kept += 1
+        self.image_kept += int(has_image)
+        for name in repairs:
+            self.repaired[name] = self.repaired.get(name, 0) + 1
 
 
 class SampleRejected(YivlError):
@@ -72,17 +111,46 @@ class SkipCounter:
     """
 
     def __init__(self, log_every: int = 1000) -> None:
-        self._counts = mp.get_context().Array("q", len(REASONS))
+        ctx = mp.get_context()
+        self._counts = ctx.Array("q", len(REASONS))
+        self._repairs = ctx.Array("q", len(REPAIRS))
+        self._seen = ctx.Array("q", _SEEN_FIELDS)  # kept, image records seen, image records kept
         self.log_every = max(1, int(log_every))
         self._local = 0
 
-    def add(self, reason: str, detail: str = "") -> None:
+    def add(self, reason: str, detail: str = "", has_image: bool = False) -> None:
         """Count one skip; log it when it is this process's first or a multiple of ``log_every``."""
         with self._counts.get_lock():
             self._counts[_INDEX[reason]] += 1
+            self._seen[1] += int(has_image)
         self._local += 1
         if self._local == 1 or self._local % self.log_every == 0:
             log.warning("skipped sample (%s, %d skipped here so far): %s", reason, self._local, detail[:300])
+
+    def kept(self, has_image: bool, repairs: tuple[str, ...] = ()) -> None:
+        """Count one usable sample and the repairs that made it so."""
+        with self._counts.get_lock():
+            self._seen[0] += 1
+            self._seen[1] += int(has_image)
+            self._seen[2] += int(has_image)
+            for name in repairs:
+                self._repairs[_REPAIR_INDEX[name]] += 1
+
+    def tally(self) -> Tally:
+        """Everything counted so far, summed over all processes."""
+        with self._counts.get_lock():
+            skips, repairs, seen = list(self._counts), list(self._repairs), list(self._seen)
+        return Tally(
+            kept=seen[0],
+            rejected={name: skips[i] for name, i in _INDEX.items() if skips[i]},
+            repaired={name: repairs[i] for name, i in _REPAIR_INDEX.items() if repairs[i]},
+            image_records=seen[1],
+            image_kept=seen[2],
+        )
+
+    def repair_counts(self) -> dict[str, int]:
+        """Non-zero repair counts by name, summed over all processes."""
+        return self.tally().repaired
 
     def counts(self) -> dict[str, int]:
         """Non-zero counts by reason, summed over all processes."""
@@ -97,8 +165,9 @@ class SkipCounter:
     def reset(self) -> None:
         """Set every count back to zero."""
         with self._counts.get_lock():
-            for i in range(len(REASONS)):
-                self._counts[i] = 0
+            for array in (self._counts, self._repairs, self._seen):
+                for i in range(len(array)):
+                    array[i] = 0
 
 
 def describe(counts: Mapping[str, int]) -> str:

@@ -16,8 +16,9 @@ from collections.abc import Iterator, Sequence
 from torch.utils.data import IterableDataset
 
 from yivl.data.collate import Collator, Sample
-from yivl.data.encode import SampleEncoder
-from yivl.data.reasons import SampleRejected, SkipCounter
+from yivl.data.encode import SampleEncoder, encode_counted
+from yivl.data.guard import RejectGuard
+from yivl.data.reasons import SkipCounter
 from yivl.data.sources import RawItem, StreamSource, WorkerInfo, current_worker_info
 from yivl.errors import YivlError
 
@@ -94,6 +95,7 @@ class StreamingDataset(IterableDataset):
         self.encoder: SampleEncoder | None = None
         self.collator: Collator | None = None
         self.worker_info: WorkerInfo | None = None  # tests pin this; None = ask torch
+        self.guard: RejectGuard | None = None  # the reject rule, judged as samples are counted
 
     def bind(self, encoder: SampleEncoder, collator: Collator) -> None:
         self.encoder, self.collator = encoder, collator
@@ -136,10 +138,12 @@ class StreamingDataset(IterableDataset):
         streams = [self._passes(s, epoch, salt, info, repeat) for s in self.sources]
         rng = random.Random(f"{self.seed}-{epoch}-{salt}-{info.slot}-mix")
         for item in weighted_mix(streams, [s.weight for s in self.sources], rng):
-            try:
-                yield self.encoder.encode(item.record, item.image, item.key)
-            except SampleRejected as err:
-                self.skips.add(err.reason, str(err))
+            has_image = item.record.get("image") not in (None, "", [])
+            sample = encode_counted(self.encoder, item.record, item.image, item.key, self.skips, has_image)
+            if self.guard is not None:
+                self.guard.check()
+            if sample is not None:
+                yield sample
 
     def __iter__(self) -> Iterator[dict]:
         if self.encoder is None or self.collator is None:
@@ -160,6 +164,9 @@ class StreamingDataset(IterableDataset):
                 yield self.collator(batch)
                 batch, produced = [], produced + 1
                 if produced == quota:
-                    return
-        if batch and not fixed:
-            yield self.collator(batch)
+                    break
+        else:
+            if batch and not fixed:
+                yield self.collator(batch)
+        if self.guard is not None:
+            self.guard.check(final=True)

@@ -12,6 +12,7 @@ from typing import Any
 from yivl.constants import IMAGE_PLACEHOLDER
 from yivl.data.chat import Turn, turns_from_record
 from yivl.data.checks import check_record
+from yivl.data.formats import image_tokens, normalize_record
 from yivl.errors import YivlError
 from yivl.evaluation.metrics import choice_letters, normalize_label
 from yivl.evaluation.sources import ImageRef, RawRecord
@@ -133,8 +134,9 @@ def _loss(record: RawRecord, options: Mapping[str, Any]) -> Item:
     data = dict(record.data)
     if data.get("image") is not None and record.image is not None:
         data["image"] = record.image.display()
-    data["conversations"] = _yivl_placeholders(data.get("conversations"))
-    check_record(data, record.where)
+    tokens = image_tokens(options.get("image_tokens"), "task_options.loss.image_tokens")
+    data = normalize_record(data, tokens).record  # LLaVA's <image>, placed as in training
+    check_record(data, record.where, tokens)
     item.turns = turns_from_record(data, record.where)
     return item
 

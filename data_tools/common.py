@@ -9,6 +9,7 @@ from pathlib import Path
 
 from data_tools.model import ModelSpec
 from yivl.data.images import DEFAULT_MAX_PIXELS
+from yivl.data.records import DEFAULT_MAX_RECORD_BYTES
 from yivl.errors import YivlError
 
 _UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
@@ -27,6 +28,16 @@ def positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
     return value
+
+
+def add_record_limit(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--max-record-bytes",
+        type=parse_size,
+        default=DEFAULT_MAX_RECORD_BYTES,
+        help="reject a record (a JSON element or line, a shard's .json/.txt) larger than this as "
+        "record_too_large, before reading it, e.g. 4M (default 1M)",
+    )
 
 
 def add_model_args(parser: argparse.ArgumentParser, required: bool = True) -> None:

@@ -11,10 +11,12 @@ import json
 import os
 from pathlib import Path
 
-from data_tools.common import add_model_args, add_output_args, model_spec, processes
+from data_tools.common import add_model_args, add_output_args, add_record_limit, model_spec, processes
+from data_tools.duplicates import DuplicateIds, counting_ids
+from data_tools.inputs import record_items
 from data_tools.journal import open_output, write_manifest
 from data_tools.parallel import ordered_map
-from data_tools.process import Item, Job, convert_job, init_worker
+from data_tools.process import Job, convert_job, init_worker
 from data_tools.report import build_manifest, console, print_summary, verify_output
 from data_tools.sequence import ShardSequence
 from yivl.data.records import RecordFile
@@ -33,6 +35,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=Path,
         help="folder the records' `image` paths are relative to (default: the input file's folder)",
     )
+    add_record_limit(parser)
     add_output_args(parser)
     add_model_args(parser)
 
@@ -48,7 +51,7 @@ def _input_params(path: Path, records: RecordFile) -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
-    records = RecordFile(args.input)
+    records = RecordFile(args.input, args.max_record_bytes)
     image_folder = (args.image_folder or args.input.parent).resolve()
     if not image_folder.is_dir():
         raise YivlError(f"image folder not found: {image_folder}; pass --image-folder")
@@ -61,6 +64,7 @@ def run(args: argparse.Namespace) -> int:
         "model": spec.fingerprint(),
         "max_samples": args.max_samples,
         "max_bytes": args.max_bytes,
+        "max_record_bytes": args.max_record_bytes,
         "prefix": args.prefix,
     }
     params = json.loads(json.dumps(params))
@@ -71,7 +75,8 @@ def run(args: argparse.Namespace) -> int:
     elif start:
         console.print(f"resuming at record {start} of {total} ({journal.next_shard} shards done)")
     sequence = ShardSequence(journal, args.max_samples, args.max_bytes, args.prefix)
-    items = (Item(i, records.raw(i)) for i in range(start, total))
+    ids = DuplicateIds()  # over every record, those of a resumed run's finished shards included
+    items = (item for item in counting_ids(record_items(records), ids) if item.index >= start)
     with sequence.aborting_on_error(), progress_bar("convert", total - start) as bar:
         for outcome in ordered_map(
             convert_job, items, processes(args), init_worker, (Job(spec, image_folder),)
@@ -79,7 +84,7 @@ def run(args: argparse.Namespace) -> int:
             sequence.add(outcome)
             bar.advance()
         sequence.finish(total)
-    return finish(args.out, journal, total, keys_are_indices=True)
+    return finish(args.out, journal, total, keys_are_indices=True, extra={"duplicate_ids": ids.summary()})
 
 
 def finish(out_dir: Path, journal, total: int, keys_are_indices: bool, extra: dict | None = None) -> int:

@@ -11,7 +11,8 @@ import json
 from collections import Counter
 from pathlib import Path
 
-from data_tools.common import add_model_args, model_spec, processes
+from data_tools.common import add_model_args, add_record_limit, model_spec, processes
+from data_tools.duplicates import DuplicateIds, counting_ids, describe
 from data_tools.inputs import conversation_items
 from data_tools.parallel import ordered_map
 from data_tools.process import Job, convert_job, init_worker
@@ -31,6 +32,7 @@ def add_input_args(parser: argparse.ArgumentParser) -> None:
         type=Path,
         help="folder the records' `image` paths are relative to (default: the input file's folder)",
     )
+    add_record_limit(parser)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -39,9 +41,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rejects", type=Path, help="write the rejected records' reasons here (JSONL)")
 
 
-def outcomes(args: argparse.Namespace, description: str):
-    """Outcomes of every input record, in order, with a progress bar."""
-    total, items = conversation_items(args.input)
+def outcomes(args: argparse.Namespace, description: str, ids: DuplicateIds | None = None):
+    """Outcomes of every input record, in order, with a progress bar; ``ids`` counts repeated ids."""
+    total, items = conversation_items(args.input, max_record_bytes=args.max_record_bytes)
+    if ids is not None:
+        items = counting_ids(items, ids)
     folder = (args.image_folder or Path(args.input).parent).resolve()
     job = Job(model_spec(args), folder, write=False)
     with progress_bar(description, total) as bar:
@@ -54,9 +58,10 @@ def run(args: argparse.Namespace) -> int:
     reasons: Counter = Counter()
     tokens: Counter = Counter()
     total = 0
+    ids = DuplicateIds()
     rejects_file = open(args.rejects, "w", encoding="utf-8") if args.rejects else None  # noqa: SIM115
     try:
-        for outcome in outcomes(args, "validate"):
+        for outcome in outcomes(args, "validate", ids):
             total += 1
             _count(outcome, reasons, tokens, rejects_file)
     finally:
@@ -64,6 +69,8 @@ def run(args: argparse.Namespace) -> int:
             rejects_file.close()
     rejected = sum(reasons.values())
     console.print(f"{total} records: {total - rejected} usable, {rejected} rejected")
+    if ids.count:
+        console.print(f"duplicate ids: {describe(ids.summary())}; those records are still used")
     if tokens:
         console.print(
             stats_table("Tokens per usable sample (after image expansion)", {"tokens": percentiles(tokens)})

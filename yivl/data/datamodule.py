@@ -23,6 +23,7 @@ from yivl.data.images import DEFAULT_MAX_PIXELS, ImageProcessor
 from yivl.data.loaders import MapDataLoader, StreamDataLoader
 from yivl.data.map_dataset import ConversationDataset, LengthGroupedSampler
 from yivl.data.reasons import SkipCounter
+from yivl.data.records import DEFAULT_MAX_RECORD_BYTES
 from yivl.data.streaming import StreamingDataset
 from yivl.data.tokenizer import YiTokenizer
 from yivl.errors import YivlError
@@ -67,6 +68,7 @@ class YiVLDataModule(L.LightningDataModule):
         samples_per_epoch: int | None = None,
         val_samples: int | None = None,
         max_pixels: int = DEFAULT_MAX_PIXELS,
+        max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES,
         log_every: int = 1000,
         pin_memory: bool = False,
         persistent_workers: bool = False,
@@ -86,6 +88,9 @@ class YiVLDataModule(L.LightningDataModule):
         self.shuffle_buffer = int(shuffle_buffer)
         self.samples_per_epoch, self.val_samples = samples_per_epoch, val_samples
         self.max_pixels = int(max_pixels)
+        self.max_record_bytes = int(max_record_bytes)
+        if self.max_record_bytes < 1:
+            raise YivlError(f"data.max_record_bytes must be >= 1, got {max_record_bytes}")
         self.loader_kwargs = {
             "pin_memory": pin_memory,
             "persistent_workers": persistent_workers and num_workers > 0,
@@ -150,7 +155,7 @@ class YiVLDataModule(L.LightningDataModule):
 
     def _map_train_loader(self, encoder: SampleEncoder) -> MapDataLoader:
         path, folder = record_files(self.train_sources[0])
-        dataset = ConversationDataset(path, folder, encoder, self.skips)
+        dataset = ConversationDataset(path, folder, encoder, self.skips, self.max_record_bytes)
         world, rank = self._ranks()
         lengths = dataset.lengths(encoder.num_image_tokens) if self.group_by_length else None
         sampler = LengthGroupedSampler(
@@ -185,7 +190,9 @@ class YiVLDataModule(L.LightningDataModule):
         return math.ceil(batches / workers) * workers  # every worker yields the same count
 
     def _stream_train_loader(self, encoder: SampleEncoder) -> StreamDataLoader:
-        sources = [build_stream_source(s, self.shuffle_buffer) for s in self.train_sources]
+        sources = [
+            build_stream_source(s, self.shuffle_buffer, self.max_record_bytes) for s in self.train_sources
+        ]
         batches = self._batches_per_epoch(sources, self.samples_per_epoch, self.batch_size)
         if batches is None:
             raise YivlError("the size of streaming data is unknown; set data.samples_per_epoch")
@@ -206,7 +213,7 @@ class YiVLDataModule(L.LightningDataModule):
         encoder = self._bound()
         if len(self.val_sources) == 1 and self.val_sources[0]["type"] in MAP_STYLE:
             path, folder = record_files(self.val_sources[0])
-            dataset = ConversationDataset(path, folder, encoder, self.val_skips)
+            dataset = ConversationDataset(path, folder, encoder, self.val_skips, self.max_record_bytes)
             return DataLoader(
                 dataset,
                 self.val_batch_size,
@@ -214,7 +221,7 @@ class YiVLDataModule(L.LightningDataModule):
                 collate_fn=self.collator,
                 num_workers=self.num_workers,
             )
-        sources = [build_stream_source(s, shuffle_buffer=0) for s in self.val_sources]
+        sources = [build_stream_source(s, 0, self.max_record_bytes) for s in self.val_sources]
         world, _ = self._ranks()
         batches = (
             self._batches_per_epoch(sources, self.val_samples, self.val_batch_size) if world > 1 else None

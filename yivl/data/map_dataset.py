@@ -12,7 +12,7 @@ from yivl.data.checks import record_image
 from yivl.data.collate import Sample
 from yivl.data.encode import SampleEncoder
 from yivl.data.reasons import SampleRejected, SkipCounter
-from yivl.data.records import RecordFile
+from yivl.data.records import DEFAULT_MAX_RECORD_BYTES, RecordFile
 from yivl.errors import YivlError
 
 MAX_REPLACEMENTS = 64
@@ -33,8 +33,9 @@ class ConversationDataset(Dataset):
         image_folder: str | Path | None,
         encoder: SampleEncoder | None = None,
         skips: SkipCounter | None = None,
+        max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES,
     ) -> None:
-        self.records = RecordFile(path)
+        self.records = RecordFile(path, max_record_bytes)
         if len(self.records) == 0:
             raise YivlError(f"{path} holds no records; point the data config at a non-empty file")
         self.image_folder = Path(image_folder) if image_folder else Path(path).parent

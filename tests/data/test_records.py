@@ -256,10 +256,24 @@ def test_random_damage_is_never_indexed_short(tmp_path: Path) -> None:
         try:
             expected = json.loads("".join(chars))
         except json.JSONDecodeError:
-            with pytest.raises(YivlError, match="is not valid JSON at line|does not start with"):
+            with pytest.raises(YivlError, match=r"is not valid JSON at line|does not start with"):
                 RecordFile(path)
             refused += 1
             continue
         records = RecordFile(path)
         assert [json.loads(records.raw(i)) for i in range(len(records))] == expected
     assert 100 < refused < 250  # both kinds were exercised
+
+
+def test_a_shard_record_over_the_limit_is_skipped_in_training(tmp_path: Path) -> None:
+    from yivl.data.shards import TarShardWriter
+
+    writer = TarShardWriter(tmp_path / "shard-000000.tar")
+    writer.write("000000000", {"json": json.dumps(conv("Small?", "yes", placeholder=False)).encode()})
+    writer.write("000000001", {"json": json.dumps(conv("Big?", "x" * 5000, placeholder=False)).encode()})
+    writer.close()
+    source = build_stream_source({"type": "conversation_shards", "urls": str(tmp_path)}, 0, 4096)
+    skips = SkipCounter()
+    items = list(source.items(0, "t", WorkerInfo(), skips, False, 0))
+    assert [item.key for item in items] == ["shard-000000.tar:000000000"]
+    assert skips.counts() == {"record_too_large": 1}

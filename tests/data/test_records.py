@@ -41,6 +41,10 @@ def llava(i: int) -> dict:
 
 RECORDS = [llava(i) for i in range(6)]
 PRETTY = json.dumps(RECORDS, indent=2)
+DEEP = json.dumps(
+    [{"id": 0, "a": [[[[[[[[{"b": "]}", "c": [1, 2.5e3, -0, True, None]}]]]]]]]]}, {"id": 1}] * 3
+)
+"""Nested deeper than the one-expression check reaches: read bracket by bracket, parsed by json."""
 
 
 def _after_record(text: str, n: int) -> int:
@@ -121,6 +125,7 @@ def _variants() -> dict[str, bytes]:
         "nested, non-object elements": json.dumps(nested).encode(),
         "empty": b"[ \n ]\n",
         "one record": json.dumps(RECORDS[:1]).encode(),
+        "nested 10 deep": DEEP.encode(),
     }
 
 
@@ -244,7 +249,7 @@ def test_random_damage_is_never_indexed_short(tmp_path: Path) -> None:
     rng = random.Random(0)
     path = tmp_path / "edited.json"
     refused = 0
-    for text in [PRETTY, json.dumps(RECORDS)] * 150:
+    for text in [PRETTY, json.dumps(RECORDS), DEEP] * 100:
         chars = list(text)
         for _ in range(rng.randint(1, 2)):
             i = rng.randrange(len(chars))

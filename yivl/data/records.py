@@ -21,7 +21,7 @@ from yivl.data.reasons import SampleRejected
 from yivl.errors import YivlError
 
 _IMAGE_KEY = re.compile(rb'"image"\s*:\s*[^\s,}n]')  # an "image" key whose value is not null
-_BLOCK = 64 << 20  # bytes per numpy pass over the file
+_BLOCK = 16 << 20  # bytes per numpy pass over the file
 
 DEFAULT_MAX_RECORD_BYTES = 1 << 20
 """Records over this many bytes are rejected as ``record_too_large`` before they are read."""

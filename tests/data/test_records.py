@@ -282,3 +282,10 @@ def test_a_shard_record_over_the_limit_is_skipped_in_training(tmp_path: Path) ->
     items = list(source.items(0, "t", WorkerInfo(), skips, False, 0))
     assert [item.key for item in items] == ["shard-000000.tar:000000000"]
     assert skips.counts() == {"record_too_large": 1}
+
+
+def test_jsonl_with_a_bom_and_crlf_keeps_every_line(tmp_path: Path) -> None:
+    path = tmp_path / "win.jsonl"
+    path.write_bytes(b"\xef\xbb\xbf" + b"\r\n".join(json.dumps(r).encode() for r in RECORDS) + b"\r\n")
+    records = RecordFile(path)
+    assert [records.record(i) for i in range(len(records))] == RECORDS

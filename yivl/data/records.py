@@ -2,8 +2,8 @@
 
 A million-record file costs two int64 arrays here, not a million Python dicts: each record is read with
 ``os.pread`` and parsed only when asked for. JSONL is split at newlines (a bad line is that record's
-reject); a JSON list is indexed by a structural scan checked against a real parse, so a damaged list is
-refused at once instead of silently losing the records after the damage.
+reject); a JSON list is indexed by a check of JSON's grammar (:mod:`yivl.data.json_index`), so a damaged
+list is refused at once instead of silently losing the records after the damage.
 """
 
 from __future__ import annotations
@@ -27,15 +27,16 @@ DEFAULT_MAX_RECORD_BYTES = 1 << 20
 """Records over this many bytes are rejected as ``record_too_large`` before they are read."""
 
 
-def _jsonl_spans(buf: mmap.mmap | bytes) -> tuple[np.ndarray, np.ndarray]:
-    """``[start, end)`` of every non-empty line; a trailing ``\\r`` belongs to the line."""
+def _jsonl_spans(buf: mmap.mmap | bytes, first: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """``[start, end)`` of every non-empty line from byte ``first`` (after a BOM); a trailing ``\\r``
+    belongs to the line."""
     size = len(buf)
     found = [
         lo + np.flatnonzero(np.frombuffer(buf, dtype=np.uint8, count=min(_BLOCK, size - lo), offset=lo) == 10)
         for lo in range(0, size, _BLOCK)
     ]
     newlines = np.concatenate(found).astype(np.int64) if found else np.zeros(0, dtype=np.int64)
-    starts = np.concatenate([[0], newlines + 1]).astype(np.int64)
+    starts = np.concatenate([[first], newlines + 1]).astype(np.int64)
     ends = np.concatenate([newlines, [size]]).astype(np.int64)
     arr = np.frombuffer(buf, dtype=np.uint8)
     stripped = ends - (ends > starts) * (arr[np.maximum(ends - 1, 0)] == 13)
@@ -96,7 +97,7 @@ class RecordFile:
                     "(a file of one record per line is read as JSONL when named .jsonl)"
                 )
             return json_list_spans(buf, bom + skipped, self.path, self.max_record_bytes)
-        return _jsonl_spans(buf)
+        return _jsonl_spans(buf, bom)
 
     def _image_flags(self, buf: mmap.mmap) -> np.ndarray:
         flags = np.zeros(len(self.starts), dtype=bool)

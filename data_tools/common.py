@@ -14,6 +14,7 @@ from yivl.data.guard import DEFAULT_MAX_REJECT_FRACTION, checked_fraction, rejec
 from yivl.data.image_files import DEFAULT_MAX_IMAGE_BYTES
 from yivl.data.images import DEFAULT_MAX_PIXELS
 from yivl.data.reasons import Tally
+from yivl.data.records import DEFAULT_MAX_RECORD_BYTES
 from yivl.errors import YivlError
 
 _UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
@@ -32,6 +33,16 @@ def positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
     return value
+
+
+def add_record_limit(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--max-record-bytes",
+        type=parse_size,
+        default=DEFAULT_MAX_RECORD_BYTES,
+        help="reject a record (a JSON element or line, a shard's .json/.txt) larger than this as "
+        "record_too_large, before reading it, e.g. 4M (default 1M)",
+    )
 
 
 def add_model_args(parser: argparse.ArgumentParser, required: bool = True) -> None:

@@ -16,14 +16,17 @@ from data_tools.common import (
     add_image_file_args,
     add_model_args,
     add_output_args,
+    add_record_limit,
     model_spec,
     processes,
     reject_check,
     rerun_command,
 )
+from data_tools.duplicates import DuplicateIds, counting_ids
+from data_tools.inputs import record_items
 from data_tools.journal import open_output, write_manifest
 from data_tools.parallel import WorkerDied, WorkerStalled, ordered_map
-from data_tools.process import Item, Job, convert_job, init_worker
+from data_tools.process import Job, convert_job, init_worker
 from data_tools.report import build_manifest, console, manifest_tally, print_summary, verify_output
 from data_tools.sequence import ShardSequence
 from yivl.data.records import RecordFile
@@ -43,6 +46,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="folder the records' `image` paths are relative to (default: the input file's folder)",
     )
     add_image_file_args(parser)
+    add_record_limit(parser)
     add_output_args(parser)
     add_model_args(parser)
     add_format_args(parser)
@@ -59,7 +63,7 @@ def _input_params(path: Path, records: RecordFile) -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
-    records = RecordFile(args.input)
+    records = RecordFile(args.input, args.max_record_bytes)
     image_folder = (args.image_folder or args.input.parent).resolve()
     if not image_folder.is_dir():
         raise YivlError(f"image folder not found: {image_folder}; pass --image-folder")
@@ -72,6 +76,7 @@ def run(args: argparse.Namespace) -> int:
         "model": spec.fingerprint(),
         "max_samples": args.max_samples,
         "max_bytes": args.max_bytes,
+        "max_record_bytes": args.max_record_bytes,
         "prefix": args.prefix,
         "max_image_bytes": args.max_image_bytes,
         "allow_images_outside_folder": args.allow_images_outside_folder,
@@ -85,7 +90,8 @@ def run(args: argparse.Namespace) -> int:
     elif start:
         console.print(f"resuming at record {start} of {total} ({journal.next_shard} shards done)")
     sequence = ShardSequence(journal, args.max_samples, args.max_bytes, args.prefix)
-    items = (Item(i, records.raw(i)) for i in range(start, total))
+    ids = DuplicateIds()  # over every record, those of a resumed run's finished shards included
+    items = (item for item in counting_ids(record_items(records), ids) if item.index >= start)
     job = Job(spec, image_folder, True, args.max_image_bytes, args.allow_images_outside_folder)
     try:
         with sequence.aborting_on_error(), progress_bar("convert", total - start) as bar:
@@ -98,7 +104,8 @@ def run(args: argparse.Namespace) -> int:
             f"{err}; {journal.next_index} of {total} records are committed in {journal.next_shard} "
             f"complete shards; resume with: {rerun_command(args)}"
         ) from None
-    status = finish(args.out, journal, total, keys_are_indices=True)
+    extra = {"duplicate_ids": ids.summary()}
+    status = finish(args.out, journal, total, keys_are_indices=True, extra=extra)
     # after the manifest and rejects are on disk, so a refused conversion loses nothing
     reject_check(manifest_tally(json.loads((args.out / "manifest.json").read_text())), args, str(args.input))
     return status

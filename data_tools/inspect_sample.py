@@ -35,7 +35,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    _, items = conversation_items(args.input, start=args.index)
+    _, items = conversation_items(args.input, args.index, args.max_record_bytes)
     item = next(iter(items), None)
     if item is None:
         raise YivlError(f"{args.input} has no record {args.index}")
@@ -43,7 +43,7 @@ def run(args: argparse.Namespace) -> int:
     where = item.key or f"record {item.index}"
     try:
         if item.error:
-            raise SampleRejected("shard_corrupt", item.error)
+            raise SampleRejected(item.reason, item.error)
         record = parse_record(item.raw, where)
         text = encoder.encode_text(record, where)
         image = None

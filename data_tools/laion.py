@@ -14,9 +14,9 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-from data_tools.common import add_model_args, add_output_args, positive_int, processes
+from data_tools.common import add_model_args, add_output_args, add_record_limit, positive_int, processes
 from data_tools.convert import finish
-from data_tools.inputs import local_shards, tar_samples
+from data_tools.inputs import early_reject, local_shards, tar_samples
 from data_tools.journal import open_output
 from data_tools.model import ModelSpec
 from data_tools.parallel import ordered_map
@@ -50,6 +50,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--min-image-side", type=positive_int, default=1, help="reject images smaller than this"
     )
+    add_record_limit(parser)
     add_model_args(parser, required=False)
 
 
@@ -61,14 +62,25 @@ def _init(filters: Filters, model: ModelSpec | None) -> None:
     _state["encoder"] = model.load(with_images=False) if model is not None else None
 
 
+def output_key(key: str) -> str:
+    """The key a sample is written under: WebDataset keys a member ``sub/KEY.jpg`` as ``sub/KEY``, and
+    a key we write holds no '/' or '.', so folders become ``_`` (``sub/KEY`` -> ``sub_KEY``)."""
+    key = key.removeprefix("./")
+    return key.replace("/", "_").replace(".", "_")
+
+
 def check_sample(index: int, sample: dict, filters: Filters, encoder) -> Outcome:
     """One img2dataset sample -> written members (image, txt, json) or a reject."""
-    key = str(sample["__key__"])
-    where = f"{Path(sample['__url__']).name}:{key}"
+    source_key = str(sample["__key__"])
+    key = output_key(source_key)
+    where = f"{Path(sample['__url__']).name}:{source_key}"
     extra = {"shard": Path(sample["__url__"]).name}
+    if key != source_key:
+        extra["member_key"] = source_key
     try:
-        if "__error__" in sample:
-            raise SampleRejected("shard_corrupt", sample["__error__"])
+        early = early_reject(sample, where)
+        if early is not None:
+            raise SampleRejected(*early)
         image = image_member(sample)
         if image is None:
             raise SampleRejected("sample_incomplete", f"{where}: no image member")
@@ -96,7 +108,7 @@ def laion_job(item: tuple[int, dict]) -> Outcome:
     try:
         return check_sample(index, sample, _state["filters"], _state["encoder"])
     except Exception as err:  # bad data must never stop a run
-        return Outcome(index, str(sample.get("__key__")), "unexpected_error", repr(err))
+        return Outcome(index, output_key(str(sample.get("__key__"))), "unexpected_error", repr(err))
 
 
 def _reported_successes(shards: list[Path]) -> int | None:
@@ -125,12 +137,13 @@ def run(args: argparse.Namespace) -> int:
         "model": model.fingerprint() if model else None,
         "max_samples": args.max_samples,
         "max_bytes": args.max_bytes,
+        "max_record_bytes": args.max_record_bytes,
         "prefix": args.prefix,
     }
     journal = open_output(args.out, json.loads(json.dumps(params)), args.overwrite)
     start = journal.next_index
     sequence = ShardSequence(journal, args.max_samples, args.max_bytes, args.prefix)
-    items = ((i, s) for i, s in enumerate(tar_samples(shards)) if i >= start)
+    items = ((i, s) for i, s in enumerate(tar_samples(shards, args.max_record_bytes)) if i >= start)
     total = start
     with sequence.aborting_on_error(), progress_bar("laion", None) as bar:
         for outcome in ordered_map(laion_job, items, processes(args), _init, (filters, model)):
@@ -146,7 +159,7 @@ def run(args: argparse.Namespace) -> int:
 def _check(shards: list[Path], filters: Filters, model: ModelSpec | None, args: argparse.Namespace) -> int:
     reasons: Counter = Counter()
     total = 0
-    items = enumerate(tar_samples(shards))
+    items = enumerate(tar_samples(shards, args.max_record_bytes))
     with progress_bar("laion check", None) as bar:
         for outcome in ordered_map(laion_job, items, processes(args), _init, (filters, model)):
             total += 1

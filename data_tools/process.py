@@ -96,7 +96,8 @@ class Item:
     key: str | None = None
     in_shard: bool = False
     image: bytes | None = None
-    error: str | None = None  # an unreadable shard, accounted for as one reject
+    error: str | None = None  # why the record is rejected before it is read, with ``reason``
+    reason: str = "shard_corrupt"
 
 
 def convert_record(encoder: SampleEncoder, job: Job, item: Item) -> Outcome:
@@ -106,7 +107,7 @@ def convert_record(encoder: SampleEncoder, job: Job, item: Item) -> Outcome:
     has_image = False
     try:
         if item.error is not None:
-            raise SampleRejected("shard_corrupt", item.error)
+            raise SampleRejected(item.reason, item.error)
         if item.in_shard and not item.raw:
             raise SampleRejected("sample_incomplete", f"{where}: no .json member")
         record = parse_record(item.raw, where)

@@ -11,6 +11,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from data_tools.duplicates import describe as describe_duplicates
 from data_tools.journal import REJECTS, Journal
 from yivl.data.reasons import REASONS, REPAIRS, Tally
 
@@ -119,6 +120,8 @@ def print_summary(manifest: Mapping, out_dir: str) -> bool:
     table.add_row("bytes", f"{manifest['total_bytes']:,}")
     for action, n in manifest.get("images", {}).items():
         table.add_row(f"images {action}", str(n))
+    if "duplicate_ids" in manifest:  # counted, still written
+        table.add_row("duplicate ids", describe_duplicates(manifest["duplicate_ids"]))
     console.print(table)
     if manifest.get("token_length"):
         console.print(

@@ -15,11 +15,13 @@ from data_tools.common import (
     add_format_args,
     add_image_file_args,
     add_model_args,
+    add_record_limit,
     model_spec,
     processes,
     reject_check,
     rerun_command,
 )
+from data_tools.duplicates import DuplicateIds, counting_ids, describe
 from data_tools.inputs import conversation_items
 from data_tools.parallel import WorkerDied, WorkerStalled, ordered_map
 from data_tools.process import Job, convert_job, init_worker
@@ -42,6 +44,7 @@ def add_input_args(parser: argparse.ArgumentParser) -> None:
         help="folder the records' `image` paths are relative to (default: the input file's folder)",
     )
     add_image_file_args(parser)
+    add_record_limit(parser)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -51,9 +54,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rejects", type=Path, help="write the rejected records' reasons here (JSONL)")
 
 
-def outcomes(args: argparse.Namespace, description: str):
-    """Outcomes of every input record, in order, with a progress bar."""
-    total, items = conversation_items(args.input)
+def outcomes(args: argparse.Namespace, description: str, ids: DuplicateIds | None = None):
+    """Outcomes of every input record, in order, with a progress bar; ``ids`` counts repeated ids."""
+    total, items = conversation_items(args.input, max_record_bytes=args.max_record_bytes)
+    if ids is not None:
+        items = counting_ids(items, ids)
     folder = (args.image_folder or Path(args.input).parent).resolve()
     job = Job(model_spec(args), folder, False, args.max_image_bytes, args.allow_images_outside_folder)
     done = 0
@@ -70,18 +75,20 @@ def outcomes(args: argparse.Namespace, description: str):
 def run(args: argparse.Namespace) -> int:
     tally = Tally()
     tokens: Counter = Counter()
+    ids = DuplicateIds()
     rejects_file = open(args.rejects, "w", encoding="utf-8") if args.rejects else None  # noqa: SIM115
     try:
-        for outcome in outcomes(args, "validate"):
+        for outcome in outcomes(args, "validate", ids):
             _count(outcome, tally, tokens, rejects_file)
     finally:
         if rejects_file:
             rejects_file.close()
     rejected = sum(tally.rejected.values())
-    console.print(
-        f"{tally.total} records: {tally.kept} usable ({sum(tally.repaired.values())} repairs), "
-        f"{rejected} rejected"
-    )
+    repairs = sum(tally.repaired.values())
+    repaired = f" ({repairs} repairs)" if repairs else ""
+    console.print(f"{tally.total} records: {tally.kept} usable{repaired}, {rejected} rejected")
+    if ids.count:
+        console.print(f"duplicate ids: {describe(ids.summary())}; those records are still used")
     if tokens:
         console.print(
             stats_table("Tokens per usable sample (after image expansion)", {"tokens": percentiles(tokens)})

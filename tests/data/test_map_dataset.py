@@ -50,7 +50,9 @@ def test_each_bad_line_is_its_own_reject(tmp_path: Path) -> None:
 def test_truncated_json_list_is_a_clear_error(tmp_path: Path) -> None:
     path = tmp_path / "cut.json"
     path.write_text(json.dumps(RECORDS)[:-20])
-    with pytest.raises(YivlError, match="not a complete JSON list"):
+    with pytest.raises(
+        YivlError, match=r"not valid JSON at line 1 column 395 \(byte 394\): the file ends inside the list"
+    ):
         RecordFile(path)
 
 

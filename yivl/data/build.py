@@ -17,6 +17,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from yivl.data.records import DEFAULT_MAX_RECORD_BYTES
 from yivl.data.shards import read_manifest
 from yivl.data.sources import (
     DEFAULT_CAPTION_PROMPTS,
@@ -87,21 +88,23 @@ def allows_outside(spec: Mapping[str, Any]) -> bool:
     return value
 
 
-def build_stream_source(spec: Mapping[str, Any], shuffle_buffer: int) -> StreamSource:
-    """A streaming source from its config."""
+def build_stream_source(
+    spec: Mapping[str, Any], shuffle_buffer: int, max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES
+) -> StreamSource:
+    """A streaming source from its config; records over ``max_record_bytes`` are rejected unread."""
     kind = source_type(spec)
     weight = float(spec.get("weight", 1.0))
     if weight < 0:
         raise YivlError(f"data source weight must be >= 0, got {weight}")
     if kind in MAP_STYLE:
         path, folder = record_files(spec)
-        return JsonSource(path, folder, weight, allows_outside(spec))
+        return JsonSource(path, folder, weight, allows_outside(spec), max_record_bytes)
     if kind == "conversation_shards":
-        return ConversationShardSource(_require(spec, "urls"), weight, shuffle_buffer)
+        return ConversationShardSource(_require(spec, "urls"), weight, shuffle_buffer, max_record_bytes)
     prompts = list(spec.get("caption_prompts") or DEFAULT_CAPTION_PROMPTS)
     if not all(isinstance(p, str) and p.strip() for p in prompts):
         raise YivlError("caption_prompts must be a list of non-empty strings")
-    return LaionShardSource(_require(spec, "urls"), weight, shuffle_buffer, prompts)
+    return LaionShardSource(_require(spec, "urls"), weight, shuffle_buffer, prompts, max_record_bytes)
 
 
 def known_samples(source: StreamSource) -> int | None:

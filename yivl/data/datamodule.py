@@ -34,6 +34,7 @@ from yivl.data.images import DEFAULT_MAX_PIXELS, ImageProcessor
 from yivl.data.loaders import MapDataLoader, StreamDataLoader
 from yivl.data.map_dataset import ConversationDataset, LengthGroupedSampler
 from yivl.data.reasons import SkipCounter, Tally, describe
+from yivl.data.records import DEFAULT_MAX_RECORD_BYTES
 from yivl.data.streaming import StreamingDataset
 from yivl.data.tokenizer import YiTokenizer
 from yivl.errors import YivlError
@@ -79,6 +80,7 @@ class YiVLDataModule(L.LightningDataModule):
         val_samples: int | None = None,
         max_pixels: int = DEFAULT_MAX_PIXELS,
         max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES,
+        max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES,
         log_every: int = 1000,
         pin_memory: bool = False,
         persistent_workers: bool = False,
@@ -103,6 +105,9 @@ class YiVLDataModule(L.LightningDataModule):
         self.max_image_bytes = int(max_image_bytes)
         self.image_tokens = accepted_image_tokens(image_tokens, "data.image_tokens")
         self.max_reject_fraction = checked_fraction(max_reject_fraction, "data.max_reject_fraction")
+        self.max_record_bytes = int(max_record_bytes)
+        if self.max_record_bytes < 1:
+            raise YivlError(f"data.max_record_bytes must be >= 1, got {max_record_bytes}")
         self.loader_kwargs = {
             "pin_memory": pin_memory,
             "persistent_workers": persistent_workers and num_workers > 0,
@@ -177,7 +182,13 @@ class YiVLDataModule(L.LightningDataModule):
         path, folder = record_files(spec)
         guard = RejectGuard(self.skips, self.max_reject_fraction, str(path))
         dataset = ConversationDataset(
-            path, folder, encoder, self.skips, allow_outside=allows_outside(spec), guard=guard
+            path,
+            folder,
+            encoder,
+            self.skips,
+            allow_outside=allows_outside(spec),
+            guard=guard,
+            max_record_bytes=self.max_record_bytes,
         )
         self._check_survey(dataset, guard)
         world, rank = self._ranks()
@@ -232,7 +243,9 @@ class YiVLDataModule(L.LightningDataModule):
         return math.ceil(batches / workers) * workers  # every worker yields the same count
 
     def _stream_train_loader(self, encoder: SampleEncoder) -> StreamDataLoader:
-        sources = [build_stream_source(s, self.shuffle_buffer) for s in self.train_sources]
+        sources = [
+            build_stream_source(s, self.shuffle_buffer, self.max_record_bytes) for s in self.train_sources
+        ]
         batches = self._batches_per_epoch(sources, self.samples_per_epoch, self.batch_size)
         if batches is None:
             raise YivlError("the size of streaming data is unknown; set data.samples_per_epoch")
@@ -255,7 +268,14 @@ class YiVLDataModule(L.LightningDataModule):
         if len(self.val_sources) == 1 and self.val_sources[0]["type"] in MAP_STYLE:
             spec = self.val_sources[0]
             path, folder = record_files(spec)
-            dataset = ConversationDataset(path, folder, encoder, self.val_skips, allows_outside(spec))
+            dataset = ConversationDataset(
+                path,
+                folder,
+                encoder,
+                self.val_skips,
+                allow_outside=allows_outside(spec),
+                max_record_bytes=self.max_record_bytes,
+            )
             return DataLoader(
                 dataset,
                 self.val_batch_size,
@@ -263,7 +283,7 @@ class YiVLDataModule(L.LightningDataModule):
                 collate_fn=self.collator,
                 num_workers=self.num_workers,
             )
-        sources = [build_stream_source(s, shuffle_buffer=0) for s in self.val_sources]
+        sources = [build_stream_source(s, 0, self.max_record_bytes) for s in self.val_sources]
         world, _ = self._ranks()
         batches = (
             self._batches_per_epoch(sources, self.val_samples, self.val_batch_size) if world > 1 else None

@@ -14,7 +14,7 @@ from yivl.data.encode import SampleEncoder, encode_counted
 from yivl.data.guard import RejectGuard
 from yivl.data.image_files import resolve_image_path
 from yivl.data.reasons import SampleRejected, SkipCounter, Tally
-from yivl.data.records import RecordFile
+from yivl.data.records import DEFAULT_MAX_RECORD_BYTES, RecordFile
 from yivl.errors import YivlError
 
 MAX_REPLACEMENTS = 64
@@ -40,8 +40,9 @@ class ConversationDataset(Dataset):
         skips: SkipCounter | None = None,
         allow_outside: bool = False,
         guard: RejectGuard | None = None,
+        max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES,
     ) -> None:
-        self.records = RecordFile(path)
+        self.records = RecordFile(path, max_record_bytes)
         if len(self.records) == 0:
             raise YivlError(f"{path} holds no records; point the data config at a non-empty file")
         self.image_folder = Path(image_folder) if image_folder else Path(path).parent

@@ -17,6 +17,7 @@ log = logging.getLogger("yivl.data")
 
 REASONS: dict[str, str] = {
     "json_malformed": "the line or element is not valid JSON",
+    "record_too_large": "the record is over max_record_bytes (rejected before it is read)",
     "invalid_utf8": "the bytes are not valid UTF-8",
     "not_an_object": "the record is not a JSON object",
     "no_conversations": "the record has no non-empty `conversations` list",

@@ -1,8 +1,9 @@
 """Lazy access to a JSON list or JSONL file of records through a byte-offset index.
 
 A million-record file costs two int64 arrays here, not a million Python dicts: each record is read with
-``os.pread`` and parsed only when asked for. JSON lists are indexed with a scan over structural
-characters only (quotes, brackets, commas, escapes), which runs at regex speed on an ``mmap``.
+``os.pread`` and parsed only when asked for. JSONL is split at newlines (a bad line is that record's
+reject); a JSON list is indexed by a check of JSON's grammar (:mod:`yivl.data.json_index`), so a damaged
+list is refused at once instead of silently losing the records after the damage.
 """
 
 from __future__ import annotations
@@ -12,68 +13,35 @@ import mmap
 import os
 import re
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
+from yivl.data.json_index import json_list_spans
 from yivl.data.reasons import SampleRejected
 from yivl.errors import YivlError
 
-# A whole string literal (escapes included) is one match, so only brackets and commas cost a loop step.
-_STRUCTURE = re.compile(rb'"[^"\\]*+(?:\\.[^"\\]*+)*+"|[\[\]{},]', re.DOTALL)
-_SPACE = frozenset(b" \t\r\n")
 _IMAGE_KEY = re.compile(rb'"image"\s*:\s*[^\s,}n]')  # an "image" key whose value is not null
+_BLOCK = 16 << 20  # bytes per numpy pass over the file
+
+DEFAULT_MAX_RECORD_BYTES = 1 << 20
+"""Records over this many bytes are rejected as ``record_too_large`` before they are read."""
 
 
-def _jsonl_spans(buf: mmap.mmap | bytes) -> tuple[np.ndarray, np.ndarray]:
-    """``[start, end)`` of every non-empty line; a trailing ``\\r`` belongs to the line."""
+def _jsonl_spans(buf: mmap.mmap | bytes, first: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """``[start, end)`` of every non-empty line from byte ``first`` (after a BOM); a trailing ``\\r``
+    belongs to the line."""
+    size = len(buf)
+    found = [
+        lo + np.flatnonzero(np.frombuffer(buf, dtype=np.uint8, count=min(_BLOCK, size - lo), offset=lo) == 10)
+        for lo in range(0, size, _BLOCK)
+    ]
+    newlines = np.concatenate(found).astype(np.int64) if found else np.zeros(0, dtype=np.int64)
+    starts = np.concatenate([[first], newlines + 1]).astype(np.int64)
+    ends = np.concatenate([newlines, [size]]).astype(np.int64)
     arr = np.frombuffer(buf, dtype=np.uint8)
-    newlines = np.flatnonzero(arr == 10)
-    starts = np.concatenate([[0], newlines + 1]).astype(np.int64)
-    ends = np.concatenate([newlines, [len(arr)]]).astype(np.int64)
     stripped = ends - (ends > starts) * (arr[np.maximum(ends - 1, 0)] == 13)
     keep = stripped > starts
     return starts[keep], ends[keep]
-
-
-def _json_list_spans(buf: mmap.mmap | bytes, path: Path) -> tuple[np.ndarray, np.ndarray]:
-    """``[start, end)`` of each top-level element of a JSON array (whitespace trimmed)."""
-    depth, sep, closed = 0, -1, False
-    starts: list[int] = []
-    ends: list[int] = []
-    for m in _STRUCTURE.finditer(buf):
-        ch = buf[m.start()]
-        if ch == 0x22:  # a string literal
-            continue
-        if ch in (0x5B, 0x7B):  # [ {
-            depth += 1
-            if depth == 1:
-                sep = m.start()
-        elif ch in (0x5D, 0x7D):  # ] }
-            depth -= 1
-            if depth == 0:
-                _add_element(buf, sep + 1, m.start(), starts, ends)
-                closed = True
-                break
-        elif depth == 1:  # a top-level comma
-            _add_element(buf, sep + 1, m.start(), starts, ends)
-            sep = m.start()
-    if not closed:
-        raise YivlError(
-            f"{path} is not a complete JSON list (unbalanced brackets or quotes); fix or re-export it"
-        )
-    return np.asarray(starts, dtype=np.int64), np.asarray(ends, dtype=np.int64)
-
-
-def _add_element(buf: Any, start: int, end: int, starts: list[int], ends: list[int]) -> None:
-    """Record ``[start, end)`` with surrounding whitespace trimmed; skip it when empty."""
-    while start < end and buf[start] in _SPACE:
-        start += 1
-    while end > start and buf[end - 1] in _SPACE:
-        end -= 1
-    if start < end:
-        starts.append(start)
-        ends.append(end)
 
 
 def parse_record(raw: bytes, where: str) -> dict:
@@ -95,11 +63,16 @@ class RecordFile:
     """Indexed, lazily parsed records of a ``.json`` list or a ``.jsonl`` file.
 
     ``raw(i)`` gives the bytes, ``record(i)`` the parsed dict; ``sizes`` (bytes per record) and
-    ``has_image`` (a cheap guess from the bytes) feed length-grouped batching without parsing.
+    ``has_image`` (a cheap guess from the bytes) feed length-grouped batching without parsing. A record
+    over ``max_record_bytes`` is never read: ``record(i)`` rejects it as ``record_too_large``. A damaged
+    JSON list is refused here, with the place of the damage (see :mod:`yivl.data.json_index`).
     """
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES) -> None:
         self.path = Path(path)
+        self.max_record_bytes = int(max_record_bytes)
+        if self.max_record_bytes < 1:
+            raise YivlError(f"max_record_bytes must be >= 1, got {max_record_bytes}")
         if not self.path.is_file():
             raise YivlError(f"data file not found: {self.path}; check the data config's path")
         self._fd: int | None = None
@@ -114,14 +87,17 @@ class RecordFile:
                 self.has_image = self._image_flags(buf)
 
     def _index(self, buf: mmap.mmap) -> tuple[np.ndarray, np.ndarray]:
-        head = bytes(buf[:4096]).lstrip(b"\xef\xbb\xbf \t\r\n")
-        if self.path.suffix != ".jsonl" and (self.path.suffix == ".json" or head.startswith(b"[")):
-            if not head.startswith(b"["):
+        bom = 3 if buf[:3] == b"\xef\xbb\xbf" else 0
+        head = bytes(buf[bom : bom + 4096])
+        skipped = len(head) - len(head.lstrip(b" \t\r\n"))
+        if self.path.suffix != ".jsonl" and (self.path.suffix == ".json" or head[skipped:].startswith(b"[")):
+            if not head[skipped:].startswith(b"["):
                 raise YivlError(
-                    f"{self.path} does not start with '['; a .json file must hold a list of records"
+                    f"{self.path} does not start with '['; a .json file must hold a list of records "
+                    "(a file of one record per line is read as JSONL when named .jsonl)"
                 )
-            return _json_list_spans(buf, self.path)
-        return _jsonl_spans(buf)
+            return json_list_spans(buf, bom + skipped, self.path, self.max_record_bytes)
+        return _jsonl_spans(buf, bom)
 
     def _image_flags(self, buf: mmap.mmap) -> np.ndarray:
         flags = np.zeros(len(self.starts), dtype=bool)
@@ -147,8 +123,19 @@ class RecordFile:
         start, end = int(self.starts[i]), int(self.ends[i])
         return os.pread(self._fd, end - start, start)
 
+    def size_problem(self, i: int) -> str | None:
+        """Why record ``i`` is too large to read (``record_too_large``), or None when it is not."""
+        size = int(self.ends[i] - self.starts[i])
+        if size <= self.max_record_bytes:
+            return None
+        return f"{self.path.name} record {i}: {size:,} bytes, over max_record_bytes={self.max_record_bytes:,}"
+
     def record(self, i: int) -> dict:
-        """Record ``i`` parsed; raises :class:`SampleRejected` for malformed JSON or invalid UTF-8."""
+        """Record ``i`` parsed; raises :class:`SampleRejected` for a record over ``max_record_bytes``
+        (before reading it), malformed JSON or invalid UTF-8."""
+        problem = self.size_problem(i)
+        if problem is not None:
+            raise SampleRejected("record_too_large", problem)
         return parse_record(self.raw(i), f"{self.path.name} record {i}")
 
     def __getstate__(self) -> dict:

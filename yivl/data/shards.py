@@ -2,7 +2,8 @@
 
 A conversation shard holds, per sample, ``KEY.json`` (the Yi-VL/LLaVA record) and, for image records,
 ``KEY.jpg`` or ``KEY.png``. An img2dataset (LAION) shard holds ``KEY.jpg``, ``KEY.txt`` and ``KEY.json``.
-Keys never contain dots (WebDataset splits member names at the first dot).
+Keys we write never contain dots or slashes (WebDataset splits member names at the first dot of the
+file name and keeps the folder in the key).
 """
 
 from __future__ import annotations
@@ -10,8 +11,9 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import tarfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 
 import braceexpand
@@ -19,6 +21,9 @@ import braceexpand
 from yivl.errors import YivlError
 
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
+MAX_PENDING_BYTES = 64 << 20
+"""Bytes of samples a tar reader holds while it groups members that are not adjacent."""
+_MEMBER = re.compile(r"^((?:.*/|)[^.]+)[.]([^/]*)$")  # webdataset's base_plus_ext
 SHARD_PATTERN = "{prefix}-{index:06d}.tar"
 
 
@@ -119,22 +124,68 @@ def image_member(sample: dict) -> tuple[str, bytes] | None:
     return None
 
 
-def read_tar_samples(path: str | Path) -> Iterator[dict]:
-    """Samples of one local tar in order, grouped by key: ``{"__key__": key, ext: bytes, ...}``."""
-    current: dict | None = None
+def member_key(name: str) -> tuple[str, str] | None:
+    """``(key, extension)`` of a tar member as WebDataset splits it (``base_plus_ext``): the key is the
+    path up to the first dot of the file name (``sub/KEY.jpg`` -> ``sub/KEY``, ``jpg``); None when the
+    name has no extension (WebDataset skips such members)."""
+    m = _MEMBER.match(name)
+    return (m.group(1), m.group(2).lower()) if m else None
+
+
+def read_tar_samples(
+    path: str | Path,
+    max_bytes: Mapping[str, int] | None = None,
+    max_pending_bytes: int = MAX_PENDING_BYTES,
+) -> Iterator[dict]:
+    """Samples of one local tar, ``{"__key__": key, ext: bytes, ...}``, in order of first appearance.
+
+    Members are grouped by key even when a sample's members are not adjacent (``A.jpg B.jpg A.txt
+    B.txt``), holding at most ``max_pending_bytes`` of samples not yet given out. A member whose
+    extension is in ``max_bytes`` and is larger is not read: its size goes to ``sample["__oversized__"]``.
+    A member that arrives after its sample was given out (the members lie further apart than the pending
+    bound) comes as a sample of its own with ``__error__`` and ``__reason__`` (``sample_incomplete``).
+    """
+    limits = dict(max_bytes or {})
+    pending: dict[str, dict] = {}
+    held = 0
+    done: set[str] = set()
     with tarfile.open(path, mode="r|*") as tar:
         for member in tar:
-            if not member.isreg():
+            split = member_key(member.name) if member.isreg() else None
+            if split is None:
                 continue
-            key, _, ext = member.name.partition(".")
-            data = tar.extractfile(member).read()
-            if current is None or current["__key__"] != key:
-                if current is not None:
-                    yield current
-                current = {"__key__": key}
-            current[ext.lower()] = data
-    if current is not None:
-        yield current
+            key, ext = split
+            if key in done:
+                yield _late_member(key, ext, member.size)
+                continue
+            sample = pending.setdefault(key, {"__key__": key})
+            if ext in limits and member.size > limits[ext]:
+                sample.setdefault("__oversized__", {})[ext] = member.size
+                continue
+            sample[ext] = tar.extractfile(member).read()
+            held += member.size
+            while held > max_pending_bytes and len(pending) > 1:
+                oldest = next(iter(pending))
+                held -= _held(pending[oldest])
+                done.add(oldest)
+                yield pending.pop(oldest)
+    yield from pending.values()
+
+
+def _held(sample: dict) -> int:
+    return sum(len(v) for k, v in sample.items() if not k.startswith("__"))
+
+
+def _late_member(key: str, ext: str, size: int) -> dict:
+    return {
+        "__key__": key,
+        "__reason__": "sample_incomplete",
+        "__error__": (
+            f"{key}.{ext} ({size:,} bytes) comes after the rest of its sample was read (the members of one "
+            "sample lie too far apart in the tar); re-pack the shard with each sample's members together, "
+            "e.g. with `python -m data_tools laion --out`"
+        ),
+    }
 
 
 def read_manifest(folder: str | Path) -> dict | None:

@@ -22,7 +22,7 @@ from yivl.constants import IMAGE_PLACEHOLDER
 from yivl.data.checks import record_image
 from yivl.data.image_files import resolve_image_path
 from yivl.data.reasons import SampleRejected, SkipCounter
-from yivl.data.records import RecordFile, parse_record
+from yivl.data.records import DEFAULT_MAX_RECORD_BYTES, RecordFile, parse_record
 from yivl.data.shards import expand_shards, image_member
 
 DEFAULT_CAPTION_PROMPTS = (
@@ -126,8 +126,9 @@ class JsonSource(StreamSource):
         image_folder: str | Path | None = None,
         weight: float = 1.0,
         allow_outside: bool = False,
+        max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES,
     ) -> None:
-        self.records = RecordFile(path)
+        self.records = RecordFile(path, max_record_bytes)
         self.image_folder = Path(image_folder) if image_folder else Path(path).parent
         self.allow_outside = bool(allow_outside)
         self.weight = float(weight)
@@ -161,10 +162,17 @@ class JsonSource(StreamSource):
 class ShardSource(StreamSource):
     """WebDataset shards (local paths, brace patterns or ``pipe:`` commands); shards are the units."""
 
-    def __init__(self, urls: str | Sequence[str], weight: float = 1.0, shuffle_buffer: int = 1000) -> None:
+    def __init__(
+        self,
+        urls: str | Sequence[str],
+        weight: float = 1.0,
+        shuffle_buffer: int = 1000,
+        max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES,
+    ) -> None:
         self.urls = expand_shards(urls)
         self.weight = float(weight)
         self.shuffle_buffer = int(shuffle_buffer)
+        self.max_record_bytes = int(max_record_bytes)
         self.num_units = len(self.urls)
 
     def _shards(
@@ -195,6 +203,7 @@ class ShardSource(StreamSource):
     def items(self, epoch, pass_id, info, skips, resampled, seed):
         for sample in self.samples(epoch, pass_id, info, skips, resampled, seed):
             try:
+                check_record_members(sample, self.max_record_bytes)
                 yield self.to_item(sample)
             except SampleRejected as err:
                 skips.add(err.reason, str(err))
@@ -225,8 +234,9 @@ class LaionShardSource(ShardSource):
         weight: float = 1.0,
         shuffle_buffer: int = 1000,
         caption_prompts: Sequence[str] = DEFAULT_CAPTION_PROMPTS,
+        max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES,
     ) -> None:
-        super().__init__(urls, weight, shuffle_buffer)
+        super().__init__(urls, weight, shuffle_buffer, max_record_bytes)
         self.caption_prompts = tuple(caption_prompts) or DEFAULT_CAPTION_PROMPTS
 
     def to_item(self, sample: dict) -> RawItem:
@@ -234,9 +244,25 @@ class LaionShardSource(ShardSource):
         image = image_member(sample)
         if image is None:
             raise SampleRejected("sample_incomplete", f"{key}: no image member")
-        caption = laion_caption(sample, key)
-        prompt = self.caption_prompts[_stable_hash(sample["__key__"]) % len(self.caption_prompts)]
-        return RawItem(key, caption_record(caption, prompt, key), image[1])
+        return RawItem(key, laion_record(sample, key, self.caption_prompts), image[1])
+
+
+def check_record_members(sample: dict, max_record_bytes: int) -> None:
+    """Reject a shard sample whose ``.json`` or ``.txt`` is over ``max_record_bytes``, before parsing."""
+    for ext in ("json", "txt"):
+        size = len(sample.get(ext, b""))
+        if size > max_record_bytes:
+            key = f"{Path(sample.get('__url__', '?')).name}:{sample.get('__key__')}"
+            raise SampleRejected(
+                "record_too_large", f"{key}.{ext}: {size:,} bytes, over max_record_bytes={max_record_bytes:,}"
+            )
+
+
+def laion_record(sample: dict, key: str, prompts: Sequence[str] = DEFAULT_CAPTION_PROMPTS) -> dict:
+    """The caption conversation training makes of an img2dataset sample: the prompt is picked by a hash
+    of the sample's key, the caption is the reply."""
+    caption = laion_caption(sample, key)
+    return caption_record(caption, prompts[_stable_hash(sample["__key__"]) % len(prompts)], key)
 
 
 def laion_caption(sample: dict, key: str) -> str:

@@ -247,7 +247,8 @@ def test_every_bad_record_gets_an_error_line_with_its_reason(tmp_path: Path, eng
         r if isinstance(r, bytes) else (r if isinstance(r, str) else json.dumps(r)).encode() for r in records
     ]
     src = folder / "q.jsonl"
-    src.write_bytes(b"\n".join(raw[:3]) + b"\n\n" + b"\n".join(raw[3:]) + b"\n")  # a blank line 4
+    bom = "\ufeff".encode()  # files saved by Windows editors start with one
+    src.write_bytes(bom + b"\n".join(raw[:3]) + b"\n\n" + b"\n".join(raw[3:]) + b"\n")  # a blank line 4
     cfg = infer_cfg(f"batch.input={src}", "batch.batch_size=4", "batch.max_record_bytes=2500")
     engine.context_length = 600  # "word " * 400 fits the line limit but not this context
     run_batch(cfg, engine, GREEDY)
@@ -259,6 +260,7 @@ def test_every_bad_record_gets_an_error_line_with_its_reason(tmp_path: Path, eng
         "question_missing", "record_too_large", "prompt_invalid", "prompt_too_long", None,
     ]  # fmt: skip
     assert [r["id"] for r in rows if "answer" in r] == ["ok", "text-only", "last"]
+    assert [r["id"] for r in rows[:6]] == ["ok", "int-image", "text-only", "no-question", 6, "missing"]
     assert rows[1]["error"] == "'image' must be a path string or null (text only), not 42"
     assert rows[6]["error"] == (
         f"image '../outside.png' is outside {folder}; move it there or set "

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -27,6 +29,7 @@ from yivl.checkpoint.peft_adapter import load_model
 from yivl.errors import YivlError
 
 HUB_ID = "01-ai/Yi-VL-6B"
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.parametrize(
@@ -119,6 +122,16 @@ def test_base_model_option_overrides_a_hub_id(tiny_checkpoint: Path, tmp_path: P
         "downloaded); pass --base-model DIR with the downloaded Yi-VL model\n"
     )
     assert not (tmp_path / "out2").exists()
+
+
+def test_the_export_command_prints_one_line_and_no_traceback(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    adapter = make_llm_adapter(tiny_checkpoint, tmp_path / "adapter")
+    edit_adapter_config(adapter, lambda c: c.update(base_model_name_or_path=HUB_ID))
+    command = [sys.executable, "-m", "yivl.checkpoint.export", str(adapter), str(tmp_path / "out")]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert result.returncode == 2
+    assert result.stderr.startswith(f"error: adapter {adapter} names base model '{HUB_ID}'")
+    assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
 
 
 def one_line_error(adapter: Path, base_model: Path | None = None) -> str:

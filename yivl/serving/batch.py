@@ -138,18 +138,23 @@ def read_lines(path: Path, max_bytes: int) -> Iterator[tuple[int, bytes | None]]
                 yield lineno, raw
 
 
-def parse_record(raw: bytes | None, max_bytes: int) -> dict:
-    """The JSON object of one line, checked; RecordError for anything that cannot be a question."""
+def decode_record(raw: bytes | None, max_bytes: int) -> dict:
+    """The JSON object of one line; RecordError when the line is not one."""
     if raw is None:
         raise RecordError("record_too_large", f"the line is over batch.max_record_bytes={max_bytes} bytes")
     try:
-        record = json.loads(raw.decode("utf-8"))
+        record = json.loads(raw.decode("utf-8").removeprefix("\ufeff"))  # a BOM from Windows editors
     except UnicodeDecodeError:
         raise RecordError("malformed_json", "malformed JSON: the line is not UTF-8 text") from None
     except json.JSONDecodeError as exc:
         raise RecordError("malformed_json", f"malformed JSON: {exc.msg} (column {exc.colno})") from None
     if not isinstance(record, dict):
         raise RecordError("record_not_object", f"the line is a JSON {type(record).__name__}, not an object")
+    return record
+
+
+def check_record(record: dict) -> None:
+    """RecordError when the object has no usable question or a malformed image field."""
     question = record.get("question")
     if not isinstance(question, str) or not question.strip():
         raise RecordError("question_missing", "record has no non-empty 'question' string")
@@ -158,7 +163,6 @@ def parse_record(raw: bytes | None, max_bytes: int) -> dict:
         raise RecordError(
             "image_invalid", f"'image' must be a path string or null (text only), not {json.dumps(image)}"
         )
-    return record
 
 
 def image_path(image: str, opts: BatchOptions) -> Path:
@@ -177,8 +181,10 @@ def prepare(lineno: int, raw: bytes | None, engine: Engine, opts: BatchOptions) 
     """Parse one line into a ready request (image decoded once), or an error result."""
     row = Row(lineno, {"line": lineno, "id": lineno})
     try:
-        record = parse_record(raw, opts.max_record_bytes)
-        row.result.update(id=record.get("id", lineno), question=record["question"])
+        record = decode_record(raw, opts.max_record_bytes)
+        row.result["id"] = record.get("id", lineno)
+        check_record(record)
+        row.result["question"] = record["question"]
         image: Image.Image | None = None
         if record.get("image") is not None:
             row.result["image"] = record["image"]

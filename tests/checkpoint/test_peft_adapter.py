@@ -27,6 +27,7 @@ from yivl.checkpoint import export
 from yivl.checkpoint.load import load_pretrained
 from yivl.checkpoint.peft_adapter import load_model
 from yivl.errors import YivlError
+from yivl.evaluation.checkpoints import checkpoint_kind
 
 HUB_ID = "01-ai/Yi-VL-6B"
 ROOT = Path(__file__).resolve().parents[2]
@@ -210,6 +211,26 @@ def test_lora_variants_that_merge_differently_are_refused(tiny_checkpoint: Path,
     )
     edit_adapter_config(adapter, lambda c: c.update(peft_type="IA3"))
     assert "only LoRA adapters (peft_type LORA)" in one_line_error(adapter)
+
+
+def test_a_named_adapter_saved_in_a_subfolder_is_pointed_at(
+    tiny_checkpoint: Path, tmp_path: Path, capsys
+) -> None:
+    model = get_peft_model(
+        base_llm(tiny_checkpoint), LoraConfig(r=2, target_modules=["q_proj"]), adapter_name="vqa"
+    )
+    model.save_pretrained(str(tmp_path / "named"))  # peft writes named/vqa/adapter_config.json
+    want = (
+        f"{tmp_path / 'named'} holds peft adapters in subfolders (vqa), as peft saves a named adapter; "
+        f"point at one of them, e.g. {tmp_path / 'named' / 'vqa'}"
+    )
+    assert one_line_error(tmp_path / "named") == want
+    with pytest.raises(YivlError, match="holds peft adapters in subfolders"):
+        checkpoint_kind(tmp_path / "named")
+    capsys.readouterr()
+    assert export.main([str(tmp_path / "named"), str(tmp_path / "out")]) == 2
+    assert capsys.readouterr().err == f"error: {want}\n"
+    assert load_model(tmp_path / "named" / "vqa", dtype=torch.float32).model is not None
 
 
 def test_a_folder_that_is_no_checkpoint_is_one_line(tmp_path: Path, capsys) -> None:

@@ -34,6 +34,7 @@ from yivl.checkpoint.peft_adapter import (
     is_peft_adapter,
     load_peft_adapter,
     read_peft_adapter,
+    refuse_named_adapters,
 )
 from yivl.checkpoint.save import save_pretrained
 from yivl.errors import YivlError
@@ -142,6 +143,7 @@ def read_source(source: Path) -> tuple[dict, dict[str, torch.Tensor]]:
 
 def _load_checkpoint(source: Path) -> dict:
     if source.is_dir() and not is_deepspeed_folder(source):
+        refuse_named_adapters(source)
         raise YivlError(
             f"{source} is neither a DeepSpeed checkpoint (no latest, no checkpoint/), an adapter export (no "
             f"{ADAPTER_META}) nor a peft adapter (no adapter_config.json); pass a .ckpt file or one of those"

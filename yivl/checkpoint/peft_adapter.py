@@ -93,6 +93,18 @@ def is_peft_adapter(path: Path) -> bool:
     return path.is_dir() and (path / ADAPTER_CONFIG).is_file() and not (path / YIVL_EXPORT_META).is_file()
 
 
+def refuse_named_adapters(path: Path) -> None:
+    """YivlError when ``path`` only holds adapters in subfolders, as peft saves a non-default adapter name."""
+    if not path.is_dir() or (path / CONFIG).is_file() or (path / ADAPTER_CONFIG).is_file():
+        return
+    names = sorted(p.name for p in path.iterdir() if (p / ADAPTER_CONFIG).is_file())
+    if names:
+        raise YivlError(
+            f"{path} holds peft adapters in subfolders ({', '.join(names)}), as peft saves a named adapter; "
+            f"point at one of them, e.g. {path / names[0]}"
+        )
+
+
 def read_peft_adapter(path: Path, base_model: str | Path | None, option: str) -> PeftAdapter:
     """Read ``path``, find its base model, map and check every tensor (no base weights are read yet).
 
@@ -314,4 +326,5 @@ def load_model(
         )
     if is_peft_adapter(path):
         return load_peft_adapter(read_peft_adapter(path, base_model, option), dtype, device)
+    refuse_named_adapters(path)
     return load_pretrained(path, dtype=dtype, device=device)

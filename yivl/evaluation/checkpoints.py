@@ -18,7 +18,13 @@ import torch
 
 from yivl.checkpoint.layout import CONFIG
 from yivl.checkpoint.load import LoadedModel, load_pretrained
-from yivl.checkpoint.peft_adapter import PeftAdapter, is_peft_adapter, load_peft_adapter, read_peft_adapter
+from yivl.checkpoint.peft_adapter import (
+    PeftAdapter,
+    is_peft_adapter,
+    load_peft_adapter,
+    read_peft_adapter,
+    refuse_named_adapters,
+)
 from yivl.data.images import ImageProcessor
 from yivl.errors import YivlError
 
@@ -67,6 +73,7 @@ def checkpoint_kind(path: Path) -> str:
             return "published"
         if (path / "latest").is_file() or (path / "checkpoint").is_dir():
             return "lightning"
+        refuse_named_adapters(path)
         raise YivlError(
             f"{path} is neither a published-layout model (no config.json), an adapter export (no "
             f"{ADAPTER_META}), a peft adapter (no adapter_config.json) nor a DeepSpeed checkpoint; "

@@ -2,11 +2,15 @@
 
     python -m yivl.checkpoint.export SOURCE OUT [--no-merge] [--base-model DIR] [--dtype auto|bfloat16]
 
-SOURCE is a training checkpoint (``checkpoints/*.ckpt``, or a DeepSpeed checkpoint folder), or an
-adapter export (``export.merge=false``). A checkpoint holds only the trainable tensors, so the export
-starts from the base model (recorded in the checkpoint; ``--base-model`` overrides it), sets the
-stage's resolution, injects the LoRA layers if the run had them, loads the trained tensors, and merges
-the adapters into the weights (LoRA and QLoRA alike: the merge is into the full-precision base).
+SOURCE is a training checkpoint (``checkpoints/*.ckpt``, or a DeepSpeed checkpoint folder), an adapter
+export (``export.merge=false``), or a plain peft LoRA adapter (``save_pretrained`` of a peft model over
+Yi-VL's LLM or the whole LLaVA-style model; see ``yivl.checkpoint.peft_adapter``), which is merged into
+its base model (``--base-model``, else its local ``base_model_name_or_path``).
+
+A checkpoint holds only the trainable tensors, so the export starts from the base model (recorded in
+the checkpoint; ``--base-model`` overrides it), sets the stage's resolution, injects the LoRA layers if
+the run had them, loads the trained tensors, and merges the adapters into the weights (LoRA and QLoRA
+alike: the merge is into the full-precision base).
 
 An adapter export (``--no-merge``) is a folder with ``adapter_config.json`` + ``adapter_model.safetensors``
 (a standard peft adapter for the Yi LLM), ``trainables.safetensors`` (the other trained tensors, e.g. the
@@ -25,13 +29,20 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from yivl.checkpoint.load import LoadedModel, load_pretrained
+from yivl.checkpoint.peft_adapter import (
+    YIVL_EXPORT_META,
+    is_peft_adapter,
+    load_peft_adapter,
+    read_peft_adapter,
+    refuse_named_adapters,
+)
 from yivl.checkpoint.save import save_pretrained
 from yivl.errors import YivlError
 from yivl.models.yivl import YiVL
 from yivl.training.adapters import adapter_state, add_lora, is_adapter_param, lora_config, merge_lora
 from yivl.training.resolution import set_image_size
 
-ADAPTER_META = "yivl_adapter.json"
+ADAPTER_META = YIVL_EXPORT_META
 TRAINABLES = "trainables.safetensors"
 
 
@@ -39,6 +50,11 @@ def export_dtype(name: str, model: YiVL) -> torch.dtype:
     """``auto``: the dtype the base checkpoint was stored in (bf16 for the release); else the named one."""
     if name == "auto":
         name = str(model.config.extra.get("torch_dtype") or "float32")
+    return named_dtype(name)
+
+
+def named_dtype(name: str) -> torch.dtype:
+    """The floating-point torch dtype called ``name``; YivlError for anything else."""
     dtype = getattr(torch, name, None)
     if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
         raise YivlError(f"export dtype {name!r} is not a floating-point torch dtype; use bfloat16 or float32")
@@ -126,6 +142,12 @@ def read_source(source: Path) -> tuple[dict, dict[str, torch.Tensor]]:
 
 
 def _load_checkpoint(source: Path) -> dict:
+    if source.is_dir() and not is_deepspeed_folder(source):
+        refuse_named_adapters(source)
+        raise YivlError(
+            f"{source} is neither a DeepSpeed checkpoint (no latest, no checkpoint/), an adapter export (no "
+            f"{ADAPTER_META}) nor a peft adapter (no adapter_config.json); pass a .ckpt file or one of those"
+        )
     if source.is_dir():  # DeepSpeed: one folder of shards; gather the trainable fp32 tensors first
         try:
             from lightning.pytorch.utilities.deepspeed import convert_zero_checkpoint_to_fp32_state_dict
@@ -139,8 +161,27 @@ def _load_checkpoint(source: Path) -> dict:
     return torch.load(source, map_location="cpu", weights_only=True)
 
 
+def is_deepspeed_folder(path: Path) -> bool:
+    """A DeepSpeed checkpoint folder as Lightning writes it: a ``latest`` file or a ``checkpoint/`` folder."""
+    return (path / "latest").is_file() or (path / "checkpoint").is_dir()
+
+
+def export_peft_adapter(source: Path, out: Path, base_model: Path | None, dtype_name: str) -> Path:
+    """Merge a plain peft adapter into its base model and write the published layout to ``out``."""
+    adapter = read_peft_adapter(source, base_model, "--base-model DIR")
+    _empty_dir(out)
+    # "auto" keeps the base's stored dtype; the merge itself is computed in fp32 either way
+    loaded = load_peft_adapter(adapter, None if dtype_name == "auto" else named_dtype(dtype_name))
+    model = loaded.model.to(export_dtype(dtype_name, loaded.model))
+    return save_pretrained(model, out, loaded.tokenizer, loaded.image_processor)
+
+
 def export_source(source: Path, out: Path, merge: bool, base_model: Path | None, dtype: str) -> Path:
     """The command's work: read SOURCE, rebuild on the base model, write OUT."""
+    if is_peft_adapter(source):
+        if not merge:
+            raise YivlError(f"{source} is already a peft adapter; drop --no-merge to write the merged model")
+        return export_peft_adapter(source, out, base_model, dtype)
     plan, tensors = read_source(source)
     loaded = rebuild(plan, tensors, base_model)
     if not merge:
@@ -155,14 +196,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         prog="python -m yivl.checkpoint.export", description=__doc__.splitlines()[0]
     )
     parser.add_argument(
-        "source", type=Path, help="a .ckpt file, a DeepSpeed checkpoint folder, or an adapter export"
+        "source",
+        type=Path,
+        help="a .ckpt file, a DeepSpeed checkpoint folder, an adapter export or a peft adapter folder",
     )
     parser.add_argument("out", type=Path, help="output folder (must be empty or absent)")
     parser.add_argument(
         "--no-merge", action="store_true", help="write an adapter export instead of merged weights"
     )
     parser.add_argument(
-        "--base-model", type=Path, default=None, help="base model folder (default: the run's)"
+        "--base-model",
+        type=Path,
+        default=None,
+        help="base model folder (default: the run's, or the peft adapter's base_model_name_or_path)",
     )
     parser.add_argument(
         "--dtype", default="auto", help="weights dtype: auto (the base model's), bfloat16, float32"

@@ -110,7 +110,7 @@ def _llm_dtype(sources: dict[str, Source]) -> torch.dtype:
     return stored if stored.is_floating_point else torch.float32
 
 
-def _names(keys: Iterable[str], limit: int = 5) -> str:
+def list_names(keys: Iterable[str], limit: int = 5) -> str:
     """``a, b, c and 7 more``: a short list of keys for a one-line message."""
     keys = sorted(keys)
     shown = ", ".join(keys[:limit])
@@ -123,14 +123,14 @@ def _check_keys(model: YiVL, sources: dict[str, Source], path: Path) -> None:
     missing = [keymap.published_name(k)[1] for k in expected if k not in sources]
     if missing:
         raise YivlError(
-            f"the weights in {path} lack {len(missing)} tensor(s): {_names(missing)}; "
+            f"the weights in {path} lack {len(missing)} tensor(s): {list_names(missing)}; "
             "the checkpoint does not match config.json (or a shard is missing)"
         )
     unexpected = [(w, key) for ours, (w, key) in sources.items() if ours not in expected]
     if unexpected:
         raise YivlError(
             f"weights in {unexpected[0][0].folder} hold {len(unexpected)} unexpected tensor(s): "
-            f"{_names(key for _, key in unexpected)}; the checkpoint does not match config.json"
+            f"{list_names(key for _, key in unexpected)}; the checkpoint does not match config.json"
         )
     for ours, (weights, key) in sources.items():
         want, have = tuple(expected[ours].shape), weights.tensors[key].shape

@@ -1,8 +1,10 @@
-"""Any checkpoint -> a loaded model: the published layout, a ``train.py`` checkpoint, or an adapter export.
+"""Any checkpoint -> a loaded model: the published layout, a ``train.py`` checkpoint, an adapter export
+or a plain peft adapter.
 
 Training checkpoints and adapter exports hold only the trained tensors; they are rebuilt on their base
-model with the export helpers of ``yivl.checkpoint.export`` (LoRA adapters merged for speed). Every
-kind gets a fingerprint, so a summary names exactly which weights it scored.
+model with the export helpers of ``yivl.checkpoint.export`` (LoRA adapters merged for speed). A plain
+peft adapter is merged into its base model by ``yivl.checkpoint.peft_adapter``. Every kind gets a
+fingerprint, so a summary names exactly which weights it scored.
 """
 
 from __future__ import annotations
@@ -16,6 +18,13 @@ import torch
 
 from yivl.checkpoint.layout import CONFIG
 from yivl.checkpoint.load import LoadedModel, load_pretrained
+from yivl.checkpoint.peft_adapter import (
+    PeftAdapter,
+    is_peft_adapter,
+    load_peft_adapter,
+    read_peft_adapter,
+    refuse_named_adapters,
+)
 from yivl.data.images import ImageProcessor
 from yivl.errors import YivlError
 
@@ -26,7 +35,7 @@ WEIGHT_SUFFIXES = (".safetensors", ".bin", ".ckpt", ".pt", ".json", ".model")
 
 @dataclass
 class CheckpointInfo:
-    """What was loaded: ``kind`` (published | lightning | adapter), paths and the weights' fingerprint."""
+    """What was loaded: ``kind`` (published, lightning, adapter, peft), paths and the fingerprint."""
 
     path: str
     kind: str
@@ -34,6 +43,7 @@ class CheckpointInfo:
     base_model: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
     source: tuple[dict, dict[str, torch.Tensor]] | None = field(default=None, repr=False)
+    peft: PeftAdapter | None = field(default=None, repr=False)
 
     def describe(self) -> dict[str, Any]:
         """The JSON shape written into summary.json and the run manifest."""
@@ -47,22 +57,27 @@ class CheckpointInfo:
 
 
 def checkpoint_kind(path: Path) -> str:
-    """``published`` (config.json), ``adapter`` (yivl_adapter.json) or ``lightning`` (.ckpt, DeepSpeed)."""
+    """``published`` (config.json), ``adapter`` (yivl_adapter.json), ``peft`` (adapter_config.json) or
+    ``lightning`` (.ckpt, DeepSpeed)."""
     if not path.exists():
         raise YivlError(
-            f"checkpoint not found: {path}; give a model folder (published layout), a train.py .ckpt "
-            "or an adapter export"
+            f"checkpoint not found: {path}; give a model folder (published layout), a train.py .ckpt, "
+            "an adapter export or a peft adapter folder"
         )
     if path.is_dir():
         if (path / ADAPTER_META).is_file():
             return "adapter"
+        if is_peft_adapter(path):  # before config.json: LLaVA's LoRA folders hold one too
+            return "peft"
         if (path / CONFIG).is_file():
             return "published"
         if (path / "latest").is_file() or (path / "checkpoint").is_dir():
             return "lightning"
+        refuse_named_adapters(path)
         raise YivlError(
             f"{path} is neither a published-layout model (no config.json), an adapter export (no "
-            f"{ADAPTER_META}) nor a DeepSpeed checkpoint; point checkpoint= at one of them"
+            f"{ADAPTER_META}), a peft adapter (no adapter_config.json) nor a DeepSpeed checkpoint; "
+            "point checkpoint= at one of them"
         )
     return "lightning"
 
@@ -73,25 +88,41 @@ def describe_checkpoint(path: Path, base_model: str | None, full_hash: bool) -> 
     kind = checkpoint_kind(path)
     if kind == "published":
         return CheckpointInfo(str(path.resolve()), kind, fingerprint_files(path, full_hash))
+    if kind == "peft":
+        adapter = read_peft_adapter(path, base_model, "base_model=DIR")
+        digest = _fingerprint_pair(path, adapter.base, full_hash)
+        info = CheckpointInfo(str(path.resolve()), kind, digest, str(adapter.base))
+        info.peft = adapter
+        return info
     from yivl.checkpoint.export import read_source
 
     plan, tensors = read_source(path)
     base = Path(base_model or plan["model"]["path"]).expanduser()
     if checkpoint_kind(base) != "published":
         raise YivlError(f"base model {base} is not a published-layout folder; pass base_model=DIR")
+    digest = _fingerprint_pair(path, base, full_hash)
+    extra = {"stage": plan.get("stage"), "image_size": plan.get("image_size")}
+    info = CheckpointInfo(str(path.resolve()), kind, digest, str(base.resolve()), extra)
+    info.source = (plan, tensors)
+    return info
+
+
+def _fingerprint_pair(path: Path, base: Path, full_hash: bool) -> str:
+    """One fingerprint for trained files over a base model: the sha256 of both folders' fingerprints."""
     digest = hashlib.sha256()
     digest.update(fingerprint_files(path, full_hash).encode())
     digest.update(fingerprint_files(base, full_hash).encode())
-    extra = {"stage": plan.get("stage"), "image_size": plan.get("image_size")}
-    info = CheckpointInfo(str(path.resolve()), kind, digest.hexdigest(), str(base.resolve()), extra)
-    info.source = (plan, tensors)
-    return info
+    return digest.hexdigest()
 
 
 def load_checkpoint(info: CheckpointInfo, device: torch.device, dtype: torch.dtype) -> LoadedModel:
     """Load the model described by ``info`` onto ``device`` in ``dtype``, in eval mode, without grads."""
     if info.kind == "published":
         loaded = load_pretrained(info.path, dtype=dtype, device=device)
+    elif info.kind == "peft":
+        adapter = info.peft or read_peft_adapter(Path(info.path), info.base_model, "base_model=DIR")
+        info.peft = None  # merged into the model; do not keep the adapter tensors too
+        loaded = load_peft_adapter(adapter, dtype, device)
     else:
         loaded = _rebuild(info)
         loaded.model.to(device=device, dtype=dtype)

@@ -14,7 +14,8 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from yivl.checkpoint.load import LoadedModel, load_pretrained
+from yivl.checkpoint.load import LoadedModel
+from yivl.checkpoint.peft_adapter import load_model
 from yivl.constants import IMAGE_PLACEHOLDER
 from yivl.data.chat import SYSTEM_PROMPT, Turn, render_prompt, tokenize_prompt
 from yivl.data.images import load_image
@@ -79,10 +80,12 @@ class Engine:
         device: str = "auto",
         dtype: str = "auto",
         max_image_pixels: int = 64_000_000,
+        base_model: str | Path | None = None,
     ) -> Engine:
-        """Load a published-layout directory onto ``device`` in ``dtype`` (see :func:`pick_dtype`)."""
+        """Load a published-layout directory, or a peft adapter merged into ``base_model`` (default: the
+        adapter's local ``base_model_name_or_path``), onto ``device`` in ``dtype`` (:func:`pick_dtype`)."""
         dev = pick_device(device)
-        loaded = load_pretrained(model_path, dtype=pick_dtype(dtype, dev), device=dev)
+        loaded = load_model(model_path, base_model, dtype=pick_dtype(dtype, dev), device=dev)
         return cls(loaded, max_image_pixels=max_image_pixels)
 
     @property

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 from omegaconf import DictConfig
@@ -12,7 +11,7 @@ from yivl.checkpoint.tiny import ensure_tiny_checkpoint
 from yivl.data.chat import Turn
 from yivl.errors import YivlError
 from yivl.models.generation import GenerationSettings
-from yivl.progress import progress_bar
+from yivl.serving.batch import run_batch
 from yivl.serving.engine import Engine, Request
 from yivl.serving.launch import run_api, run_web
 
@@ -30,11 +29,20 @@ def run(cfg: DictConfig) -> None:
 
 
 def load_engine(cfg: DictConfig) -> Engine:
-    """Load ``cfg.model_path``, building the tiny random model first when that is what it names."""
+    """Load ``cfg.model_path`` (a model folder, or a peft adapter over ``cfg.base_model``), building the
+    tiny random model first when that is what it names."""
     path = Path(cfg.model_path)
-    if path.resolve() == Path(cfg.paths.tiny_model).resolve():
-        ensure_tiny_checkpoint(path)
-    return Engine.from_path(path, device=cfg.device, dtype=cfg.dtype, max_image_pixels=cfg.max_image_pixels)
+    tiny = Path(cfg.paths.tiny_model).resolve()
+    for named in (path, cfg.base_model):
+        if named is not None and Path(named).resolve() == tiny:
+            ensure_tiny_checkpoint(tiny)
+    return Engine.from_path(
+        path,
+        device=cfg.device,
+        dtype=cfg.dtype,
+        max_image_pixels=cfg.max_image_pixels,
+        base_model=cfg.base_model,
+    )
 
 
 def generation_settings(gen: DictConfig) -> GenerationSettings:
@@ -88,73 +96,3 @@ def run_chat(cfg: DictConfig, engine: Engine, settings: GenerationSettings, read
         answer = engine.generate([Request(list(turns), image)], settings, on_text=_printer(True))[0]
         print()
         turns.append(Turn("assistant", answer))
-
-
-def read_batch(path: Path) -> Iterator[tuple[int, dict | None, str | None]]:
-    """Yield (line number, record or None, error or None) for each non-blank line of a JSONL file."""
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as exc:
-                yield lineno, None, f"malformed JSON: {exc.msg}"
-                continue
-            if not isinstance(record, dict) or not str(record.get("question", "")).strip():
-                yield lineno, None, "record has no non-empty 'question'"
-                continue
-            yield lineno, record, None
-
-
-def run_batch(cfg: DictConfig, engine: Engine, settings: GenerationSettings) -> None:
-    """Answer every line of ``batch.input`` (JSONL: question, optional image, optional id) into a JSONL.
-
-    Every input line gets one output line: an answer, or an ``error`` saying why it has none.
-    """
-    src = Path(cfg.batch.input) if cfg.batch.input else None
-    if src is None or not src.is_file():
-        raise YivlError(f"batch.input={cfg.batch.input} is not a file; give batch.input=questions.jsonl")
-    dst = Path(cfg.batch.output) if cfg.batch.output else src.with_suffix(".answers.jsonl")
-    rows = list(read_batch(src))
-    answered = failed = 0
-    with dst.open("w", encoding="utf-8") as out, progress_bar("answering", len(rows)) as bar:
-        for start in range(0, len(rows), cfg.batch.batch_size):
-            chunk = rows[start : start + cfg.batch.batch_size]
-            for result in _answer_chunk(engine, settings, src.parent, chunk):
-                out.write(json.dumps(result, ensure_ascii=False) + "\n")
-                answered += "answer" in result
-                failed += "error" in result
-            out.flush()
-            bar.advance(len(chunk))
-    print(f"{answered} answered, {failed} failed, {len(rows)} lines -> {dst}")
-
-
-def _answer_chunk(engine: Engine, settings: GenerationSettings, root: Path, chunk: list) -> list[dict]:
-    results: list[dict] = []
-    requests: list[tuple[int, Request]] = []
-    for lineno, record, error in chunk:
-        result = {"line": lineno, "id": (record or {}).get("id", lineno)}
-        results.append(result)
-        if error:
-            result["error"] = error
-            continue
-        result["question"] = record["question"]
-        image = record.get("image")
-        if image is not None:
-            result["image"] = image
-            image = root / image
-        try:
-            request = Request([Turn("human", str(record["question"]))], image=image)
-            engine.prompt_ids(request.turns, image is not None)
-            if image is not None:
-                engine.pixels(image)
-        except YivlError as exc:
-            result["error"] = str(exc)
-            continue
-        requests.append((len(results) - 1, request))
-    if requests:
-        answers = engine.generate([r for _, r in requests], settings)
-        for (index, _), answer in zip(requests, answers, strict=True):
-            results[index]["answer"] = answer
-    return results

@@ -85,6 +85,11 @@ def add_image_tokens_arg(parser: argparse.ArgumentParser) -> None:
 def add_format_args(parser: argparse.ArgumentParser) -> None:
     """``--image-tokens`` and ``--max-reject-fraction``, shared by convert, validate and stats."""
     add_image_tokens_arg(parser)
+    add_reject_fraction_arg(parser)
+
+
+def add_reject_fraction_arg(parser: argparse.ArgumentParser) -> None:
+    """``--max-reject-fraction``: every tool that reads records (convert, validate, stats, laion)."""
     parser.add_argument(
         "--max-reject-fraction",
         type=float,
@@ -138,16 +143,21 @@ def processes(args: argparse.Namespace) -> int:
 
 def add_image_file_args(parser: argparse.ArgumentParser) -> None:
     """``--max-image-bytes`` and ``--allow-images-outside-folder`` (see docs/data.md, Limits)."""
+    add_image_bytes_arg(parser)
+    parser.add_argument(
+        "--allow-images-outside-folder",
+        action="store_true",
+        help="accept image paths that resolve outside the image folder (.., absolute paths, symlinks out)",
+    )
+
+
+def add_image_bytes_arg(parser: argparse.ArgumentParser) -> None:
+    """``--max-image-bytes``: image files and shard image members (laion has no image folder)."""
     parser.add_argument(
         "--max-image-bytes",
         type=parse_size,
         default=DEFAULT_MAX_IMAGE_BYTES,
         help="reject image files (and shard image members) larger than this, unread (default 64M)",
-    )
-    parser.add_argument(
-        "--allow-images-outside-folder",
-        action="store_true",
-        help="accept image paths that resolve outside the image folder (.., absolute paths, symlinks out)",
     )
 
 

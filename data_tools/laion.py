@@ -10,21 +10,30 @@ from __future__ import annotations
 
 import argparse
 import json
-from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-from data_tools.common import add_model_args, add_output_args, add_record_limit, positive_int, processes
+from data_tools.common import (
+    add_image_bytes_arg,
+    add_model_args,
+    add_output_args,
+    add_record_limit,
+    add_reject_fraction_arg,
+    positive_int,
+    processes,
+    reject_check,
+)
 from data_tools.convert import finish
 from data_tools.inputs import early_reject, local_shards, tar_samples
 from data_tools.journal import open_output
 from data_tools.model import ModelSpec
 from data_tools.parallel import ordered_map
 from data_tools.process import prepare_image
-from data_tools.report import console, reasons_table
+from data_tools.report import console, manifest_tally, reasons_table
 from data_tools.sequence import Outcome, ShardSequence
+from yivl.data.image_files import DEFAULT_MAX_IMAGE_BYTES
 from yivl.data.images import DEFAULT_MAX_PIXELS
-from yivl.data.reasons import SampleRejected
+from yivl.data.reasons import SampleRejected, Tally
 from yivl.data.shards import image_member
 from yivl.data.sources import DEFAULT_CAPTION_PROMPTS, caption_record, laion_caption
 from yivl.errors import YivlError
@@ -39,6 +48,7 @@ class Filters:
     max_caption_chars: int = 1000
     min_image_side: int = 1
     max_pixels: int = DEFAULT_MAX_PIXELS
+    max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -51,6 +61,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--min-image-side", type=positive_int, default=1, help="reject images smaller than this"
     )
     add_record_limit(parser)
+    add_image_bytes_arg(parser)
+    add_reject_fraction_arg(parser)
     add_model_args(parser, required=False)
 
 
@@ -87,7 +99,7 @@ def check_sample(index: int, sample: dict, filters: Filters, encoder) -> Outcome
         caption = laion_caption(sample, where)
         if not filters.min_caption_chars <= len(caption) <= filters.max_caption_chars:
             raise SampleRejected("caption_length", f"{where}: {len(caption)} characters")
-        ext, data, size, action = prepare_image(image[1], where, filters.max_pixels)
+        ext, data, size, action = prepare_image(image[1], where, filters.max_pixels, filters.max_image_bytes)
         if min(size) < filters.min_image_side:
             raise SampleRejected("image_too_small", f"{where}: {size[0]}x{size[1]}")
         tokens = 0
@@ -96,7 +108,7 @@ def check_sample(index: int, sample: dict, filters: Filters, encoder) -> Outcome
                 caption_record(caption, DEFAULT_CAPTION_PROMPTS[0], where), where
             ).length
     except SampleRejected as err:
-        return Outcome(index, key, err.reason, err.detail, extra=extra)
+        return Outcome(index, key, err.reason, err.detail, extra=extra, has_image=True)
     members = {ext: data, "txt": caption.encode("utf-8"), "json": sample.get("json", b"{}")}
     return Outcome(
         index, key, members=members, tokens=tokens, image_size=size, image_action=action, extra=extra
@@ -123,7 +135,13 @@ def _reported_successes(shards: list[Path]) -> int | None:
 
 def run(args: argparse.Namespace) -> int:
     shards = local_shards(args.input)
-    filters = Filters(args.min_caption_chars, args.max_caption_chars, args.min_image_side, args.max_pixels)
+    filters = Filters(
+        args.min_caption_chars,
+        args.max_caption_chars,
+        args.min_image_side,
+        args.max_pixels,
+        args.max_image_bytes,
+    )
     model = ModelSpec(args.model, args.max_length, args.max_pixels) if args.model else None
     if args.check:
         return _check(shards, filters, model, args)
@@ -153,25 +171,25 @@ def run(args: argparse.Namespace) -> int:
         sequence.finish(total)
     extra = {"img2dataset_successes": _reported_successes(shards)}
     _note_successes(extra["img2dataset_successes"], total)
-    return finish(args.out, journal, total, keys_are_indices=False, extra=extra)
+    status = finish(args.out, journal, total, keys_are_indices=False, extra=extra)
+    # after the manifest and rejects are on disk, so a refused run loses nothing
+    reject_check(manifest_tally(json.loads((args.out / "manifest.json").read_text())), args, args.input)
+    return status
 
 
 def _check(shards: list[Path], filters: Filters, model: ModelSpec | None, args: argparse.Namespace) -> int:
-    reasons: Counter = Counter()
-    total = 0
+    tally = Tally()
     items = enumerate(tar_samples(shards, args.max_record_bytes))
     with progress_bar("laion check", None) as bar:
         for outcome in ordered_map(laion_job, items, processes(args), _init, (filters, model)):
-            total += 1
-            if outcome.reason:
-                reasons[outcome.reason] += 1
+            tally.add(outcome.reason, has_image=True)  # every img2dataset sample is an image-text pair
             bar.advance()
-    console.print(
-        f"{total} samples: {total - sum(reasons.values())} usable, {sum(reasons.values())} rejected"
-    )
-    if reasons:
-        console.print(reasons_table(reasons))
-    _note_successes(_reported_successes(shards), total)
+    rejected = sum(tally.rejected.values())
+    console.print(f"{tally.total} samples: {tally.kept} usable, {rejected} rejected")
+    if tally.rejected:
+        console.print(reasons_table(tally.rejected))
+    _note_successes(_reported_successes(shards), tally.total)
+    reject_check(tally, args, args.input)
     return 0
 
 

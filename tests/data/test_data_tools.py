@@ -261,7 +261,7 @@ def write_img2dataset(folder: Path) -> dict[str, str | None]:
     return expected
 
 
-def test_laion_filters_reshards_and_accounts(tiny_checkpoint: Path, tmp_path: Path) -> None:
+def test_laion_filters_reshards_and_accounts(tiny_checkpoint: Path, tmp_path: Path, capsys) -> None:
     expected = write_img2dataset(tmp_path / "laion")
     out = tmp_path / "out"
     argv = ["laion", str(tmp_path / "laion"), "--out", str(out), "--max-caption-chars", "200"]
@@ -275,7 +275,12 @@ def test_laion_filters_reshards_and_accounts(tiny_checkpoint: Path, tmp_path: Pa
         "--max-samples",
         "3",
     ]
-    assert main(argv) == 0
+    # 10 of 16 rejected: over the default 5%, so the run fails, after writing everything it accounts for
+    with pytest.raises(SystemExit) as stop:
+        main(argv)
+    assert stop.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "10 of 16 records rejected (62.5% > --max-reject-fraction=0.05)" in err
     rejects = {
         r["key"]: r["reason"] for r in map(json.loads, (out / "rejects.jsonl").read_text().splitlines())
     }
@@ -289,13 +294,19 @@ def test_laion_filters_reshards_and_accounts(tiny_checkpoint: Path, tmp_path: Pa
         and manifest["reconciled"]
     )
     assert manifest["img2dataset_successes"] == 16
+    assert main([*argv, "--max-reject-fraction", "1"]) == 0  # accepted: the finished run is checked again
 
 
 def test_laion_check_reports_without_writing(tiny_checkpoint: Path, tmp_path: Path, capsys) -> None:
     write_img2dataset(tmp_path / "laion")
     first = (tmp_path / "laion" / "00000.tar").read_bytes()
     (tmp_path / "laion" / "00002.tar").write_bytes(first[:1000])  # cut inside the first image
-    assert main(["laion", str(tmp_path / "laion"), "--check", "--processes", "1"]) == 0
+    argv = ["laion", str(tmp_path / "laion"), "--check", "--processes", "1"]
+    with pytest.raises(SystemExit) as stop:  # most samples are bad on purpose: over the fraction
+        main(argv)
+    assert stop.value.code == 2
+    assert "--max-reject-fraction=1" in capsys.readouterr().err
+    assert main([*argv, "--max-reject-fraction", "1"]) == 0
     out = capsys.readouterr().out
     assert "shard_corrupt" in out and "caption_missing" in out
     assert not list(tmp_path.glob("**/manifest.json"))

@@ -141,18 +141,6 @@ def _loss(record: RawRecord, options: Mapping[str, Any]) -> Item:
     return item
 
 
-def _yivl_placeholders(turns: Any) -> Any:
-    """LLaVA's ``<image>`` in a conversation's turns -> the Yi-VL placeholder (as for questions)."""
-    if not isinstance(turns, list):
-        return turns  # check_record names the problem
-    return [
-        t | {"value": t["value"].replace(LLAVA_IMAGE_TOKEN, IMAGE_PLACEHOLDER)}
-        if isinstance(t, dict) and isinstance(t.get("value"), str)
-        else t
-        for t in turns
-    ]
-
-
 def _mcq(record: RawRecord, options: Mapping[str, Any]) -> Item:
     item = _base(record)
     if options.get("parser") == "mmmu" and record.data.get("question_type") == "open":

@@ -21,7 +21,8 @@ from tests.data.public_formats import (
     sharegpt4v_records,
     write_public,
 )
-from yivl.constants import IGNORE_INDEX, IMAGE_PLACEHOLDER, IMAGE_TOKEN_INDEX
+from tests.data.test_chat import supervised_runs
+from yivl.constants import IMAGE_PLACEHOLDER, IMAGE_TOKEN_INDEX
 from yivl.data.chat import SYSTEM_PROMPT
 from yivl.data.collate import Collator
 from yivl.data.encode import SampleEncoder
@@ -58,19 +59,6 @@ def public(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, Pa
 @pytest.fixture(scope="module")
 def encoder(tokenizer) -> SampleEncoder:
     return SampleEncoder(tokenizer, ImageProcessor(size=28), num_image_tokens=4, max_length=1024)
-
-
-def supervised_runs(labels: list[int]) -> list[list[int]]:
-    """The supervised label ids, one list per contiguous run (one run per reply)."""
-    runs: list[list[int]] = []
-    previous = IGNORE_INDEX
-    for label in labels:
-        if label != IGNORE_INDEX:
-            if previous == IGNORE_INDEX:
-                runs.append([])
-            runs[-1].append(label)
-        previous = label
-    return runs
 
 
 @pytest.mark.parametrize(

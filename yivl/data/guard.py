@@ -18,8 +18,11 @@ MIN_SEEN = 200
 
 def checked_fraction(value: float, option: str) -> float:
     """``value`` as a float in [0, 1]; YivlError naming ``option`` otherwise."""
-    fraction = float(value)
-    if not 0.0 <= fraction <= 1.0:
+    try:
+        fraction = float(value)
+    except (TypeError, ValueError):
+        fraction = float("nan")
+    if not 0.0 <= fraction <= 1.0:  # NaN fails too
         raise YivlError(f"{option}={value} must be between 0 and 1 (1 accepts any number of rejects)")
     return fraction
 

@@ -26,9 +26,9 @@ from rich.console import Console
 from rich.table import Table
 
 from yivl.models.empty_init import empty_init
+from yivl.models.lora import llm_linear_names
 from yivl.models.presets import PRESETS, preset
 from yivl.models.yivl import YiVL
-from yivl.training.adapters import llm_linear_names
 from yivl.training.build import unused_vision_prefixes
 
 GiB = 2**30

@@ -14,10 +14,10 @@ from omegaconf import DictConfig
 
 from tests.checkpoint.peft_adapters import edit_adapter_config, make_llava_adapter
 from yivl.checkpoint import export
-from yivl.data.chat import Turn
+from yivl.data.chat import Turn, with_image_placeholder
 from yivl.errors import YivlError
 from yivl.models.generation import GenerationSettings
-from yivl.serving.engine import Engine, Request, with_image_placeholder
+from yivl.serving.engine import Engine, Request
 from yivl.serving.infer import generation_settings, run, run_batch, run_chat
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -36,7 +36,7 @@ def lora_plan(base: Path) -> dict:
 
 def trained_lora_model(base: Path) -> LoadedModel:
     """The tiny model with reproducible non-zero LoRA adapters and a changed projector (trainable)."""
-    from yivl.training.adapters import add_lora
+    from yivl.models.lora import add_lora
 
     loaded = load_pretrained(base, dtype=torch.float32)
     model = loaded.model

@@ -10,10 +10,10 @@ import torch
 
 from yivl.checkpoint.load import load_pretrained
 from yivl.checkpoint.save import save_pretrained
-from yivl.training.adapters import add_lora, merge_lora
+from yivl.models.lora import add_lora, merge_lora
+from yivl.models.resolution import set_image_size
 from yivl.training.build import Dtypes, build_model, enable_checkpointing
 from yivl.training.optim import build_optimizer, param_groups
-from yivl.training.resolution import set_image_size
 
 LORA = {"r": 4, "alpha": 8, "dropout": 0.0}
 

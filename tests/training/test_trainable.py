@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from yivl.training.adapters import LLM_LINEAR_PATTERN, llm_linear_names
+from yivl.models.lora import LLM_LINEAR_PATTERN, llm_linear_names
 from yivl.training.build import Dtypes, build_model, trainable_names
 from yivl.training.optim import WarmupCosine, param_groups
 

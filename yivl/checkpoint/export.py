@@ -38,9 +38,16 @@ from yivl.checkpoint.peft_adapter import (
 )
 from yivl.checkpoint.save import save_pretrained
 from yivl.errors import YivlError
+from yivl.models.lora import (
+    adapter_state,
+    add_lora,
+    is_adapter_param,
+    local_adapter_name,
+    lora_config,
+    merge_lora,
+)
+from yivl.models.resolution import set_image_size
 from yivl.models.yivl import YiVL
-from yivl.training.adapters import adapter_state, add_lora, is_adapter_param, lora_config, merge_lora
-from yivl.training.resolution import set_image_size
 
 ADAPTER_META = YIVL_EXPORT_META
 TRAINABLES = "trainables.safetensors"
@@ -125,14 +132,8 @@ def read_source(source: Path) -> tuple[dict, dict[str, torch.Tensor]]:
     if (source / ADAPTER_META).is_file():
         plan = json.loads((source / ADAPTER_META).read_text(encoding="utf-8"))["plan"]
         tensors = dict(load_file(source / TRAINABLES))
-        prefix, tag = "base_model.model.", ".default."
         for key, value in load_file(source / "adapter_model.safetensors").items():
-            name = (
-                key.removeprefix(prefix)
-                .replace(".lora_A.", ".lora_A" + tag)
-                .replace(".lora_B.", ".lora_B" + tag)
-            )
-            tensors["llm." + name] = value
+            tensors["llm." + local_adapter_name(key)] = value
         return plan, tensors
     ckpt = _load_checkpoint(source)
     if "hyper_parameters" not in ckpt or "state_dict" not in ckpt:

@@ -7,6 +7,7 @@ tokenization used at inference; a token that crosses a label boundary is an erro
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -91,6 +92,25 @@ def render_prompt(turns: list[Turn], system: str = SYSTEM_PROMPT, where: str = "
     """
     text, _ = _render(_checked(turns, where, last=HUMAN), system)
     return text + f"### {_SPEAKER[ASSISTANT]}:"
+
+
+def with_image_placeholder(turns: Sequence[Turn], has_image: bool) -> list[Turn]:
+    """Put ``<image_placeholder>`` into the first human turn when there is an image, as the original."""
+    mentions = sum(t.text.count(IMAGE_PLACEHOLDER) for t in turns)
+    if not has_image:
+        if mentions:
+            raise YivlError(
+                f"the conversation contains {IMAGE_PLACEHOLDER} but no image was given; pass image=PATH"
+            )
+        return list(turns)
+    if mentions > 1:
+        raise YivlError(
+            f"{IMAGE_PLACEHOLDER} appears {mentions} times; Yi-VL takes one image per conversation"
+        )
+    out = list(turns)
+    if not mentions:
+        out[0] = Turn(role=out[0].role, text=f"{IMAGE_PLACEHOLDER}\n{out[0].text}")
+    return out
 
 
 def tokenize_prompt(tokenizer: SpanTokenizer, prompt: str) -> list[int]:

@@ -134,7 +134,7 @@ def load_checkpoint(info: CheckpointInfo, device: torch.device, dtype: torch.dty
 def _rebuild(info: CheckpointInfo) -> LoadedModel:
     """A training checkpoint or adapter export on its base model, with LoRA merged into the weights."""
     from yivl.checkpoint.export import read_source, rebuild
-    from yivl.training.adapters import merge_lora
+    from yivl.models.lora import merge_lora
 
     plan, tensors = info.source or read_source(Path(info.path))
     info.source = None  # the tensors are copied into the model; do not keep a second copy

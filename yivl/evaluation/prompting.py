@@ -12,12 +12,17 @@ from dataclasses import dataclass
 from typing import Any
 
 from yivl.constants import IMAGE_TOKEN_INDEX, STOP_STRING
-from yivl.data.chat import Turn, build_training_example, render_prompt, tokenize_prompt
+from yivl.data.chat import (
+    Turn,
+    build_training_example,
+    render_prompt,
+    tokenize_prompt,
+    with_image_placeholder,
+)
 from yivl.data.tokenizer import YiTokenizer
 from yivl.evaluation.items import Item
 from yivl.evaluation.likelihood import continuation_sequence
 from yivl.evaluation.tasks import TaskSpec
-from yivl.serving.engine import with_image_placeholder
 
 Sequence_ = tuple[list[int], list[int]]
 TOO_LONG = "too_long"

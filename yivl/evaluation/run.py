@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import random
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,9 +23,8 @@ from yivl.errors import YivlError
 from yivl.evaluation.benchmarks import BENCHMARK_OPTIONS
 from yivl.evaluation.checkpoints import describe_checkpoint, load_checkpoint
 from yivl.evaluation.items import Item, build_items
-from yivl.evaluation.metrics import TaskMetrics
 from yivl.evaluation.records import SampleWriter, load_records, prepare_output_dir, samples_path
-from yivl.evaluation.runner import RunOptions, TaskOutcome, TaskRunner
+from yivl.evaluation.runner import RunOptions, TaskRunner
 from yivl.evaluation.scoring import chance_levels, scored_records, skip_counts, summarize
 from yivl.evaluation.sources import (
     DEFAULT_IMAGE_FILES,
@@ -34,7 +33,7 @@ from yivl.evaluation.sources import (
     dataset_fingerprint,
     read_task_file,
 )
-from yivl.evaluation.summary import write_outputs
+from yivl.evaluation.summary import TaskResult, write_outputs
 from yivl.evaluation.table_records import read_table
 from yivl.evaluation.tabular import is_table
 from yivl.evaluation.tasks import TaskSpec, canonical_type, parse_tasks
@@ -51,19 +50,6 @@ class LoadedTask:
     items: list[Item]
     fingerprint: str
     benchmark: str | None = None  # the layout a benchmark table was read as
-
-
-@dataclass
-class TaskResult:
-    """A finished task: metrics over its scored records (None when every one was skipped), and the
-    skipped records by reason."""
-
-    spec: TaskSpec
-    outcome: TaskOutcome
-    metrics: TaskMetrics | None
-    chance: Mapping[str, float]
-    fingerprint: str
-    skipped: Mapping[str, int]
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
@@ -184,7 +170,7 @@ def _checkpoint_path(cfg: DictConfig) -> Path:
 
 
 def _device_dtype(cfg: DictConfig) -> tuple[torch.device, torch.dtype]:
-    from yivl.serving.engine import pick_device, pick_dtype
+    from yivl.models.device import pick_device, pick_dtype
 
     device = pick_device(str(cfg.device))
     return device, pick_dtype(str(cfg.dtype), device)

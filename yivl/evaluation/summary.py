@@ -7,15 +7,30 @@ import json
 import platform
 import subprocess
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from yivl.data.reasons import describe
+from yivl.evaluation.metrics import TaskMetrics
 from yivl.evaluation.records import write_text
 from yivl.evaluation.report import bar_chart, summary_markdown, table_rows
+from yivl.evaluation.runner import TaskOutcome
+from yivl.evaluation.tasks import TaskSpec
 
-if TYPE_CHECKING:
-    from yivl.evaluation.run import TaskResult
+
+@dataclass
+class TaskResult:
+    """A finished task: metrics over its scored records (None when every one was skipped), and the
+    skipped records by reason."""
+
+    spec: TaskSpec
+    outcome: TaskOutcome
+    metrics: TaskMetrics | None
+    chance: Mapping[str, float]
+    fingerprint: str
+    skipped: Mapping[str, int]
+
 
 PARSERS = {
     "vqa": lambda o: {"vqa_norm": o["norm"]},

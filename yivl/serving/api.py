@@ -11,8 +11,6 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
-import time
-import uuid
 from dataclasses import dataclass, field
 
 from fastapi import FastAPI, Request
@@ -24,7 +22,7 @@ from yivl.constants import STOP_STRING
 from yivl.errors import YivlError
 from yivl.models.generation import Generation, GenerationSettings
 from yivl.serving.api_errors import ApiError, as_api_error, bad_request
-from yivl.serving.api_stream import completion_body, sse_chunks
+from yivl.serving.api_stream import Prepared, completion_body, sse_chunks
 from yivl.serving.engine import Engine
 from yivl.serving.engine import Request as EngineRequest
 from yivl.serving.image_urls import ImagePolicy, fetch_image
@@ -52,18 +50,6 @@ class ApiSettings:
     system_messages: SystemPolicy = "use"
     images: ImagePolicy = field(default_factory=ImagePolicy)
     defaults: GenerationSettings = field(default_factory=GenerationSettings)
-
-
-@dataclass
-class Prepared:
-    """A validated request, ready for the worker."""
-
-    chat: ChatRequest
-    requests: list[EngineRequest]
-    settings: GenerationSettings
-    prompt_tokens: int
-    id: str = field(default_factory=lambda: f"chatcmpl-{uuid.uuid4().hex}")
-    created: int = field(default_factory=lambda: int(time.time()))
 
 
 def create_app(engine: Engine, worker: GenerationWorker, settings: ApiSettings) -> FastAPI:

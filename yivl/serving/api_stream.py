@@ -1,17 +1,33 @@
-"""Chat-completion response bodies: the whole answer, or server-sent events in OpenAI's chunk format."""
+"""Chat-completion response bodies: the whole answer, or server-sent events in OpenAI's chunk format.
+
+A :class:`Prepared` request (checked by ``yivl.serving.api``) carries what its response repeats.
+"""
 
 from __future__ import annotations
 
 import json
+import time
+import uuid
 from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING
+from dataclasses import dataclass, field
 
+from yivl.models.generation import Generation, GenerationSettings
 from yivl.serving.api_errors import as_api_error
+from yivl.serving.engine import Request as EngineRequest
+from yivl.serving.openai_format import ChatRequest
 from yivl.serving.worker import AsyncEventStream
 
-if TYPE_CHECKING:
-    from yivl.models.generation import Generation
-    from yivl.serving.api import Prepared
+
+@dataclass
+class Prepared:
+    """A validated request, ready for the worker."""
+
+    chat: ChatRequest
+    requests: list[EngineRequest]
+    settings: GenerationSettings
+    prompt_tokens: int
+    id: str = field(default_factory=lambda: f"chatcmpl-{uuid.uuid4().hex}")
+    created: int = field(default_factory=lambda: int(time.time()))
 
 
 def usage(prepared: Prepared, generations: list[Generation]) -> dict:

@@ -16,10 +16,10 @@ from PIL import Image
 
 from yivl.checkpoint.load import LoadedModel
 from yivl.checkpoint.peft_adapter import load_model
-from yivl.constants import IMAGE_PLACEHOLDER
-from yivl.data.chat import SYSTEM_PROMPT, Turn, render_prompt, tokenize_prompt
+from yivl.data.chat import SYSTEM_PROMPT, Turn, render_prompt, tokenize_prompt, with_image_placeholder
 from yivl.data.images import load_image
 from yivl.errors import YivlError
+from yivl.models.device import pick_device, pick_dtype
 from yivl.models.generation import Generation, GenerationSettings, generate_full
 
 ImageInput = str | Path | bytes | Image.Image | None
@@ -32,34 +32,6 @@ class Request:
     turns: list[Turn]
     image: ImageInput = None
     system: str = SYSTEM_PROMPT
-
-
-def pick_device(device: str) -> torch.device:
-    """``auto`` means the first CUDA device when there is one, else the CPU."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise YivlError(f"device={device} was asked for but CUDA is not available; use device=cpu")
-    return torch.device(device)
-
-
-DTYPES = {
-    "float32": torch.float32,
-    "fp32": torch.float32,
-    "bfloat16": torch.bfloat16,
-    "bf16": torch.bfloat16,
-    "float16": torch.float16,
-    "fp16": torch.float16,
-}
-
-
-def pick_dtype(dtype: str, device: torch.device) -> torch.dtype:
-    """``auto`` is bf16 on CUDA and fp32 on CPU, as the original scripts ran bf16 on GPU."""
-    if dtype == "auto":
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
-    if dtype not in DTYPES:
-        raise YivlError(f"unknown dtype={dtype}; use one of auto, {', '.join(sorted(DTYPES))}")
-    return DTYPES[dtype]
 
 
 class Engine:
@@ -146,25 +118,6 @@ class Engine:
         capped = dataclasses.replace(settings, max_new_tokens=budget)
         with torch.inference_mode():
             return generate_full(self.model, self.tokenizer, prompts, images, capped, on_text=on_text)
-
-
-def with_image_placeholder(turns: Sequence[Turn], has_image: bool) -> list[Turn]:
-    """Put ``<image_placeholder>`` into the first human turn when there is an image, as the original."""
-    mentions = sum(t.text.count(IMAGE_PLACEHOLDER) for t in turns)
-    if not has_image:
-        if mentions:
-            raise YivlError(
-                f"the conversation contains {IMAGE_PLACEHOLDER} but no image was given; pass image=PATH"
-            )
-        return list(turns)
-    if mentions > 1:
-        raise YivlError(
-            f"{IMAGE_PLACEHOLDER} appears {mentions} times; Yi-VL takes one image per conversation"
-        )
-    out = list(turns)
-    if not mentions:
-        out[0] = Turn(role=out[0].role, text=f"{IMAGE_PLACEHOLDER}\n{out[0].text}")
-    return out
 
 
 def _check_turns(turns: Sequence[Turn], has_image: bool) -> None:

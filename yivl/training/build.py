@@ -25,10 +25,11 @@ import torch
 from torch import nn
 
 from yivl.checkpoint.load import load_pretrained
+from yivl.models.lora import add_lora
+from yivl.models.resolution import set_image_size
 from yivl.models.yivl import YiVL
-from yivl.training.adapters import add_lora, quantize_llm
 from yivl.training.optim import is_norm
-from yivl.training.resolution import set_image_size
+from yivl.training.qlora import quantize_llm
 
 
 @dataclass(frozen=True)

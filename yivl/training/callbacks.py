@@ -13,7 +13,7 @@ from rich.console import Console
 from rich.table import Table
 from torch import nn
 
-from yivl.training.adapters import is_adapter_param
+from yivl.models.lora import is_adapter_param
 
 
 def param_count(param: nn.Parameter) -> int:

@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -289,6 +290,14 @@ def test_training_sources_contain_image_paths(tree: Path, tokenizer) -> None:
         except SampleRejected as err:
             reasons[i] = err.reason
     assert reasons == EXPECTED  # the FIFO returns at once: opened non-blocking, refused by type
+    # what training reads: __getitem__ skips and counts each reject (replacing it with the next record)
+    # and the survey judged before the first step counts the same reasons, without opening anything
+    reading = ConversationDataset(src, images, encoder, SkipCounter())
+    served = {int(reading[i].key.split(":")[1]) for i in range(len(CASES) + 1)}
+    assert served == {i for i in range(len(CASES) + 1) if i not in EXPECTED}
+    assert set(reading.skips.counts()) == set(EXPECTED.values())
+    survey = ConversationDataset(src, images, encoder).survey()
+    assert survey.rejected == Counter(EXPECTED.values()) and survey.kept == len(CASES) + 1 - len(EXPECTED)
     outside = ConversationDataset(src, images, encoder, allow_outside=True)
     assert outside.encode(1).pixel_values.shape == (1, 3, 28, 28)
 

@@ -94,6 +94,30 @@ def test_malformed_and_missing_files(tmp_path: Path) -> None:
         read_task_file(dup)
 
 
+def test_damaged_lists_and_oversized_records_are_refused_unread(tmp_path: Path, monkeypatch) -> None:
+    """Task files are indexed as training reads them: a damaged JSON list names the place of the damage,
+    and a record over max_record_bytes is refused from its size, its bytes never read."""
+    from yivl.data.records import RecordFile
+
+    damaged = tmp_path / "mix.json"
+    damaged.write_text('[\n{"id": 1, "question": "q"},\n{"id": 2, "question": "q"}},\n{"id": 3}\n]\n')
+    with pytest.raises(YivlError, match=r"mix\.json is not valid JSON at line 3 column 27 \(byte 56\)"):
+        read_task_file(damaged)
+    big = tmp_path / "big.jsonl"
+    big.write_text(
+        '{"id": 1, "question": "q"}\n\n' + json.dumps({"id": 2, "question": "x" * (2 << 20)}) + "\n"
+    )
+    reads: list[int] = []
+    raw = RecordFile.raw
+    monkeypatch.setattr(RecordFile, "raw", lambda self, i: reads.append(i) or raw(self, i))
+    with pytest.raises(
+        YivlError, match=r"big\.jsonl:3: the record is 2097\d+ bytes, over max_record_bytes=1048576"
+    ):
+        read_task_file(big)
+    assert reads == [0]  # the 2 MB line was never read
+    assert [r.id for r in read_task_file(big, max_record_bytes=4 << 20)] == ["1", "2"]
+
+
 def test_webdataset_shards_read_like_jsonl(tmp_path: Path) -> None:
     images = write_images(tmp_path, 3)
     records = task_records("vqa", images, n=3)

@@ -72,6 +72,19 @@ def _check_regular(mode: int, path: str | Path, where: str) -> None:
         )
 
 
+def check_image_file(path: str | Path, where: str, max_bytes: int = DEFAULT_MAX_IMAGE_BYTES) -> None:
+    """What can be known without opening ``path``: it exists, is a regular file, is at most ``max_bytes``
+    (``image_missing``, ``image_not_regular_file``, ``image_file_too_large``)."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise SampleRejected("image_missing", f"{where}: {path} does not exist") from None
+    except OSError as err:
+        raise SampleRejected("image_missing", f"{where}: cannot read {path} ({err.strerror})") from None
+    _check_regular(st.st_mode, path, where)
+    check_image_size(st.st_size, where, max_bytes)
+
+
 def read_image_file(path: str | Path, where: str, max_bytes: int = DEFAULT_MAX_IMAGE_BYTES) -> bytes:
     """The bytes of a regular file of at most ``max_bytes``; anything else raises :class:`SampleRejected`.
 
@@ -79,10 +92,8 @@ def read_image_file(path: str | Path, where: str, max_bytes: int = DEFAULT_MAX_I
     swapped in after the check cannot block it) and checked again with ``fstat``; at most
     ``max_bytes + 1`` bytes are read, so files that report size 0 (``/proc``) are bounded too.
     """
+    check_image_file(path, where, max_bytes)
     try:
-        st = os.stat(path)
-        _check_regular(st.st_mode, path, where)
-        check_image_size(st.st_size, where, max_bytes)
         fd = os.open(path, _OPEN_FLAGS)
     except FileNotFoundError:
         raise SampleRejected("image_missing", f"{where}: {path} does not exist") from None

@@ -12,7 +12,7 @@ from yivl.data.checks import record_image
 from yivl.data.collate import Sample
 from yivl.data.encode import SampleEncoder, encode_counted
 from yivl.data.guard import RejectGuard
-from yivl.data.image_files import resolve_image_path
+from yivl.data.image_files import check_image_file, resolve_image_path
 from yivl.data.reasons import SampleRejected, SkipCounter, Tally
 from yivl.data.records import DEFAULT_MAX_RECORD_BYTES, RecordFile
 from yivl.errors import YivlError
@@ -68,9 +68,11 @@ class ConversationDataset(Dataset):
             raise RuntimeError("call bind() with a SampleEncoder before reading samples")
         key = f"{self.records.path.name}:{index}"
         record = self.records.record(index)
-        image = record_image(record, key)
-        path = resolve_image_path(self.image_folder, image, key, self.allow_outside) if image else None
-        return self.encoder.encode(record, path, key)
+        return self.encoder.encode(record, self._image_path(record_image(record, key), key), key)
+
+    def _image_path(self, image: str | None, key: str) -> Path | None:
+        """The record's image file, resolved and contained in the image folder (``image_outside_folder``)."""
+        return resolve_image_path(self.image_folder, image, key, self.allow_outside) if image else None
 
     def survey(self, limit: int = SURVEY_RECORDS) -> Tally:
         """Check up to ``limit`` records spread evenly over the file, text and image file existence
@@ -83,10 +85,9 @@ class ConversationDataset(Dataset):
             has_image = bool(self.records.has_image[i])
             try:
                 text = self.encoder.encode_text(self.records.record(int(i)), key)
-                if text.image is not None and not (self.image_folder / text.image).is_file():
-                    raise SampleRejected(
-                        "image_missing", f"{key}: {self.image_folder / text.image} not found"
-                    )
+                path = self._image_path(text.image, key)
+                if path is not None:
+                    check_image_file(path, key, self.encoder.max_image_bytes)
             except SampleRejected as err:
                 tally.add(err.reason, has_image)
                 continue
@@ -98,11 +99,10 @@ class ConversationDataset(Dataset):
         has_image = bool(self.records.has_image[i])
         try:
             record = self.records.record(i)
-            image = record_image(record, key)
+            path = self._image_path(record_image(record, key), key)
         except SampleRejected as err:
             self.skips.add(err.reason, str(err), has_image)
             return None
-        path = self.image_folder / image if image else None
         return encode_counted(self.encoder, record, path, key, self.skips, has_image)
 
     def __getitem__(self, index: int) -> Sample:

@@ -77,6 +77,7 @@ class RecordFile:
             raise YivlError(f"data file not found: {self.path}; check the data config's path")
         self._fd: int | None = None
         self._pid = -1
+        self.is_json_list = False  # a JSON array (else JSONL); set by the index
         with open(self.path, "rb") as f:
             if os.fstat(f.fileno()).st_size == 0:
                 self.starts = self.ends = np.zeros(0, dtype=np.int64)
@@ -96,6 +97,7 @@ class RecordFile:
                     f"{self.path} does not start with '['; a .json file must hold a list of records "
                     "(a file of one record per line is read as JSONL when named .jsonl)"
                 )
+            self.is_json_list = True
             return json_list_spans(buf, bom + skipped, self.path, self.max_record_bytes)
         return _jsonl_spans(buf, bom)
 
@@ -115,6 +117,14 @@ class RecordFile:
     def sizes(self) -> np.ndarray:
         """Bytes per record, shape ``[N]``."""
         return self.ends - self.starts
+
+    def line_numbers(self) -> np.ndarray:
+        """The 1-based line each record starts on, shape ``[N]`` (for messages; one pass over the file)."""
+        if not len(self.starts):
+            return np.zeros(0, dtype=np.int64)
+        with open(self.path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buf:
+            newlines = np.flatnonzero(np.frombuffer(buf, dtype=np.uint8) == 10)
+            return np.searchsorted(newlines, self.starts) + 1
 
     def raw(self, i: int) -> bytes:
         """The bytes of record ``i``."""

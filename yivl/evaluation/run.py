@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from yivl.data.records import DEFAULT_MAX_RECORD_BYTES
 from yivl.errors import YivlError
 from yivl.evaluation.benchmarks import BENCHMARK_OPTIONS
 from yivl.evaluation.checkpoints import describe_checkpoint, load_checkpoint
@@ -109,14 +110,22 @@ def load_tasks(cfg: DictConfig) -> list[LoadedTask]:
     entries = OmegaConf.to_container(cfg.tasks, resolve=True) if OmegaConf.is_config(cfg.tasks) else cfg.tasks
     if not isinstance(cfg.max_image_bytes, int) or cfg.max_image_bytes < 1:
         raise YivlError(f"max_image_bytes={cfg.max_image_bytes!r} must be a positive integer")
+    if not isinstance(cfg.max_record_bytes, int) or cfg.max_record_bytes < 1:
+        raise YivlError(f"max_record_bytes={cfg.max_record_bytes!r} must be a positive integer")
     images = ImageFiles(None, bool(cfg.allow_images_outside_folder), int(cfg.max_image_bytes))
     specs = parse_tasks(entries, options)
-    return [load_task(spec, spec.options.get("limit") or cfg.limit, images) for spec in specs]
+    limit = cfg.limit
+    return [load_task(s, s.options.get("limit") or limit, images, cfg.max_record_bytes) for s in specs]
 
 
-def load_task(spec: TaskSpec, limit: int | None, images: ImageFiles = DEFAULT_IMAGE_FILES) -> LoadedTask:
+def load_task(
+    spec: TaskSpec,
+    limit: int | None,
+    images: ImageFiles = DEFAULT_IMAGE_FILES,
+    max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES,
+) -> LoadedTask:
     """Read one task file (its first ``limit`` records) and check every record for the task."""
-    records, benchmark = _read_records(spec, limit, images)
+    records, benchmark = _read_records(spec, limit, images, max_record_bytes)
     for record in records:
         _check_record_type(spec, record.data.get("task_type"), record.where)
     items = build_items(spec.type, records, spec.options)
@@ -124,7 +133,7 @@ def load_task(spec: TaskSpec, limit: int | None, images: ImageFiles = DEFAULT_IM
 
 
 def _read_records(
-    spec: TaskSpec, limit: int | None, images: ImageFiles
+    spec: TaskSpec, limit: int | None, images: ImageFiles, max_record_bytes: int
 ) -> tuple[list[RawRecord], str | None]:
     """A benchmark table (TSV, Parquet) or the project's own files (JSONL, JSON, shards)."""
     folder, extra = spec.options.get("image_folder"), spec.options.get("images")
@@ -133,7 +142,7 @@ def _read_records(
             raise YivlError(f"task {spec.name}: images= is for GQA's images Parquet, not {spec.path.name}")
         if folder is not None:
             images = ImageFiles(Path(str(folder)).expanduser(), images.allow_outside, images.max_bytes)
-        return read_task_file(spec.path, limit, images), None
+        return read_task_file(spec.path, limit, images, max_record_bytes), None
     if folder is not None:
         raise YivlError(
             f"task {spec.name}: image_folder is for JSON/JSONL tasks; {spec.path.name} holds its images"

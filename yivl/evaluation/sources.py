@@ -22,6 +22,7 @@ from yivl.data.image_files import (
     read_image_file,
     resolve_image_path,
 )
+from yivl.data.records import DEFAULT_MAX_RECORD_BYTES, RecordFile
 from yivl.errors import YivlError
 
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
@@ -84,12 +85,16 @@ DEFAULT_IMAGE_FILES = ImageFiles()
 
 
 def read_task_file(
-    path: str | Path, limit: int | None = None, images: ImageFiles = DEFAULT_IMAGE_FILES
+    path: str | Path,
+    limit: int | None = None,
+    images: ImageFiles = DEFAULT_IMAGE_FILES,
+    max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES,
 ) -> list[RawRecord]:
     """Records of a JSONL file, a JSON array file, a ``.tar`` shard or a folder of shards, in order.
 
-    ``limit`` keeps the first N records. Missing or malformed files, non-object records, duplicate
-    ids and missing image files raise a one-line YivlError naming the file and line.
+    ``limit`` keeps the first N records. Missing or malformed files, non-object records, records over
+    ``max_record_bytes`` (refused from their size, unread), duplicate ids and missing image files raise
+    a one-line YivlError naming the file and line.
     """
     path = Path(path).expanduser()
     if not path.exists():
@@ -100,11 +105,11 @@ def read_task_file(
             raise YivlError(
                 f"{path} holds no .tar shards; give a JSONL file or a folder of WebDataset shards"
             )
-        records = [r for shard in shards for r in _read_shard(shard, images)]
+        records = [r for shard in shards for r in _read_shard(shard, images, max_record_bytes)]
     elif path.suffix == ".tar":
-        records = _read_shard(path, images)
+        records = _read_shard(path, images, max_record_bytes)
     else:
-        records = _read_json_lines(path, images)
+        records = _read_json_lines(path, images, max_record_bytes)
     if not records:
         raise YivlError(f"{path} holds no records; add one JSON object per line")
     return finish_records(records, limit)
@@ -119,24 +124,30 @@ def finish_records(records: list[RawRecord], limit: int | None) -> list[RawRecor
     return records
 
 
-def _read_json_lines(path: Path, images: ImageFiles) -> list[RawRecord]:
-    """JSONL (one object per line, blank lines skipped) or a JSON array (LLaVA training files)."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError:
-        raise YivlError(f"{path} is not UTF-8 text; give a JSONL file") from None
-    except OSError as err:
-        raise YivlError(f"cannot read {path} ({err.strerror})") from None
-    if path.suffix == ".json" and text.lstrip().startswith("["):
-        items = _parse(text, f"{path}")
-        if not isinstance(items, list):
-            raise YivlError(f"{path}: expected a JSON array of records")
-        return [_record(item, f"{path}[{i}]", path.parent, images, i + 1) for i, item in enumerate(items)]
+def _read_json_lines(path: Path, images: ImageFiles, max_record_bytes: int) -> list[RawRecord]:
+    """JSONL (one object per line, blank lines skipped) or a JSON array (LLaVA training files).
+
+    The file is indexed by :class:`~yivl.data.records.RecordFile`, as training reads it: a damaged JSON
+    array is refused with its line and byte offset, and a record is read only once its size is known.
+    """
+    index = RecordFile(path)
+    as_list = index.is_json_list
+    lines = None if as_list else index.line_numbers()
     out = []
-    for number, line in enumerate(text.splitlines(), start=1):
-        if line.strip():
-            data = _parse(line, f"{path}:{number}")
-            out.append(_record(data, f"{path}:{number}", path.parent, images, number))
+    for i in range(len(index)):
+        where = f"{path}[{i}]" if as_list else f"{path}:{lines[i]}"
+        size = int(index.sizes[i])
+        if size > max_record_bytes:
+            raise YivlError(
+                f"{where}: the record is {size} bytes, over max_record_bytes={max_record_bytes}; "
+                "drop it or raise max_record_bytes"
+            )
+        try:
+            text = index.raw(i).decode("utf-8")
+        except UnicodeDecodeError:
+            raise YivlError(f"{where}: not UTF-8 text; re-export the file as UTF-8") from None
+        number = i + 1 if as_list else int(lines[i])
+        out.append(_record(_parse(text, where), where, path.parent, images, number))
     return out
 
 
@@ -194,7 +205,7 @@ def _record_id(data: dict, default: str, where: str) -> str:
     return str(raw)
 
 
-def _read_shard(shard: Path, images: ImageFiles) -> list[RawRecord]:
+def _read_shard(shard: Path, images: ImageFiles, max_record_bytes: int) -> list[RawRecord]:
     """Samples of one WebDataset shard in member order: ``KEY.json`` + optional ``KEY.<image ext>``."""
     samples: dict[str, dict[str, tarfile.TarInfo]] = {}
     try:
@@ -205,17 +216,30 @@ def _read_shard(shard: Path, images: ImageFiles) -> list[RawRecord]:
                 key, _, ext = base.partition(".")
                 prefix = member.name[: len(member.name) - len(base)]
                 samples.setdefault(prefix + key, {})[ext.lower()] = member
-            return [_shard_record(tar, shard, key, parts, images.max_bytes) for key, parts in samples.items()]
+            return [
+                _shard_record(tar, shard, key, parts, images.max_bytes, max_record_bytes)
+                for key, parts in samples.items()
+            ]
     except (tarfile.TarError, OSError) as err:
         raise YivlError(f"{shard} is not a readable tar shard ({err}); rewrite the shard") from None
 
 
 def _shard_record(
-    tar: tarfile.TarFile, shard: Path, key: str, parts: dict[str, tarfile.TarInfo], max_bytes: int
+    tar: tarfile.TarFile,
+    shard: Path,
+    key: str,
+    parts: dict[str, tarfile.TarInfo],
+    max_bytes: int,
+    max_record_bytes: int,
 ) -> RawRecord:
     where = f"{shard}:{key}"
     if "json" not in parts:
         raise YivlError(f"{where}: the sample has no {key}.json record; every sample needs one")
+    if parts["json"].size > max_record_bytes:
+        raise YivlError(
+            f"{where}: {key}.json is {parts['json'].size} bytes, over max_record_bytes={max_record_bytes}; "
+            "drop it or raise max_record_bytes"
+        )
     handle = tar.extractfile(parts["json"])
     data = _parse(handle.read().decode("utf-8", errors="replace"), where) if handle else None
     if not isinstance(data, dict):

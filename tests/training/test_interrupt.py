@@ -21,16 +21,17 @@ from yivl.training.interrupt import resume_command
 from yivl.training.run import train
 
 ROOT = Path(__file__).resolve().parents[2]
-# 2 epochs of 8 optimizer steps; periodic checkpoints out of the way, so only epoch ends write last.ckpt
+# 2 epochs of 24 optimizer steps (enough that Ctrl-C lands mid-run); periodic checkpoints out of the way,
+# so only epoch ends write last.ckpt
 RUN = [
     "trainer.max_epochs=2",
-    "trainer.limit_train_batches=8",
+    "trainer.limit_train_batches=24",
     "trainer.limit_val_batches=0",
     "trainer.log_every_n_steps=1",
     "callbacks.model_checkpoint.every_n_train_steps=1000",
     "export.enabled=false",
 ]
-PROGRESS = re.compile(r"^epoch [12]/2 step (\d+)/16 loss \d+\.\d{4} lr \d\.\d\de-\d\d( tok/s [\d,]+)? eta ")
+PROGRESS = re.compile(r"^epoch [12]/2 step (\d+)/48 loss \d+\.\d{4} lr \d\.\d\de-\d\d( tok/s [\d,]+)? eta ")
 
 
 def logged_steps(run_dir: Path) -> list[int]:
@@ -44,10 +45,10 @@ def saved_weights(ckpt: Path) -> dict[str, torch.Tensor]:
 
 @pytest.fixture(scope="module")
 def straight(tiny_checkpoint: Path, data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
-    """The 16 steps in one go: the weights its final last.ckpt holds."""
+    """The 48 steps in one go: the weights its final last.ckpt holds."""
     out = tmp_path_factory.mktemp("straight")
     result = train(make_train_cfg(tiny_checkpoint, data_dir, out, tuple(RUN)))
-    assert result.trainer.global_step == 16
+    assert result.trainer.global_step == 48
     return saved_weights(out / "checkpoints" / "last.ckpt")
 
 
@@ -58,16 +59,17 @@ def assert_same_weights(got: dict[str, torch.Tensor], want: dict[str, torch.Tens
 
 
 def test_last_ckpt_of_a_finished_epoch_resumes_at_the_next(train_cfg, tmp_path: Path) -> None:
-    """(The weights differ from the straight run's: a 1-epoch run schedules its lr over 8 steps, not 16;
+    """(The weights differ from the straight run's: a 1-epoch run schedules its lr over 24 steps, not 48;
     the Ctrl-C test below checks exactness.)"""
     first = train(train_cfg(*RUN, "trainer.max_epochs=1", out=tmp_path / "a"))
     last = tmp_path / "a" / "checkpoints" / "last.ckpt"
     assert sorted(p.name for p in last.parent.iterdir()) == ["last.ckpt"]
     saved = torch.load(last, map_location="cpu", weights_only=True)
-    assert (saved["epoch"], saved["global_step"], first.trainer.global_step) == (1, 8, 8)  # epochs done
+    assert (saved["epoch"], saved["global_step"], first.trainer.global_step) == (1, 24, 24)  # epochs done
+    assert saved["YiVLDataModule"]["batches_done"] == 0  # of epoch 1, the next one
     resumed = train(train_cfg(*RUN, f"ckpt_path={last}", out=tmp_path / "b"))
-    assert resumed.trainer.global_step == 16 and resumed.trainer.current_epoch == 2
-    assert logged_steps(tmp_path / "b") == list(range(8, 16))  # only the second epoch ran
+    assert resumed.trainer.global_step == 48 and resumed.trainer.current_epoch == 2
+    assert logged_steps(tmp_path / "b") == list(range(24, 48))  # only the second epoch ran
     assert torch.load(tmp_path / "b" / "checkpoints" / "last.ckpt", weights_only=True)["epoch"] == 2
 
 
@@ -75,7 +77,7 @@ def wait_for(predicate, seconds: float) -> None:
     deadline = time.monotonic() + seconds
     while not predicate():
         assert time.monotonic() < deadline, f"gave up after {seconds} s"
-        time.sleep(0.2)
+        time.sleep(0.05)
 
 
 def test_ctrl_c_saves_last_ckpt_exits_130_and_the_printed_command_resumes(
@@ -102,7 +104,7 @@ def test_ctrl_c_saves_last_ckpt_exits_130_and_the_printed_command_resumes(
         args = [sys.executable, "train.py", *overrides, f"hydra.run.dir={run_dir}"]
         proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=out, stderr=err)
         try:
-            wait_for(lambda: "step 1/16" in stdout.read_text() or proc.poll() is not None, 120)
+            wait_for(lambda: "step 1/48" in stdout.read_text() or proc.poll() is not None, 120)
             proc.send_signal(signal.SIGINT)
             code = proc.wait(timeout=120)
         finally:
@@ -110,7 +112,7 @@ def test_ctrl_c_saves_last_ckpt_exits_130_and_the_printed_command_resumes(
     assert code == 130, stderr.read_text()[-2000:]
     message = stderr.read_text().strip().splitlines()[-1]
     step = int(re.match(r"interrupted at step (\d+); ", message).group(1))
-    assert 1 <= step < 16
+    assert 1 <= step < 48
     command = shlex.join(["python", "train.py", *overrides, f"hydra.run.dir={run_dir}", "ckpt_path=last"])
     assert message == f"interrupted at step {step}; resume with: {command}"
     assert torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == step
@@ -125,7 +127,7 @@ def test_ctrl_c_saves_last_ckpt_exits_130_and_the_printed_command_resumes(
     )
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     lines = [m for m in map(PROGRESS.match, resumed.stdout.splitlines()) if m]
-    assert [int(m.group(1)) for m in lines] == list(range(step + 1, 17))
+    assert [int(m.group(1)) for m in lines] == list(range(step + 1, 49))
     assert_same_weights(saved_weights(run_dir / "checkpoints" / "last.ckpt"), straight)
 
 

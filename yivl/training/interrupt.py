@@ -44,7 +44,8 @@ def hydra_resume_command() -> str:
 
 
 class LastCheckpoint(L.Callback):
-    """Writes ``<dirpath>/last.ckpt`` at each epoch end and, after Ctrl-C, at the next optimizer step."""
+    """Writes ``<dirpath>/last.ckpt`` after each epoch's last batch and, after Ctrl-C, at the next optimizer
+    step."""
 
     def __init__(self, dirpath: str | Path, resume: str) -> None:
         self.path = Path(dirpath) / "last.ckpt"
@@ -72,6 +73,15 @@ class LastCheckpoint(L.Callback):
         stepped = trainer.global_step != self.step_at_batch_start  # not in the middle of accumulation
         if stepped and self.stop_requested(trainer):
             self.stop(trainer)
+        elif self.last_batch_of_epoch(trainer, batch_idx) and not trainer.fast_dev_run:
+            self.save(trainer)
+
+    @staticmethod
+    def last_batch_of_epoch(trainer: L.Trainer, batch_idx: int) -> bool:
+        """Saved here rather than in ``on_train_epoch_end``: there Lightning already counts the next
+        epoch but not yet its batches, and the data position would skip that whole epoch on resume."""
+        progress = trainer.fit_loop.epoch_loop.batch_progress
+        return progress.is_last_batch or batch_idx + 1 >= trainer.num_training_batches
 
     def stop_requested(self, trainer: L.Trainer) -> bool:
         """Whether Ctrl-C reached any rank (all ranks agree, so they save and stop together)."""
@@ -82,10 +92,6 @@ class LastCheckpoint(L.Callback):
     def stop(self, trainer: L.Trainer) -> None:
         self.save(trainer)
         raise Interrupted(f"interrupted at step {trainer.global_step}; resume with: {self.resume}")
-
-    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if not trainer.fast_dev_run and trainer.global_step > 0:
-            self.save(trainer)
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.restore_handler()
@@ -101,6 +107,18 @@ class LastCheckpoint(L.Callback):
         if self.previous_handler is not None:
             signal.signal(signal.SIGINT, self.previous_handler)
             self.previous_handler = None
+
+    def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
+        """Between epochs (a checkpoint at the end of training), the data position names the next epoch
+        but still counts the finished one's batches; resumed, it would skip that whole next epoch."""
+        epochs = trainer.fit_loop.epoch_progress.current
+        if epochs.started != epochs.completed:
+            return
+        fit_loop = checkpoint.get("loops", {}).get("fit_loop", {})
+        loaders = fit_loop.get("state_dict", {}).get("combined_loader", [])
+        for position in [checkpoint.get(type(trainer.datamodule).__qualname__), *loaders]:
+            if isinstance(position, dict) and "batches_done" in position:
+                position["batches_done"] = 0
 
     def save(self, trainer: L.Trainer) -> None:
         trainer.save_checkpoint(self.path, weights_only=False)

@@ -6,7 +6,7 @@ import sys
 from collections.abc import Callable, Mapping, Sequence
 from typing import TypeVar
 
-from yivl.errors import YivlError
+from yivl.errors import Interrupted, YivlError
 
 T = TypeVar("T")
 
@@ -18,11 +18,14 @@ def fail(message: str, code: int = 2) -> None:
 
 
 def run_reporting_errors(fn: Callable[[], T]) -> T:
-    """Run ``fn``; turn a :class:`YivlError` into one line on stderr and exit status 2."""
+    """Run ``fn``; turn a :class:`YivlError` into one line on stderr and exit status 2, Ctrl-C into 130."""
     try:
         return fn()
     except YivlError as exc:
         fail(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+    except Interrupted as exc:
+        print(f"\n{exc}", file=sys.stderr, flush=True)
+        raise SystemExit(130) from None
     except KeyboardInterrupt:
         print("\ninterrupted", file=sys.stderr)
         raise SystemExit(130) from None

@@ -8,3 +8,10 @@ class YivlError(Exception):
 
     Entry points print ``error: <message>`` on one line and exit with status 2; no traceback.
     """
+
+
+class Interrupted(Exception):
+    """A run stopped by Ctrl-C after saving its state; the message says where and how to resume.
+
+    Entry points print the message on one line and exit with status 130.
+    """

@@ -1,8 +1,13 @@
-"""Callbacks: the progress bar, the table of trainable/frozen parameters per module, the PNG loss plot."""
+"""Callbacks: the progress bar (plain progress lines without a terminal), the table of trainable/frozen
+parameters per module, the PNG loss plot."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import math
+import sys
+import time
+from collections.abc import Iterable, Mapping
+from datetime import timedelta
 from pathlib import Path
 
 import lightning as L
@@ -48,7 +53,39 @@ def render_param_table(rows: Iterable[tuple[str, int, int]]) -> Table:
 
 
 class ProgressBar(RichProgressBar):
-    """Rich progress bar showing loss, learning rate (scientific notation) and tokens/s (integer)."""
+    """Rich progress bar showing loss, learning rate (scientific notation) and tokens/s (integer).
+
+    When stdout is not a terminal (nohup, SLURM) rich draws the bar only at epoch end, so a plain line
+    (:func:`progress_line`) is printed every ``log_every_s`` seconds as well.
+    """
+
+    def __init__(self, leave: bool = False, log_every_s: float = 30.0) -> None:
+        super().__init__(leave=leave)
+        self.log_every_s = log_every_s
+        self.plain_lines = not sys.stdout.isatty()
+        self.started = (0.0, 0)  # (time, optimizer step) when this process started training
+        self.last_line = 0.0
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        super().on_train_start(trainer, pl_module)
+        self.started = (time.monotonic(), trainer.global_step)
+        self.last_line = self.started[0]
+
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx
+    ) -> None:
+        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+        now = time.monotonic()
+        if not self.plain_lines or not trainer.is_global_zero or now - self.last_line < self.log_every_s:
+            return
+        self.last_line = now
+        start, start_step = self.started
+        done = trainer.global_step - start_step
+        total = trainer.estimated_stepping_batches
+        eta = (now - start) / done * (total - trainer.global_step) if done and math.isfinite(total) else None
+        epochs = (trainer.current_epoch + 1, trainer.max_epochs)
+        line = progress_line(epochs, (trainer.global_step, total), trainer.progress_bar_metrics, eta)
+        print(line, flush=True)
 
     def get_metrics(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict:
         items = super().get_metrics(trainer, pl_module)
@@ -58,6 +95,21 @@ class ProgressBar(RichProgressBar):
         if "tok/s" in items:
             items["tok/s"] = f"{float(items['tok/s']):,.0f}"
         return items
+
+
+def progress_line(
+    epochs: tuple[int, int | None], steps: tuple[int, float], metrics: Mapping, eta_s: float | None
+) -> str:
+    """``epoch 1/8 step 120/2000 loss 2.3456 lr 4.90e-04 tok/s 1,234 eta 0:07:45`` (unknowns left out)."""
+    (epoch, max_epochs), (step, total) = epochs, steps
+    parts = [f"epoch {epoch}/{max_epochs}" if max_epochs and max_epochs > 0 else f"epoch {epoch}"]
+    parts.append(f"step {step}/{int(total)}" if math.isfinite(total) else f"step {step}")
+    for key, label, fmt in (("train/loss", "loss", ".4f"), ("lr", "lr", ".2e"), ("tok/s", "tok/s", ",.0f")):
+        if key in metrics:
+            parts.append(f"{label} {float(metrics[key]):{fmt}}")
+    if eta_s is not None:
+        parts.append(f"eta {timedelta(seconds=round(eta_s))}")
+    return " ".join(parts)
 
 
 class ParamTable(L.Callback):

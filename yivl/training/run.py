@@ -28,6 +28,7 @@ from yivl.training.checkpointing import check_same_run, peek_meta, run_meta
 from yivl.training.checks import check_config
 from yivl.training.data import ModelInputs, build_datamodule, model_inputs
 from yivl.training.export import check_export_dir, export_checkpoint, export_trained
+from yivl.training.interrupt import LastCheckpoint, hydra_resume_command
 from yivl.training.launch import use_job_subprocess_command
 from yivl.training.module import YiVLModule
 from yivl.training.report import print_config, quiet_lightning_logging
@@ -99,7 +100,9 @@ def train(cfg: DictConfig) -> Trained:
     inputs = model_inputs(base, vit_dir, config, plan["image_size"])
     datamodule = build_datamodule(cfg.data, inputs)
     has_val = bool(datamodule.val_sources)
-    trainer = build_trainer(plain, accelerator, precision, val_callbacks(val_task, inputs, base, has_val))
+    last = LastCheckpoint(Path(plain["paths"]["output_dir"]) / "checkpoints", hydra_resume_command())
+    callbacks = [*val_callbacks(val_task, inputs, base, has_val), last]
+    trainer = build_trainer(plain, accelerator, precision, callbacks)
     ckpt_path = resolve_ckpt_path(plain, run_meta(plan, config))
     module = YiVLModule(**plan)
     try:

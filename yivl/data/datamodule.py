@@ -297,8 +297,12 @@ class YiVLDataModule(L.LightningDataModule):
         """The data position: epoch and batches of it already trained (saved in Lightning checkpoints)."""
         world, _ = self._ranks()
         if self._trainer is not None:
+            fit = self._trainer.fit_loop
             epoch = self._trainer.current_epoch
-            done = self._trainer.fit_loop.epoch_loop.batch_progress.current.processed
+            # between epochs (a checkpoint at an epoch's end or the end of training) the epoch already
+            # names the next one, while the batch counter still holds the finished one's batches
+            between = fit.epoch_progress.current.started == fit.epoch_progress.current.completed
+            done = 0 if between else fit.epoch_loop.batch_progress.current.processed
         else:
             loader = self._train_loader
             epoch, done = (loader.epoch, loader.batches_yielded) if loader is not None else (0, 0)

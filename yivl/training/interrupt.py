@@ -108,17 +108,5 @@ class LastCheckpoint(L.Callback):
             signal.signal(signal.SIGINT, self.previous_handler)
             self.previous_handler = None
 
-    def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
-        """Between epochs (a checkpoint at the end of training), the data position names the next epoch
-        but still counts the finished one's batches; resumed, it would skip that whole next epoch."""
-        epochs = trainer.fit_loop.epoch_progress.current
-        if epochs.started != epochs.completed:
-            return
-        fit_loop = checkpoint.get("loops", {}).get("fit_loop", {})
-        loaders = fit_loop.get("state_dict", {}).get("combined_loader", [])
-        for position in [checkpoint.get(type(trainer.datamodule).__qualname__), *loaders]:
-            if isinstance(position, dict) and "batches_done" in position:
-                position["batches_done"] = 0
-
     def save(self, trainer: L.Trainer) -> None:
         trainer.save_checkpoint(self.path, weights_only=False)

@@ -104,15 +104,15 @@ def run(args: argparse.Namespace) -> int:
             f"{err}; {journal.next_index} of {total} records are committed in {journal.next_shard} "
             f"complete shards; resume with: {rerun_command(args)}"
         ) from None
-    extra = {"duplicate_ids": ids.summary()}
-    status = finish(args.out, journal, total, keys_are_indices=True, extra=extra)
-    # after the manifest and rejects are on disk, so a refused conversion loses nothing
-    reject_check(manifest_tally(json.loads((args.out / "manifest.json").read_text())), args, str(args.input))
-    return status
+    return finish(args, journal, total, keys_are_indices=True, extra={"duplicate_ids": ids.summary()})
 
 
-def finish(out_dir: Path, journal, total: int, keys_are_indices: bool, extra: dict | None = None) -> int:
-    """Write the manifest, verify the output on disk, print the summary; exit status 0 when reconciled."""
+def finish(
+    args: argparse.Namespace, journal, total: int, keys_are_indices: bool, extra: dict | None = None
+) -> int:
+    """Write the manifest, verify the output on disk, print the summary, then apply the reject rule
+    (after everything is on disk, so a refused run loses nothing); exit status 0 when reconciled."""
+    out_dir = args.out
     manifest = build_manifest(journal, total, extra)
     problems = verify_output(out_dir, manifest, keys_are_indices)
     write_manifest(out_dir, manifest)
@@ -121,4 +121,5 @@ def finish(out_dir: Path, journal, total: int, keys_are_indices: bool, extra: di
         console.print(f"[red]problem:[/] {problem}")
     if ok and os.environ.get("YIVL_DATA_TOOLS_QUIET") is None:
         console.print(f"manifest: {out_dir / 'manifest.json'}; rejects: {out_dir / 'rejects.jsonl'}")
+    reject_check(manifest_tally(manifest), args, str(args.input))
     return 0 if ok else 1

@@ -29,7 +29,7 @@ from data_tools.journal import open_output
 from data_tools.model import ModelSpec
 from data_tools.parallel import ordered_map
 from data_tools.process import prepare_image
-from data_tools.report import console, manifest_tally, reasons_table
+from data_tools.report import console, reasons_table
 from data_tools.sequence import Outcome, ShardSequence
 from yivl.data.image_files import DEFAULT_MAX_IMAGE_BYTES
 from yivl.data.images import DEFAULT_MAX_PIXELS
@@ -171,10 +171,7 @@ def run(args: argparse.Namespace) -> int:
         sequence.finish(total)
     extra = {"img2dataset_successes": _reported_successes(shards)}
     _note_successes(extra["img2dataset_successes"], total)
-    status = finish(args.out, journal, total, keys_are_indices=False, extra=extra)
-    # after the manifest and rejects are on disk, so a refused run loses nothing
-    reject_check(manifest_tally(json.loads((args.out / "manifest.json").read_text())), args, args.input)
-    return status
+    return finish(args, journal, total, keys_are_indices=False, extra=extra)
 
 
 def _check(shards: list[Path], filters: Filters, model: ModelSpec | None, args: argparse.Namespace) -> int:

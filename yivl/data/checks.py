@@ -8,11 +8,13 @@ masking stay in :mod:`yivl.data.chat`; role names are normalised by its ``normal
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from yivl.constants import IMAGE_PLACEHOLDER
 from yivl.data.chat import normalize_role
 from yivl.data.formats import DEFAULT_IMAGE_TOKENS
+from yivl.data.image_files import resolve_image_path
 from yivl.data.reasons import SampleRejected
 from yivl.errors import YivlError
 
@@ -31,6 +33,13 @@ def record_image(record: dict, where: str) -> str | None:
     if not image.strip():
         raise SampleRejected("image_missing", f"{where}: `image` is an empty string")
     return image
+
+
+def record_image_path(record: dict, folder: str | Path, where: str, allow_outside: bool) -> Path | None:
+    """The record's image file resolved inside ``folder`` (``image_outside_folder`` otherwise, unless
+    ``allow_outside``); None for a text-only record. Nothing is opened."""
+    image = record_image(record, where)
+    return resolve_image_path(folder, image, where, allow_outside) if image else None
 
 
 def _turn_roles(conversations: list, where: str) -> list[str]:

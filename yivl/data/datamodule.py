@@ -28,7 +28,7 @@ from yivl.data.collate import Collator
 from yivl.data.encode import SampleEncoder
 from yivl.data.formats import DEFAULT_IMAGE_TOKENS
 from yivl.data.formats import image_tokens as accepted_image_tokens
-from yivl.data.guard import DEFAULT_MAX_REJECT_FRACTION, RejectGuard, checked_fraction, reject_problem
+from yivl.data.guard import DEFAULT_MAX_REJECT_FRACTION, RejectGuard, checked_fraction
 from yivl.data.image_files import DEFAULT_MAX_IMAGE_BYTES
 from yivl.data.images import DEFAULT_MAX_PIXELS, ImageProcessor
 from yivl.data.loaders import MapDataLoader, StreamDataLoader
@@ -227,9 +227,7 @@ class YiVLDataModule(L.LightningDataModule):
             sum(tally.repaired.values()),
             describe(tally.repaired),
         )
-        problem = reject_problem(tally, guard.max_fraction, guard.name, "data.max_reject_fraction")
-        if problem:
-            raise YivlError(problem)
+        guard.judge(tally)
 
     def _batches_per_epoch(self, sources: list, samples: int | None, batch_size: int) -> int | None:
         world, _ = self._ranks()

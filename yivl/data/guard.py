@@ -65,8 +65,11 @@ class RejectGuard:
     def check(self, final: bool = False) -> None:
         """Raise YivlError when the rule fails; before the end only once ``MIN_SEEN`` samples were seen."""
         tally = self.skips.tally()
-        if not final and tally.total < MIN_SEEN:
-            return
+        if final or tally.total >= MIN_SEEN:
+            self.judge(tally)
+
+    def judge(self, tally: Tally) -> None:
+        """Raise the rule's one-line YivlError when ``tally`` (any counts of this source) fails it."""
         problem = reject_problem(tally, self.max_fraction, self.name, "data.max_reject_fraction")
         if problem:
             raise YivlError(problem)

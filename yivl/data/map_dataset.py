@@ -8,11 +8,11 @@ from pathlib import Path
 import numpy as np
 from torch.utils.data import Dataset, DistributedSampler
 
-from yivl.data.checks import record_image
+from yivl.data.checks import record_image_path
 from yivl.data.collate import Sample
 from yivl.data.encode import SampleEncoder, encode_counted
 from yivl.data.guard import RejectGuard
-from yivl.data.image_files import check_image_file, resolve_image_path
+from yivl.data.image_files import check_image_file
 from yivl.data.reasons import SampleRejected, SkipCounter, Tally
 from yivl.data.records import DEFAULT_MAX_RECORD_BYTES, RecordFile
 from yivl.errors import YivlError
@@ -68,11 +68,10 @@ class ConversationDataset(Dataset):
             raise RuntimeError("call bind() with a SampleEncoder before reading samples")
         key = f"{self.records.path.name}:{index}"
         record = self.records.record(index)
-        return self.encoder.encode(record, self._image_path(record_image(record, key), key), key)
+        return self.encoder.encode(record, self._image_path(record, key), key)
 
-    def _image_path(self, image: str | None, key: str) -> Path | None:
-        """The record's image file, resolved and contained in the image folder (``image_outside_folder``)."""
-        return resolve_image_path(self.image_folder, image, key, self.allow_outside) if image else None
+    def _image_path(self, record: dict, key: str) -> Path | None:
+        return record_image_path(record, self.image_folder, key, self.allow_outside)
 
     def survey(self, limit: int = SURVEY_RECORDS) -> Tally:
         """Check up to ``limit`` records spread evenly over the file, text and image file existence
@@ -85,7 +84,7 @@ class ConversationDataset(Dataset):
             has_image = bool(self.records.has_image[i])
             try:
                 text = self.encoder.encode_text(self.records.record(int(i)), key)
-                path = self._image_path(text.image, key)
+                path = self._image_path(text.record, key)
                 if path is not None:
                     check_image_file(path, key, self.encoder.max_image_bytes)
             except SampleRejected as err:
@@ -99,7 +98,7 @@ class ConversationDataset(Dataset):
         has_image = bool(self.records.has_image[i])
         try:
             record = self.records.record(i)
-            path = self._image_path(record_image(record, key), key)
+            path = self._image_path(record, key)
         except SampleRejected as err:
             self.skips.add(err.reason, str(err), has_image)
             return None

@@ -19,8 +19,7 @@ import torch
 import webdataset as wds
 
 from yivl.constants import IMAGE_PLACEHOLDER
-from yivl.data.checks import record_image
-from yivl.data.image_files import resolve_image_path
+from yivl.data.checks import record_image_path
 from yivl.data.reasons import SampleRejected, SkipCounter
 from yivl.data.records import DEFAULT_MAX_RECORD_BYTES, RecordFile, parse_record
 from yivl.data.shards import expand_shards, image_member
@@ -149,10 +148,7 @@ class JsonSource(StreamSource):
             key = f"{self.records.path.name}:{i}"
             try:
                 record = self.records.record(i)
-                image = record_image(record, key)
-                path = (
-                    resolve_image_path(self.image_folder, image, key, self.allow_outside) if image else None
-                )
+                path = record_image_path(record, self.image_folder, key, self.allow_outside)
             except SampleRejected as err:
                 skips.add(err.reason, str(err))
                 continue

@@ -339,3 +339,21 @@ def test_bad_batch_settings_are_one_line(tmp_path: Path, engine: Engine, overrid
         run_batch(infer_cfg(f"batch.input={src}", override), engine, GREEDY)
     with pytest.raises(YivlError, match="is the input file"):
         run_batch(infer_cfg(f"batch.input={src}", f"batch.output={src}"), engine, GREEDY)
+
+
+def test_batch_images_are_read_bounded_and_only_from_regular_files(tmp_path: Path, engine: Engine) -> None:
+    """A FIFO is refused before it is opened (no hang) and a file over batch.max_image_bytes unread."""
+    import os
+
+    (tmp_path / "shapes.png").write_bytes(IMAGE.read_bytes())
+    os.mkfifo(tmp_path / "fifo.png")
+    with open(tmp_path / "big.png", "wb") as f:
+        f.truncate(1 << 30)  # sparse: refused from its size
+    src = tmp_path / "q.jsonl"
+    names = ["shapes.png", "fifo.png", "big.png"]
+    src.write_text("".join(json.dumps({"image": n, "question": "What is it?"}) + "\n" for n in names))
+    run_batch(infer_cfg(f"batch.input={src}", "batch.max_image_bytes=100000000"), engine, GREEDY)
+    rows = read_answers(tmp_path / "q.answers.jsonl")
+    assert [r.get("reason") for r in rows] == [None, "image_unreadable", "image_unreadable"]
+    assert "is a FIFO" in rows[1]["error"]
+    assert "over max_image_bytes=100000000" in rows[2]["error"]

@@ -21,6 +21,7 @@ from omegaconf import DictConfig
 from PIL import Image
 
 from yivl.data.chat import Turn
+from yivl.data.image_files import read_image_file
 from yivl.data.images import load_image
 from yivl.errors import YivlError
 from yivl.models.generation import GenerationSettings
@@ -69,6 +70,7 @@ class BatchOptions:
     batch_size: int
     max_record_bytes: int
     allow_images_outside_folder: bool
+    max_image_bytes: int
 
 
 def batch_options(cfg: DictConfig) -> BatchOptions:
@@ -83,7 +85,7 @@ def batch_options(cfg: DictConfig) -> BatchOptions:
     folder = Path(batch.image_folder).expanduser() if batch.image_folder else src.parent
     if not folder.is_dir():
         raise YivlError(f"batch.image_folder={batch.image_folder} is not a folder; give the images' folder")
-    for key in ("batch_size", "max_record_bytes"):
+    for key in ("batch_size", "max_record_bytes", "max_image_bytes"):
         if not isinstance(batch[key], int) or batch[key] < 1:
             raise YivlError(f"batch.{key}={batch[key]!r} must be an integer >= 1")
     return BatchOptions(
@@ -93,6 +95,7 @@ def batch_options(cfg: DictConfig) -> BatchOptions:
         batch.batch_size,
         batch.max_record_bytes,
         bool(batch.allow_images_outside_folder),
+        batch.max_image_bytes,
     )
 
 
@@ -188,7 +191,7 @@ def prepare(lineno: int, raw: bytes | None, engine: Engine, opts: BatchOptions) 
         image: Image.Image | None = None
         if record.get("image") is not None:
             row.result["image"] = record["image"]
-            image = _load(image_path(record["image"], opts), engine)
+            image = _load(image_path(record["image"], opts), engine, opts.max_image_bytes)
         row.request = Request([Turn("human", record["question"])], image=image)
         _check_prompt(engine, row.request)
     except RecordError as exc:
@@ -197,9 +200,10 @@ def prepare(lineno: int, raw: bytes | None, engine: Engine, opts: BatchOptions) 
     return row
 
 
-def _load(path: Path, engine: Engine) -> Image.Image:
+def _load(path: Path, engine: Engine, max_bytes: int) -> Image.Image:
+    """The image, read as the data tools read one: a regular file of at most ``max_bytes``, unblocking."""
     try:
-        return load_image(path, max_pixels=engine.max_image_pixels)
+        return load_image(read_image_file(path, str(path), max_bytes), max_pixels=engine.max_image_pixels)
     except YivlError as exc:
         raise RecordError("image_unreadable", str(exc)) from None
 

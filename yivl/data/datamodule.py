@@ -333,8 +333,3 @@ class YiVLDataModule(L.LightningDataModule):
     def repair_counts(self) -> dict[str, int]:
         """Training samples repaired so far (still used), by repair, summed over all workers."""
         return self.skips.repair_counts()
-
-    @property
-    def stats(self) -> dict[str, int]:
-        """Same as :meth:`skip_counts` (training samples dropped, by reason)."""
-        return self.skip_counts()

@@ -144,7 +144,6 @@ class LengthGroupedSampler(DistributedSampler):
         self.lengths = None if lengths is None else np.asarray(lengths)
         self.size = size
         self.batch_size = int(batch_size)
-        self.drop_last_batch = drop_last
         global_batch = self.batch_size * num_replicas
         n_batches = size // global_batch if drop_last else math.ceil(size / global_batch)
         if n_batches == 0:

@@ -163,13 +163,6 @@ class SkipCounter:
         """Number of skipped samples over all reasons and processes."""
         return sum(self.counts().values())
 
-    def reset(self) -> None:
-        """Set every count back to zero."""
-        with self._counts.get_lock():
-            for array in (self._counts, self._repairs, self._seen):
-                for i in range(len(array)):
-                    array[i] = 0
-
 
 def describe(counts: Mapping[str, int]) -> str:
     """``reason=count`` pairs, largest first, for one log line."""

@@ -47,23 +47,25 @@ def jpeg(colour: tuple[int, int, int], size: tuple[int, int] = (48, 32)) -> byte
     return buf.getvalue()
 
 
-def write_shard(folder: Path, shard_id: int, captions: list[str]) -> list[str]:
-    """One img2dataset shard of red-ish JPEGs with ``captions``; returns the keys."""
+def write_shard(
+    folder: Path, shard_id: int, captions: list[str], size: tuple[int, int] = (48, 32)
+) -> list[str]:
+    """One img2dataset shard of red-ish JPEGs (``size``) with ``captions``; returns the keys."""
     import hashlib
 
     writer = _writer_module().WebDatasetSampleWriter(shard_id, str(folder), True, 5, SCHEMA, "jpg")
     keys = []
     for i, caption in enumerate(captions):
         key = f"{shard_id * 10_000 + i:09d}"  # img2dataset's compute_key with 4 + 5 digits
-        image = jpeg((200, 10 * i % 250, 30))
+        image = jpeg((200, 10 * i % 250, 30), size)
         meta = {
             "url": f"https://example.com/{key}.jpg",
             "caption": caption,
             "key": key,
             "status": "success",
             "error_message": None,
-            "width": 48,
-            "height": 32,
+            "width": size[0],
+            "height": size[1],
             "original_width": 480,
             "original_height": 320,
             "exif": "{}",

@@ -11,7 +11,9 @@ files they name exist (see ``fixtures.py``), with exactly these changes:
 
 Data-making commands run first (``data_tools``), then the others, then the exports and those naming
 ``<run>`` (the quickstart's run folder), each group in the order of the docs; so a workflow (``data_tools
-laion`` -> stage 1 on its shards -> stage 2 from the stage-1 export) runs on its own output.
+laion`` -> stage 1 on its shards -> stage 2 from the stage-1 export) runs on its own output. A command
+that appears twice runs once. They all run in one Python process (``run_commands.py``: the entry points
+executed as ``python`` would, with their own argv and stdin), which saves torch's imports per command.
 """
 
 from __future__ import annotations

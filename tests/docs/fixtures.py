@@ -43,7 +43,8 @@ def copy_project(src: Path, dst: Path) -> None:
 def _laion(folder: Path, shards: int) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     for shard in range(shards):
-        write_shard(folder, shard, [f"a red picture number {shard}-{i}" for i in range(6)])
+        # 72 x 64 px: above the --min-image-side 64 that docs/data.md filters with
+        write_shard(folder, shard, [f"a red picture number {shard}-{i}" for i in range(6)], size=(72, 64))
 
 
 def _conversations(folder: Path, name: str) -> None:

@@ -11,12 +11,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from yivl.constants import IMAGE_TOKEN_INDEX, STOP_STRING
 from yivl.data.chat import (
     Turn,
     build_training_example,
+    expanded_length,
     render_prompt,
     tokenize_prompt,
+    training_text,
     with_image_placeholder,
 )
 from yivl.data.tokenizer import YiTokenizer
@@ -46,12 +47,6 @@ class Prepared:
     skip: dict[str, Any] | None = None
 
 
-def expanded_length(ids: list[int], image_tokens: int) -> int:
-    """Sequence length once each -200 id becomes ``image_tokens`` features."""
-    images = sum(1 for i in ids if i == IMAGE_TOKEN_INDEX)
-    return len(ids) + images * (image_tokens - 1)
-
-
 def render_question(question: str, has_image: bool) -> str:
     """The inference prompt of a single human turn (placeholder first when there is an image)."""
     return render_prompt(with_image_placeholder([Turn("human", question)], has_image))
@@ -66,7 +61,7 @@ def prepare_item(
     if spec.type == "loss":
         assert item.turns is not None
         example = build_training_example(tokenizer, item.turns, sample_id=item.id)
-        out.prompt = render_prompt(item.turns[:-1]) + f" {item.turns[-1].text}\n{STOP_STRING}"
+        out.prompt = training_text(item.turns)
         out.sequences = [(example.input_ids, example.labels)]
         out.length = expanded_length(example.input_ids, image_tokens)
     if spec.generates:

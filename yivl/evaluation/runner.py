@@ -12,6 +12,7 @@ from typing import Any
 import torch
 
 from yivl.checkpoint.load import LoadedModel
+from yivl.data.images import DEFAULT_MAX_PIXELS
 from yivl.data.tokenizer import YiTokenizer
 from yivl.evaluation.items import Item
 from yivl.evaluation.likelihood import pad_sequences, sequence_logprobs
@@ -31,7 +32,7 @@ class RunOptions:
 
     batch_size: int = 8
     num_workers: int = 2
-    max_image_pixels: int = 64_000_000
+    max_image_pixels: int = DEFAULT_MAX_PIXELS
     seed: int = 0
     batch_check: int = 0
 

@@ -31,11 +31,11 @@ from data_tools.parallel import ordered_map
 from data_tools.process import prepare_image
 from data_tools.report import console, reasons_table
 from data_tools.sequence import Outcome, ShardSequence
+from yivl.data.captions import DEFAULT_CAPTION_PROMPTS, caption_record, laion_caption
 from yivl.data.image_files import DEFAULT_MAX_IMAGE_BYTES
 from yivl.data.images import DEFAULT_MAX_PIXELS
 from yivl.data.reasons import SampleRejected, Tally
 from yivl.data.shards import image_member
-from yivl.data.sources import DEFAULT_CAPTION_PROMPTS, caption_record, laion_caption
 from yivl.errors import YivlError
 from yivl.progress import progress_bar
 

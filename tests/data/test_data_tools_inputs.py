@@ -166,7 +166,7 @@ def test_stats_and_inspect_read_caption_shards_as_training_does(
     assert main(["inspect", str(out), "--index", "4", "--model", str(tiny_checkpoint)]) == 0
     shown = capsys.readouterr().out
     assert "scarlet" in shown and "48x32" in shown
-    from yivl.data.sources import DEFAULT_CAPTION_PROMPTS, _stable_hash
+    from yivl.data.captions import DEFAULT_CAPTION_PROMPTS, _stable_hash
 
     prompt = DEFAULT_CAPTION_PROMPTS[_stable_hash("000010001") % len(DEFAULT_CAPTION_PROMPTS)]
     assert prompt in shown

@@ -11,12 +11,15 @@ import io
 import json
 import struct
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
 from yivl.errors import YivlError
+
+if TYPE_CHECKING:  # torch is imported on first use: the data tools' --help must not wait for it
+    import torch
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -254,6 +257,8 @@ class ImageProcessor:
         One fused scale and shift per channel, in place: about 10x faster than the float division
         chain and within 5e-7 of it.
         """
+        import torch
+
         width, height = img.size
         out = torch.empty((3, height, width), dtype=torch.float32)
         for channel, band in enumerate(img.split()):

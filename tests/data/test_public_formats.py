@@ -34,7 +34,7 @@ from yivl.data.shards import read_tar_samples
 from yivl.data.sources import JsonSource
 from yivl.data.streaming import StreamingDataset
 from yivl.errors import YivlError
-from yivl.evaluation.items import build_items
+from yivl.evaluation.registry import build_items
 from yivl.evaluation.sources import read_task_file
 
 ROOT = Path(__file__).resolve().parents[2]

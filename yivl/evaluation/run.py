@@ -23,8 +23,9 @@ from yivl.data.records import DEFAULT_MAX_RECORD_BYTES
 from yivl.errors import YivlError
 from yivl.evaluation.benchmarks import BENCHMARK_OPTIONS
 from yivl.evaluation.checkpoints import describe_checkpoint, load_checkpoint
-from yivl.evaluation.items import Item, build_items
+from yivl.evaluation.items import Item
 from yivl.evaluation.records import SampleWriter, load_records, prepare_output_dir, samples_path
+from yivl.evaluation.registry import build_items, get_type
 from yivl.evaluation.runner import RunOptions, TaskRunner
 from yivl.evaluation.scoring import chance_levels, scored_records, skip_counts, summarize
 from yivl.evaluation.sources import (
@@ -37,10 +38,9 @@ from yivl.evaluation.sources import (
 from yivl.evaluation.summary import TaskResult, write_outputs
 from yivl.evaluation.table_records import read_table
 from yivl.evaluation.tabular import is_table
-from yivl.evaluation.tasks import TaskSpec, canonical_type, parse_tasks
+from yivl.evaluation.tasks import TaskSpec, parse_tasks
 
 OFFLINE_ENV = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE")
-YESNO_TYPES = ("yesno", "mme")
 
 
 @dataclass
@@ -158,11 +158,12 @@ def _read_records(
 
 
 def _check_record_type(spec: TaskSpec, declared: Any, where: str) -> None:
-    """A record's own ``task_type`` (when given) must suit the task (yes/no files serve POPE and MME)."""
+    """A record's own ``task_type`` (when given) must suit the task: its type or one the task's type
+    ``reads`` (yes/no files serve POPE and MME)."""
     if declared is None:
         return
-    kind = canonical_type(str(declared), where)
-    if kind != spec.type and not (kind in YESNO_TYPES and spec.type in YESNO_TYPES):
+    kind = get_type(str(declared), where).name
+    if kind != spec.type and kind not in spec.kind.reads:
         raise YivlError(
             f"{where}: the record's task_type is {declared!r} but task {spec.name} is {spec.type}"
         )

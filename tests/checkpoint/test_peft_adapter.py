@@ -13,7 +13,7 @@ from peft import LoraConfig, PeftModel, get_peft_model
 from safetensors.torch import load_file, save_file
 from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
 
-from tests.checkpoint.helpers import PROMPT, pixels, prompt_logits
+from tests.checkpoint.helpers import PROMPT, pixels, prompt_logits, train_py_hparams
 from tests.checkpoint.peft_adapters import (
     base_llm,
     edit_adapter_config,
@@ -247,13 +247,9 @@ def test_a_deepspeed_folder_is_still_converted(tiny_checkpoint: Path, tmp_path: 
     folder = tmp_path / "last.ckpt"
     (folder / "checkpoint").mkdir(parents=True)
     (folder / "latest").write_text("checkpoint")
-    plan = {
-        "model": {"name": "tiny", "path": str(tiny_checkpoint)},
-        "stage": "3",
-        "image_size": None,
-        "train": {"vision_tower": False, "projector": True, "llm": "full"},
-        "finetune": {"method": "full"},
-    }
+    plan = train_py_hparams(
+        tiny_checkpoint, stage="3", train={"vision_tower": False, "projector": True, "llm": "full"}
+    )
     projector = load_pretrained(tiny_checkpoint).model.mm_projector.state_dict()
     trained = {f"model.mm_projector.{k}": v + 1 for k, v in projector.items()}
     calls = []

@@ -198,6 +198,23 @@ class ImageProcessor:
             raise YivlError(f"{path} must hold a JSON object; fix or restore it")
         return cls(**_processor_kwargs(config, path))
 
+    def settings(self) -> tuple:
+        """(size, resize_size, image_mean, image_std, resample): what decides the pixels."""
+        return (self.size, self.resize_size, self.image_mean, self.image_std, self.resample)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, ImageProcessor) and self.settings() == other.settings()
+
+    def __hash__(self) -> int:
+        return hash(self.settings())
+
+    def __repr__(self) -> str:
+        size, resize, mean, std, resample = self.settings()
+        return (
+            f"ImageProcessor(size={size}, resize_size={resize}, image_mean={mean}, image_std={std}, "
+            f"resample={resample})"
+        )
+
     def save_pretrained(self, vit_dir: str | Path) -> None:
         """Write a ``preprocessor_config.json`` that ``CLIPImageProcessor`` (old and new) loads."""
         config = {
@@ -282,6 +299,17 @@ class ImageProcessor:
             return img
         left, top = (width - self.size) // 2, (height - self.size) // 2
         return img.crop((left, top, left + self.size, top + self.size))
+
+
+def image_processor_for(base: ImageProcessor, size: int) -> ImageProcessor:
+    """``base`` (a model's processor) at ``size`` px: the one way every app sets a run's resolution.
+
+    Mean, std and ``resample`` (bicubic, 3, in the release) are kept; at a new size the resize side
+    equals the crop side, as the released 448 px config has it.
+    """
+    if size == base.size:
+        return base
+    return ImageProcessor(size, base.image_mean, base.image_std, resample=base.resample)
 
 
 def _processor_kwargs(config: dict, path: Path) -> dict:

@@ -67,7 +67,8 @@ def legacy_flag(argv: Sequence[str], flags: Mapping[str, str], script: str) -> N
             continue
         value = inline_value or (argv[i + 1] if i + 1 < len(argv) else "VALUE")
         raise YivlError(
-            f"{script} takes Hydra overrides, not flags: write {flags[flag]}={value} instead of {flag} {value}"
+            f"{script} takes Hydra overrides, not flags: write {flags[flag]}={value} "
+            f"instead of {flag} {value}"
         )
 
 
@@ -125,7 +126,7 @@ def unknown_key(args: Sequence[str], entry: EntryPoint) -> str | None:
     for arg in args:
         try:
             parsed = parser.parse_override(arg)
-        except Exception:  # noqa: BLE001 - a malformed override is Hydra's to report, in its words
+        except Exception:  # a malformed override or config is for Hydra to report, in its words
             return None
         key = parsed.key_or_group
         if parsed.is_add() or parsed.is_force_add() or parsed.is_delete() or parsed.package is not None:
@@ -158,7 +159,7 @@ def _composed(entry: EntryPoint, groups: list[str]) -> dict | None:
     try:
         with initialize_config_dir(str(entry.config_dir), version_base="1.3"):
             cfg = compose(entry.config_name, overrides=groups)
-    except Exception:  # noqa: BLE001 - whatever stops composition here, Hydra reports it next
+    except Exception:  # a malformed override or config is for Hydra to report, in its words
         return None
     return OmegaConf.to_container(cfg, resolve=False)
 

@@ -20,11 +20,11 @@ from typing import IO
 from omegaconf import DictConfig
 from PIL import Image
 
+from yivl.config.schema import check
+from yivl.config.schemas import INFER
 from yivl.data.chat import Turn
 from yivl.data.image_files import read_image_file
 from yivl.data.images import load_image
-from yivl.config.schema import check
-from yivl.config.schemas import INFER
 from yivl.errors import YivlError
 from yivl.models.generation import GenerationSettings
 from yivl.progress import progress_bar

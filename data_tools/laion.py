@@ -146,7 +146,7 @@ def run(args: argparse.Namespace) -> int:
     if args.check:
         return _check(shards, filters, model, args)
     if args.out is None:
-        raise YivlError("pass --out DIR for the filtered shards, or --check to only report")
+        raise YivlError("pass --output-dir DIR for the filtered shards, or --check to only report")
     params = {
         "tool": "laion",
         "version": 1,

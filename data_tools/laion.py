@@ -2,7 +2,7 @@
 
 Every input sample is written (image bytes passed through when already RGB JPEG/PNG) or rejected with a
 reason: unreadable shard, no image, no caption, caption length, corrupt or too large or too small image,
-and (with ``--model``) too long once the caption becomes a conversation. ``--check`` only reports.
+and (with ``--model-path``) too long once the caption becomes a conversation. ``--check`` only reports.
 Interrupted, the same command resumes; ``*_stats.json`` successes are compared with what was read.
 """
 

@@ -77,7 +77,7 @@ def checkpoint_kind(path: Path) -> str:
         raise YivlError(
             f"{path} is neither a published-layout model (no config.json), an adapter export (no "
             f"{ADAPTER_META}), a peft adapter (no adapter_config.json) nor a DeepSpeed checkpoint; "
-            "point checkpoint= at one of them"
+            "point model.path= at one of them"
         )
     return "lightning"
 

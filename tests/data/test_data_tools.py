@@ -85,7 +85,16 @@ def test_resume_after_kill_equals_uninterrupted(
     stage: str, reference: Path, good: Path, tiny_checkpoint: Path, tmp_path: Path
 ) -> None:
     out = tmp_path / "out"
-    argv = ["convert", str(good), "--output-dir", str(out), "--model-path", str(tiny_checkpoint), "--processes", "1"]
+    argv = [
+        "convert",
+        str(good),
+        "--output-dir",
+        str(out),
+        "--model-path",
+        str(tiny_checkpoint),
+        "--processes",
+        "1",
+    ]
     argv += ["--max-pixels", str(MAX_PIXELS), "--max-length", str(MAX_LENGTH), "--max-samples", "7"]
     child = mp.get_context("fork").Process(target=_crashing_convert, args=(argv, stage))
     child.start()
@@ -210,7 +219,14 @@ def test_user_errors_are_one_line(tmp_path: Path, tiny_checkpoint: Path, capsys)
         assert err.value.code == 2
         message = capsys.readouterr().err
         assert message.startswith("error: ") and message.count("\n") == 1, message
-    missing = ["convert", str(tmp_path / "missing.jsonl"), "--output-dir", str(tmp_path / "o"), "--model-path", "m"]
+    missing = [
+        "convert",
+        str(tmp_path / "missing.jsonl"),
+        "--output-dir",
+        str(tmp_path / "o"),
+        "--model-path",
+        "m",
+    ]
     proc = subprocess.run(
         [sys.executable, "-m", "data_tools", *missing], cwd=ROOT, capture_output=True, text=True
     )

@@ -44,7 +44,10 @@ def test_duplicate_ids_are_counted_and_the_records_written(tmp_path: Path, tiny_
     out = " ".join(capsys.readouterr().out.split())  # rich wraps long lines
     assert "10 records: 10 usable, 0 rejected" in out
     assert "duplicate ids: 4 (e.g. '1', '000000033471', 7, 'oc-9'); those records are still used" in out
-    assert main(["convert", str(path), "--output-dir", str(tmp_path / "out"), *_model_args(tiny_checkpoint)]) == 0
+    assert (
+        main(["convert", str(path), "--output-dir", str(tmp_path / "out"), *_model_args(tiny_checkpoint)])
+        == 0
+    )
     manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
     assert manifest["records"] == {"input": 10, "written": 10, "rejected": 0, "repaired": 0}
     assert manifest["duplicate_ids"] == {"count": 4, "examples": ["1", "000000033471", 7, "oc-9"]}

@@ -214,7 +214,15 @@ def test_a_sample_over_the_shard_limit_is_rejected_not_given_a_shard(
     src.write_text("".join(json.dumps(r) + "\n" for r in records))
     out = tmp_path / "out"
     assert (
-        _tool("convert", str(src), "--output-dir", str(out), "--max-bytes", "16K", *_model_args(tiny_checkpoint, 1))
+        _tool(
+            "convert",
+            str(src),
+            "--output-dir",
+            str(out),
+            "--max-bytes",
+            "16K",
+            *_model_args(tiny_checkpoint, 1),
+        )
         == 0
     )
     (reject,) = map(json.loads, (out / "rejects.jsonl").read_text().splitlines())

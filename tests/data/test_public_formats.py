@@ -136,7 +136,16 @@ def test_an_unknown_token_is_rejected_with_the_fix_and_accepted_once_listed(toke
 
 
 def _convert(path: Path, images: Path, out: Path, model: Path, *extra: str) -> int:
-    argv = ["convert", str(path), "--image-folder", str(images), "--output-dir", str(out), "--model-path", str(model)]
+    argv = [
+        "convert",
+        str(path),
+        "--image-folder",
+        str(images),
+        "--output-dir",
+        str(out),
+        "--model-path",
+        str(model),
+    ]
     return main([*argv, "--processes", "1", *extra])
 
 
@@ -213,7 +222,14 @@ def test_all_image_records_rejected_is_an_error_whatever_the_fraction(
     public, tiny_checkpoint: Path, capsys
 ) -> None:
     path, folder = public["mix665k"]
-    argv = ["validate", str(path), "--image-folder", str(folder / "nowhere"), "--model-path", str(tiny_checkpoint)]
+    argv = [
+        "validate",
+        str(path),
+        "--image-folder",
+        str(folder / "nowhere"),
+        "--model-path",
+        str(tiny_checkpoint),
+    ]
     with pytest.raises(SystemExit) as stop:
         main([*argv, "--processes", "1", "--max-reject-fraction", "1"])
     assert stop.value.code == 2

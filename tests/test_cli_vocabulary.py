@@ -253,3 +253,27 @@ def test_nearest_keys_prefer_the_same_name_and_map_old_spellings() -> None:
     assert nearest_keys("zzz", paths, {}) == []
     with pytest.raises(YivlError, match=r"^unknown key 'resumee'; did you mean resume\?$"):
         prepare(["resumee=true"], EVALUATE)
+
+
+def shipped_configs() -> list[tuple[str, list[str]]]:
+    """Every config group option of train.py (with the stage a fine-tune needs), and eval's presets."""
+    found = []
+    for group in ("model", "experiment", "finetune", "strategy", "data", "trainer", "logger", "debug"):
+        for path in sorted((CONFIGS / group).glob("*.yaml")):
+            stage = {"lora": ["experiment=lora"], "qlora": ["experiment=qlora"]}
+            found.append(
+                (
+                    "train",
+                    [f"{group}={path.stem}", *(stage.get(path.stem, []) if group == "finetune" else [])],
+                )
+            )
+    found += [
+        ("train", [f"experiment={p.stem}", "model=yi_vl_6b"])
+        for p in sorted((CONFIGS / "experiment").glob("*.yaml"))
+    ]
+    return [*found, ("eval", []), ("eval", ["eval=synthetic"]), ("infer", [])]
+
+
+@pytest.mark.parametrize(("name", "overrides"), shipped_configs())
+def test_every_shipped_config_fits_its_schema(name: str, overrides: list[str]) -> None:
+    validate(composed(name, *overrides), name)

@@ -94,9 +94,7 @@ def lookup(cfg: Any, key: str) -> Any:
     """``cfg``'s value at dotted ``key`` (a Mapping or DictConfig), or ``_ABSENT``."""
     node = cfg
     for part in key.split("."):
-        if not isinstance(node, Mapping) and not hasattr(node, "keys"):
-            return _ABSENT
-        if part not in node:
+        if not isinstance(node, Mapping) or part not in node:
             return _ABSENT
         node = node[part]
     return node

@@ -56,7 +56,7 @@ _DATA = {
 }
 
 _TRAINER = {
-    "trainer.accelerator": Choice("auto", "cpu", "gpu", "cuda", "mps", "tpu"),
+    "trainer.accelerator": Choice("auto", "cpu", "gpu", "cuda", "mps", "tpu", "xla", "hpu"),
     "trainer.num_nodes": COUNT,
     "trainer.precision": Choice(*PRECISIONS),
     "trainer.min_epochs": Int(0, null=True),

@@ -10,10 +10,9 @@ from __future__ import annotations
 import argparse
 import re
 import sys
-from collections.abc import MutableMapping
 from typing import Any
 
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
 from yivl.errors import YivlError
 
@@ -30,7 +29,7 @@ OLD_FLAGS = {"--model": "--model-path", "--base-model": "--model-base", "--out":
 # train.py speaks evaluate.py's names too: device= and dtype= pick the trainer's accelerator and
 # precision, output_dir= the run folder (Hydra's, since Hydra creates it before the run starts).
 ACCELERATORS = {"auto": "auto", "cpu": "cpu", "cuda": "gpu", "gpu": "gpu", "mps": "mps"}
-PRECISIONS = {
+DTYPE_PRECISIONS = {
     "auto": "auto",
     "float32": "32-true",
     "fp32": "32-true",
@@ -57,11 +56,11 @@ def train_device(value: str, multirun: bool) -> list[str]:
 
 
 def train_dtype(value: str, multirun: bool) -> list[str]:
-    if value not in PRECISIONS:
+    if value not in DTYPE_PRECISIONS:
         raise YivlError(
-            f"dtype={value}: use one of {', '.join(PRECISIONS)} (or set trainer.precision= itself)"
+            f"dtype={value}: use one of {', '.join(DTYPE_PRECISIONS)} (or set trainer.precision= itself)"
         )
-    return [f"trainer.precision={PRECISIONS[value]}"]
+    return [f"trainer.precision={DTYPE_PRECISIONS[value]}"]
 
 
 TRAIN_SYNONYMS = {"output_dir": train_output_dir, "device": train_device, "dtype": train_dtype}
@@ -72,7 +71,7 @@ def note(old: str, new: str) -> None:
     print(f"note: {old} is now {new}", file=sys.stderr, flush=True)
 
 
-def apply_old_keys(cfg: MutableMapping, config_name: str) -> None:
+def apply_old_keys(cfg: DictConfig, config_name: str) -> None:
     """Move each old key's value (when set) to its new key, with a notice; the old key becomes null,
     so a second call changes nothing and says nothing."""
     for old, new in OLD_KEYS.get(config_name, {}).items():
@@ -80,15 +79,8 @@ def apply_old_keys(cfg: MutableMapping, config_name: str) -> None:
         if value is None:
             continue
         note(f"{old}=", f"{new}=")
-        OmegaConf.update(cfg, new, value) if OmegaConf.is_config(cfg) else _set(cfg, new, value)
+        OmegaConf.update(cfg, new, value)
         cfg[old] = None
-
-
-def _set(cfg: MutableMapping, key: str, value: Any) -> None:
-    *parents, last = key.split(".")
-    for part in parents:
-        cfg = cfg[part]
-    cfg[last] = value
 
 
 class OldFlag(argparse.Action):

@@ -2,7 +2,7 @@
 
 Every input sample is written (image bytes passed through when already RGB JPEG/PNG) or rejected with a
 reason: unreadable shard, no image, no caption, caption length, corrupt or too large or too small image,
-and (with ``--model``) too long once the caption becomes a conversation. ``--check`` only reports.
+and (with ``--model-path``) too long once the caption becomes a conversation. ``--check`` only reports.
 Interrupted, the same command resumes; ``*_stats.json`` successes are compared with what was read.
 """
 
@@ -146,7 +146,7 @@ def run(args: argparse.Namespace) -> int:
     if args.check:
         return _check(shards, filters, model, args)
     if args.out is None:
-        raise YivlError("pass --out DIR for the filtered shards, or --check to only report")
+        raise YivlError("pass --output-dir DIR for the filtered shards, or --check to only report")
     params = {
         "tool": "laion",
         "version": 1,

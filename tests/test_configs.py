@@ -13,10 +13,10 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from yivl.config.argv import group_options, unknown_option
 from yivl.errors import YivlError
 from yivl.models.presets import preset
 from yivl.training.checks import check_config
-from yivl.training.options import group_options, unknown_option
 from yivl.training.run import module_plan
 from yivl.training.strategies import build_strategy, deepspeed_config
 from yivl.training.trainer import build_callbacks, build_loggers, resolve_hardware

@@ -1,14 +1,16 @@
 """Export a training result to the published Yi-VL layout, or to a LoRA adapter beside a base model.
 
-    python -m yivl.checkpoint.export SOURCE OUT [--no-merge] [--base-model DIR] [--dtype auto|bfloat16]
+    python -m yivl.checkpoint.export SOURCE OUT [--no-merge] [--model-base DIR] [--dtype auto|bfloat16]
+                                     [--overwrite]
 
 SOURCE is a training checkpoint (``checkpoints/*.ckpt``, or a DeepSpeed checkpoint folder), an adapter
 export (``export.merge=false``), or a plain peft LoRA adapter (``save_pretrained`` of a peft model over
 Yi-VL's LLM or the whole LLaVA-style model; see ``yivl.checkpoint.peft_adapter``), which is merged into
-its base model (``--base-model``, else its local ``base_model_name_or_path``).
+its base model (``--model-base``, else its local ``base_model_name_or_path``). ``--overwrite`` replaces an
+earlier export in OUT (written beside it first, swapped in when complete); anything else in OUT is refused.
 
 A checkpoint holds only the trainable tensors, so the export starts from the base model (recorded in
-the checkpoint; ``--base-model`` overrides it), sets the stage's resolution, injects the LoRA layers if
+the checkpoint; ``--model-base`` overrides it), sets the stage's resolution, injects the LoRA layers if
 the run had them, loads the trained tensors (all of it ``yivl.checkpoint.trained.model_from_plan``), and
 merges the adapters into the weights (LoRA and QLoRA alike: the merge is into the full-precision base).
 
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -28,11 +31,13 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
+from yivl.checkpoint.layout import CONFIG
 from yivl.checkpoint.load import LoadedModel
 from yivl.checkpoint.peft_adapter import is_peft_adapter, load_peft_adapter, read_peft_adapter
 from yivl.checkpoint.plan import RunPlan
 from yivl.checkpoint.save import save_pretrained
 from yivl.checkpoint.trained import ADAPTER_META, ADAPTER_WEIGHTS, TRAINABLES, model_from_plan, read_run
+from yivl.config.vocabulary import add_flag
 from yivl.errors import YivlError
 from yivl.models.lora import adapter_state, is_adapter_param, lora_config, merge_lora
 from yivl.models.yivl import YiVL
@@ -82,14 +87,14 @@ def save_adapter(model: YiVL, plan: RunPlan, out: Path) -> Path:
 
 def _empty_dir(out: Path) -> Path:
     if out.exists() and any(out.iterdir()):
-        raise YivlError(f"export directory {out} is not empty; choose another one")
+        raise YivlError(f"export directory {out} is not empty; choose another one or pass --overwrite")
     out.mkdir(parents=True, exist_ok=True)
     return out
 
 
 def export_peft_adapter(source: Path, out: Path, base_model: Path | None, dtype_name: str) -> Path:
     """Merge a plain peft adapter into its base model and write the published layout to ``out``."""
-    adapter = read_peft_adapter(source, base_model, "--base-model DIR")
+    adapter = read_peft_adapter(source, base_model, "--model-base DIR")
     _empty_dir(out)
     # "auto" keeps the base's stored dtype; the merge itself is computed in fp32 either way
     loaded = load_peft_adapter(adapter, None if dtype_name == "auto" else named_dtype(dtype_name))
@@ -110,6 +115,27 @@ def export_source(source: Path, out: Path, merge: bool, base_model: Path | None,
     return save_merged(loaded, out, dtype)
 
 
+def export_replacing(source: Path, out: Path, merge: bool, base_model: Path | None, dtype: str) -> Path:
+    """``--overwrite``: export beside ``out`` and swap it in when complete; only an earlier export
+    (a published layout or an adapter export) is replaced, never a folder of other files."""
+    if not (out.is_dir() and any(out.iterdir())):
+        return export_source(source, out, merge, base_model, dtype)
+    if not any((out / name).is_file() for name in (CONFIG, ADAPTER_META)):
+        raise YivlError(
+            f"{out} holds no export (no config.json, no {ADAPTER_META}); --overwrite replaces only an "
+            "earlier export: choose another OUT"
+        )
+    staging = out.with_name(f".{out.name}.partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    try:
+        export_source(source, staging, merge, base_model, dtype)
+        shutil.rmtree(out)
+        staging.rename(out)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return out.resolve()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m yivl.checkpoint.export", description=__doc__.splitlines()[0]
@@ -119,22 +145,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         type=Path,
         help="a .ckpt file, a DeepSpeed checkpoint folder, an adapter export or a peft adapter folder",
     )
-    parser.add_argument("out", type=Path, help="output folder (must be empty or absent)")
+    parser.add_argument("out", type=Path, help="output folder (must be empty or absent, unless --overwrite)")
     parser.add_argument(
         "--no-merge", action="store_true", help="write an adapter export instead of merged weights"
     )
-    parser.add_argument(
-        "--base-model",
+    add_flag(
+        parser,
+        "--model-base",
         type=Path,
         default=None,
+        metavar="DIR",
         help="base model folder (default: the run's, or the peft adapter's base_model_name_or_path)",
     )
     parser.add_argument(
         "--dtype", default="auto", help="weights dtype: auto (the base model's), bfloat16, float32"
     )
+    parser.add_argument("--overwrite", action="store_true", help="replace an earlier export in OUT")
     args = parser.parse_args(argv)
+    write = export_replacing if args.overwrite else export_source
     try:
-        path = export_source(args.source, args.out, not args.no_merge, args.base_model, args.dtype)
+        path = write(args.source, args.out.expanduser(), not args.no_merge, args.model_base, args.dtype)
     except YivlError as err:
         print(f"error: {str(err).splitlines()[0]}", file=sys.stderr)
         return 2

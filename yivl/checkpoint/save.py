@@ -81,9 +81,7 @@ def _prepare_dir(out: Path, tower_name: str, overwrite: bool) -> Path:
         raise YivlError(f"output path {out} is a file; pass a directory")
     if out.is_dir() and any(out.iterdir()):
         if not overwrite:
-            raise YivlError(
-                f"output directory {out} is not empty; choose an empty one or pass overwrite=True"
-            )
+            raise YivlError(f"output directory {out} is not empty; choose an empty one or pass --overwrite")
         # Old shards with other names would be mixed with the new ones by any loader: remove them.
         for pattern in ("model*.safetensors", "pytorch_model*.bin", *(n for n, _, i in WEIGHT_FILES if i)):
             for stale in out.glob(pattern):

@@ -48,7 +48,7 @@ def model_from_plan(
         if name not in params or params[name].shape != value.shape:
             raise YivlError(
                 f"trained tensor {name} {list(value.shape)} does not fit the base model {plan.model.path}; "
-                "pass the base model the run started from with --base-model"
+                "pass the base model the run started from with --model-base"
             )
         with torch.no_grad():
             params[name].copy_(value)

@@ -78,7 +78,7 @@ def checkpoint_kind(path: Path) -> str:
         raise YivlError(
             f"{path} is neither a published-layout model (no config.json), an adapter export (no "
             f"{ADAPTER_META}), a peft adapter (no adapter_config.json) nor a DeepSpeed checkpoint; "
-            "point checkpoint= at one of them"
+            "point model.path= at one of them"
         )
     return "lightning"
 
@@ -90,7 +90,7 @@ def describe_checkpoint(path: Path, base_model: str | None, full_hash: bool) -> 
     if kind == "published":
         return CheckpointInfo(str(path.resolve()), kind, fingerprint_files(path, full_hash))
     if kind == "peft":
-        adapter = read_peft_adapter(path, base_model, "base_model=DIR")
+        adapter = read_peft_adapter(path, base_model, "model.base=DIR")
         digest = _fingerprint_pair(path, adapter.base, full_hash)
         info = CheckpointInfo(str(path.resolve()), kind, digest, str(adapter.base))
         info.peft = adapter
@@ -100,7 +100,7 @@ def describe_checkpoint(path: Path, base_model: str | None, full_hash: bool) -> 
     plan, tensors = read_run(path, base_model)
     base = Path(plan.model.path).expanduser()
     if checkpoint_kind(base) != "published":
-        raise YivlError(f"base model {base} is not a published-layout folder; pass base_model=DIR")
+        raise YivlError(f"base model {base} is not a published-layout folder; pass model.base=DIR")
     digest = _fingerprint_pair(path, base, full_hash)
     extra = {"stage": plan.stage, "image_size": plan.image_size}
     info = CheckpointInfo(str(path.resolve()), kind, digest, str(base.resolve()), extra)
@@ -121,7 +121,7 @@ def load_checkpoint(info: CheckpointInfo, device: torch.device, dtype: torch.dty
     if info.kind == "published":
         loaded = load_pretrained(info.path, dtype=dtype, device=device)
     elif info.kind == "peft":
-        adapter = info.peft or read_peft_adapter(Path(info.path), info.base_model, "base_model=DIR")
+        adapter = info.peft or read_peft_adapter(Path(info.path), info.base_model, "model.base=DIR")
         info.peft = None  # merged into the model; do not keep the adapter tensors too
         loaded = load_peft_adapter(adapter, dtype, device)
     else:

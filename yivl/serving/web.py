@@ -1,6 +1,6 @@
 """The gradio web demo: upload an image, chat about it with streamed answers.
 
-    python infer.py mode=web model_path=/models/Yi-VL-6B        # then open http://127.0.0.1:8111
+    python infer.py mode=web model.path=/models/Yi-VL-6B        # then open http://127.0.0.1:8111
 
 Generation runs through the one :class:`~yivl.serving.worker.GenerationWorker` and gradio's queue runs
 one chat event at a time, so several tabs wait their turn instead of corrupting each other's answers.

@@ -21,6 +21,8 @@ TOOLS = [
     ["evaluate.py", "--help"],
     ["infer.py", "--help"],
     ["-m", "data_tools", "--help"],
+    ["-m", "yivl.checkpoint.export", "--help"],
+    ["-m", "yivl.checkpoint.tiny", "--help"],
     *(
         ["-m", "data_tools", command, "--help"]
         for command in ("convert", "laion", "validate", "stats", "inspect")

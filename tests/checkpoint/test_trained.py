@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from tests.checkpoint.helpers import train_py_hparams
-from yivl.checkpoint.export import export_source
+from yivl.checkpoint.exporter import export_source
 from yivl.checkpoint.layout import read_config
 from yivl.checkpoint.load import load_pretrained
 from yivl.checkpoint.plan import RunPlan

@@ -56,7 +56,7 @@ def trained_lora_model(base: Path) -> LoadedModel:
 def test_published_checkpoint_and_adapter_export_score_the_same(
     tiny_checkpoint: Path, tmp_path: Path
 ) -> None:
-    from yivl.checkpoint.export import save_adapter, save_merged
+    from yivl.checkpoint.exporter import save_adapter, save_merged
 
     data = write_jsonl(tmp_path / "loss.jsonl", task_records("loss", write_images(tmp_path, 3), n=3))
     plan = RunPlan.from_dict(lora_plan(tiny_checkpoint))

@@ -3,7 +3,7 @@
 Both hold a run plan and only the trained tensors. :func:`read_run` gives them back as a
 :class:`~yivl.checkpoint.plan.RunPlan` and a state dict; :func:`model_from_plan` builds the model they
 fit (base model, the run's resolution and image processor, its LoRA layers) and loads the tensors. The
-export (``yivl.checkpoint.export``) and evaluation of ``.ckpt`` files both start here.
+export (``yivl.checkpoint.exporter``) and evaluation of ``.ckpt`` files both start here.
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from pathlib import Path
 
-from yivl.checkpoint.export import export_source, save_adapter, save_merged
+from yivl.checkpoint.exporter import export_source, save_adapter, save_merged
 from yivl.checkpoint.load import LoadedModel
 from yivl.checkpoint.plan import RunPlan
 from yivl.checkpoint.trained import model_from_plan

@@ -29,8 +29,8 @@ sys.path.insert(0, str(ROOT))
 
 from yivl.checkpoint.load import LoadedModel, load_pretrained  # noqa: E402
 from yivl.data.chat import Turn  # noqa: E402
-from yivl.evaluation.items import build_items  # noqa: E402
 from yivl.evaluation.records import SampleWriter  # noqa: E402
+from yivl.evaluation.registry import build_items  # noqa: E402
 from yivl.evaluation.runner import RunOptions, TaskRunner, TokenCounter  # noqa: E402
 from yivl.evaluation.sources import read_task_file  # noqa: E402
 from yivl.evaluation.tasks import TaskSpec  # noqa: E402

@@ -270,7 +270,7 @@ def conversion(records_path: Path, model: Path, work: Path, n: int) -> list[tupl
             str(records_path),
             "--out",
             str(out),
-            "--model",
+            "--model-path",
             str(model),
             "--processes",
             str(procs),

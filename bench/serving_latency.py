@@ -199,7 +199,7 @@ def free_port() -> int:
 
 def start_server(model: Path, port: int, threads: int) -> subprocess.Popen:
     """``infer.py mode=api`` on 127.0.0.1:port; returns once ``/health`` answers."""
-    command = [sys.executable, str(ROOT / "infer.py"), "mode=api", f"model_path={model}", "device=cpu"]
+    command = [sys.executable, str(ROOT / "infer.py"), "mode=api", f"model.path={model}", "device=cpu"]
     command += [f"api.port={port}", "api.host=127.0.0.1", "api.log_level=warning", "api.api_key=null"]
     server = subprocess.Popen(
         command, cwd=ROOT, stdout=subprocess.DEVNULL, env={**os.environ, "OMP_NUM_THREADS": str(threads)}

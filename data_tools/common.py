@@ -9,6 +9,7 @@ import shlex
 from pathlib import Path
 
 from data_tools.model import ModelSpec
+from yivl.config.vocabulary import add_flag
 from yivl.data.formats import DEFAULT_IMAGE_TOKENS, image_tokens
 from yivl.data.guard import DEFAULT_MAX_REJECT_FRACTION, checked_fraction, reject_problem
 from yivl.data.image_files import DEFAULT_MAX_IMAGE_BYTES
@@ -46,8 +47,11 @@ def add_record_limit(parser: argparse.ArgumentParser) -> None:
 
 
 def add_model_args(parser: argparse.ArgumentParser, required: bool = True) -> None:
-    parser.add_argument(
-        "--model",
+    add_flag(
+        parser,
+        "--model-path",
+        dest="model",
+        metavar="DIR",
         type=Path,
         required=required,
         help="Yi-VL model directory (published layout): its tokenizer, image tokens and context "
@@ -108,8 +112,11 @@ def reject_check(tally: Tally, args: argparse.Namespace, name: str) -> None:
 
 
 def add_output_args(parser: argparse.ArgumentParser, required: bool = True) -> None:
-    parser.add_argument(
-        "--out",
+    add_flag(
+        parser,
+        "--output-dir",
+        dest="out",
+        metavar="DIR",
         type=Path,
         required=required,
         help="output folder (created; resumed if interrupted)"
@@ -132,7 +139,7 @@ def add_output_args(parser: argparse.ArgumentParser, required: bool = True) -> N
 
 def model_spec(args: argparse.Namespace) -> ModelSpec:
     if args.model is None:
-        raise YivlError("pass --model DIR (a Yi-VL model directory) to tokenize the samples")
+        raise YivlError("pass --model-path DIR (a Yi-VL model directory) to tokenize the samples")
     tokens = image_tokens(args.image_tokens, "--image-tokens")
     return ModelSpec(args.model, args.max_length, args.max_pixels, tokens)
 

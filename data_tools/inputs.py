@@ -13,10 +13,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from data_tools.process import Item
+from yivl.data.captions import laion_record
 from yivl.data.reasons import SampleRejected
 from yivl.data.records import DEFAULT_MAX_RECORD_BYTES, RecordFile
 from yivl.data.shards import expand_shards, image_member, read_manifest, read_tar_samples
-from yivl.data.sources import laion_record
 
 
 def is_shard_input(path: Path | str) -> bool:

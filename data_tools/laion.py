@@ -2,7 +2,7 @@
 
 Every input sample is written (image bytes passed through when already RGB JPEG/PNG) or rejected with a
 reason: unreadable shard, no image, no caption, caption length, corrupt or too large or too small image,
-and (with ``--model``) too long once the caption becomes a conversation. ``--check`` only reports.
+and (with ``--model-path``) too long once the caption becomes a conversation. ``--check`` only reports.
 Interrupted, the same command resumes; ``*_stats.json`` successes are compared with what was read.
 """
 
@@ -31,11 +31,11 @@ from data_tools.parallel import ordered_map
 from data_tools.process import prepare_image
 from data_tools.report import console, reasons_table
 from data_tools.sequence import Outcome, ShardSequence
+from yivl.data.captions import DEFAULT_CAPTION_PROMPTS, caption_record, laion_caption
 from yivl.data.image_files import DEFAULT_MAX_IMAGE_BYTES
 from yivl.data.images import DEFAULT_MAX_PIXELS
 from yivl.data.reasons import SampleRejected, Tally
 from yivl.data.shards import image_member
-from yivl.data.sources import DEFAULT_CAPTION_PROMPTS, caption_record, laion_caption
 from yivl.errors import YivlError
 from yivl.progress import progress_bar
 
@@ -146,7 +146,7 @@ def run(args: argparse.Namespace) -> int:
     if args.check:
         return _check(shards, filters, model, args)
     if args.out is None:
-        raise YivlError("pass --out DIR for the filtered shards, or --check to only report")
+        raise YivlError("pass --output-dir DIR for the filtered shards, or --check to only report")
     params = {
         "tool": "laion",
         "version": 1,

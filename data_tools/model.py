@@ -4,12 +4,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from yivl.checkpoint.layout import check_model_dir, read_config
-from yivl.data.encode import SampleEncoder
 from yivl.data.formats import DEFAULT_IMAGE_TOKENS
 from yivl.data.images import DEFAULT_MAX_PIXELS, ImageProcessor
 from yivl.data.tokenizer import YiTokenizer
+
+if TYPE_CHECKING:  # torch: imported when a tool runs, not for --help
+    from yivl.data.encode import SampleEncoder
 
 
 @dataclass(frozen=True)
@@ -23,6 +26,8 @@ class ModelSpec:
 
     def load(self, with_images: bool = False) -> SampleEncoder:
         """A :class:`SampleEncoder` for this model (image processor only when ``with_images``)."""
+        from yivl.data.encode import SampleEncoder
+
         model_dir = check_model_dir(self.model_dir)
         config, vit_dir = read_config(model_dir)
         tokenizer = YiTokenizer.from_dir(model_dir)

@@ -13,9 +13,10 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from yivl.config.argv import group_options, unknown_option
 from yivl.errors import YivlError
+from yivl.models.presets import preset
 from yivl.training.checks import check_config
-from yivl.training.options import group_options, unknown_option
 from yivl.training.run import module_plan
 from yivl.training.strategies import build_strategy, deepspeed_config
 from yivl.training.trainer import build_callbacks, build_loggers, resolve_hardware
@@ -80,7 +81,8 @@ def test_every_option_composes_and_passes_checks(group: str) -> None:
             accelerator = "gpu"  # FSDP is refused on the CPU
         if data["strategy"]["name"] != "deepspeed":  # deepspeed: test_strategies checks its config
             check_config(data, accelerator, precision)
-        assert module_plan(data, Path("/base"), precision)["stage"] == data["module"]["stage"]
+        base_config = preset(data["model"]["name"])
+        assert module_plan(data, Path("/base"), base_config, precision).stage == data["module"]["stage"]
 
 
 def test_objects_build_for_each_buildable_option() -> None:

@@ -122,11 +122,11 @@ def test_an_adapter_naming_a_hub_model_needs_base_model(
 ) -> None:
     adapter = Path(shutil.copytree(adapter_and_merged[0], tmp_path / "lora"))
     edit_adapter_config(adapter, lambda c: c.update(base_model_name_or_path="01-ai/Yi-VL-6B"))
-    result = run_cli(f"model_path={adapter}", "question=hi")
+    result = run_cli(f"model.path={adapter}", "question=hi")
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert result.stderr == (
         f"error: adapter {adapter} names base model '01-ai/Yi-VL-6B', which is not a local folder "
-        "(nothing is downloaded); pass base_model=DIR with the downloaded Yi-VL model\n"
+        "(nothing is downloaded); pass model.base=DIR with the downloaded Yi-VL model\n"
     )
     assert answer_of(adapter, capsys, f"base_model={tiny_checkpoint}") == answer_of(
         adapter_and_merged[1], capsys
@@ -182,7 +182,7 @@ def test_placeholder_rules() -> None:
 @pytest.mark.parametrize(
     ("args", "needle"),
     [
-        (["--model-path", "/m"], "model_path=/m"),
+        (["--model-path", "/m"], "model.path=/m"),
         (["--image-file=cat.jpg"], "image=cat.jpg"),
     ],
 )
@@ -210,7 +210,7 @@ def test_user_errors_name_the_problem(tiny_checkpoint: Path, args: list[str], ne
 
 
 def test_a_user_error_exits_2_with_one_line_and_no_traceback() -> None:
-    result = run_cli("model_path=/no/such/dir", "question=hi")
+    result = run_cli("model.path=/no/such/dir", "question=hi")
     assert result.returncode == 2, result.stderr
     assert "Traceback" not in result.stderr
     assert result.stderr.startswith("error: model directory not found")

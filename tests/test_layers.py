@@ -16,6 +16,7 @@ ENTRY_POINTS = {"train": "training", "evaluate": "evaluation", "infer": "serving
 
 # yivl's own top-level modules are placed one by one; a new one must be added to BASE or GLUE.
 BASE = {"yivl", "yivl.constants", "yivl.errors"}
+BASE_PACKAGES = ("yivl.config",)  # schemas and vocabulary: no torch, importable from every layer
 GLUE = {"yivl.cli", "yivl.progress"}  # entry-point glue: one-line errors, progress bars
 PACKAGES = ("models", "data", "checkpoint", "training", "evaluation", "serving")
 
@@ -94,7 +95,7 @@ ALL_IMPORTS = [imp for path in project_files() for imp in imports_of(path)]
 
 def layer(module: str) -> str | None:
     """The layer a project module belongs to; None for third-party modules."""
-    if module in BASE:
+    if module in BASE or module.startswith(tuple(f"{p}." for p in BASE_PACKAGES)) or module in BASE_PACKAGES:
         return "base"
     if module in GLUE:
         return "glue"

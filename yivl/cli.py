@@ -1,9 +1,9 @@
-"""Glue shared by the entry points: one-line user errors and hints for the original scripts' flags."""
+"""Glue shared by the entry points: one-line user errors, exit status 2 (130 for Ctrl-C)."""
 
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable
 from typing import TypeVar
 
 from yivl.errors import Interrupted, YivlError
@@ -30,20 +30,3 @@ def run_reporting_errors(fn: Callable[[], T]) -> T:
         print("\ninterrupted", file=sys.stderr)
         raise SystemExit(130) from None
     raise AssertionError("unreachable")
-
-
-def reject_legacy_flags(argv: Sequence[str], overrides: Mapping[str, str], script: str) -> None:
-    """Exit with a hint when ``argv`` uses a flag of the original 01-ai scripts.
-
-    Hydra would otherwise fail with a generic parse error. ``overrides`` maps e.g. ``--model-path`` to
-    ``model_path``.
-    """
-    for i, arg in enumerate(argv):
-        flag, _, inline_value = arg.partition("=")
-        if flag not in overrides:
-            continue
-        value = inline_value or (argv[i + 1] if i + 1 < len(argv) else "VALUE")
-        fail(
-            f"{script} takes Hydra overrides, not flags: write {overrides[flag]}={value} "
-            f"instead of {flag} {value}"
-        )

@@ -58,3 +58,37 @@ def prompt_logits(model: YiVL, image: torch.Tensor) -> torch.Tensor:
     """Our model's logits [1, L, V] for PROMPT with ``image``."""
     ids = torch.tensor([PROMPT])
     return model(ids, torch.ones_like(ids), pixel_values=image).logits
+
+
+OPTIMIZER = {
+    "lr": 5e-4,
+    "vision_tower_lr": 5e-4,
+    "projector_lr": 5e-4,
+    "weight_decay": 0.0,
+    "betas": [0.9, 0.999],
+    "eps": 1e-8,
+}
+
+
+def train_py_hparams(
+    base: Path,
+    stage: str = "demo",
+    train: dict | None = None,
+    finetune: dict | None = None,
+    image_size: int | None = None,
+    optimizer: dict | None = None,
+    gradient_checkpointing: dict | None = None,
+) -> dict:
+    """A .ckpt's ``hyper_parameters`` in the layout train.py writes (``image_size`` null: the base's)."""
+    return {
+        "model": {"name": "tiny", "path": str(base)},
+        "stage": stage,
+        "image_size": image_size,
+        "train": train or {"vision_tower": True, "projector": True, "llm": "full"},
+        "finetune": finetune or {"method": "full"},
+        "optimizer": optimizer or OPTIMIZER,
+        "scheduler": {"warmup_ratio": 0.03, "min_lr_ratio": 0.1},
+        "gradient_checkpointing": gradient_checkpointing or {"llm": False, "vision_tower": False},
+        "precision": "32-true",
+        "cpu_adam": False,
+    }

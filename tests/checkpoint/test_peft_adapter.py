@@ -13,7 +13,7 @@ from peft import LoraConfig, PeftModel, get_peft_model
 from safetensors.torch import load_file, save_file
 from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
 
-from tests.checkpoint.helpers import PROMPT, pixels, prompt_logits
+from tests.checkpoint.helpers import PROMPT, pixels, prompt_logits, train_py_hparams
 from tests.checkpoint.peft_adapters import (
     base_llm,
     edit_adapter_config,
@@ -120,7 +120,7 @@ def test_base_model_option_overrides_a_hub_id(tiny_checkpoint: Path, tmp_path: P
     assert export.main([str(adapter), str(tmp_path / "out2")]) == 2
     assert capsys.readouterr().err == (
         f"error: adapter {adapter} names base model '{HUB_ID}', which is not a local folder (nothing is "
-        "downloaded); pass --base-model DIR with the downloaded Yi-VL model\n"
+        "downloaded); pass --model-base DIR with the downloaded Yi-VL model\n"
     )
     assert not (tmp_path / "out2").exists()
 
@@ -147,12 +147,12 @@ def test_a_base_model_that_is_missing_or_not_yi_vl_is_one_line(tiny_checkpoint: 
     adapter = make_llm_adapter(tiny_checkpoint, tmp_path / "adapter")
     edit_adapter_config(adapter, lambda c: c.update(base_model_name_or_path=None))
     assert one_line_error(adapter) == (
-        f"adapter {adapter} records no base model; pass base_model=DIR (a Yi-VL model folder)"
+        f"adapter {adapter} records no base model; pass model.base=DIR (a Yi-VL model folder)"
     )
     edit_adapter_config(adapter, lambda c: c.update(base_model_name_or_path="/data/old-machine/Yi-VL-6B"))
     assert one_line_error(adapter) == (
         f"adapter {adapter} names base model folder '/data/old-machine/Yi-VL-6B', which does not exist here; "
-        "pass base_model=DIR with the Yi-VL model it was trained on"
+        "pass model.base=DIR with the Yi-VL model it was trained on"
     )
     assert one_line_error(adapter, tmp_path / "gone").startswith(
         f"model directory not found: {tmp_path / 'gone'}"
@@ -161,7 +161,7 @@ def test_a_base_model_that_is_missing_or_not_yi_vl_is_one_line(tiny_checkpoint: 
     LlamaConfig(hidden_size=128).save_pretrained(llm_only)  # a plain Llama folder: no mm_* keys
     assert one_line_error(adapter, llm_only) == (
         f"base model {llm_only} of adapter {adapter} is not a Yi-VL model (no mm_vision_tower in "
-        "config.json); pass base_model=DIR with the Yi-VL model folder the LLM came from"
+        "config.json); pass model.base=DIR with the Yi-VL model folder the LLM came from"
     )
 
 
@@ -247,13 +247,9 @@ def test_a_deepspeed_folder_is_still_converted(tiny_checkpoint: Path, tmp_path: 
     folder = tmp_path / "last.ckpt"
     (folder / "checkpoint").mkdir(parents=True)
     (folder / "latest").write_text("checkpoint")
-    plan = {
-        "model": {"name": "tiny", "path": str(tiny_checkpoint)},
-        "stage": "3",
-        "image_size": None,
-        "train": {"vision_tower": False, "projector": True, "llm": "full"},
-        "finetune": {"method": "full"},
-    }
+    plan = train_py_hparams(
+        tiny_checkpoint, stage="3", train={"vision_tower": False, "projector": True, "llm": "full"}
+    )
     projector = load_pretrained(tiny_checkpoint).model.mm_projector.state_dict()
     trained = {f"model.mm_projector.{k}": v + 1 for k, v in projector.items()}
     calls = []

@@ -48,7 +48,7 @@ def test_evaluate_asks_for_base_model_when_the_adapter_names_a_hub_id(
     adapter, _ = make_llava_adapter(tiny_checkpoint, tmp_path / "lora", non_lora_file=True)
     edit_adapter_config(adapter, lambda c: c.update(base_model_name_or_path="01-ai/Yi-VL-6B"))
     data = write_jsonl(tmp_path / "vqa.jsonl", task_records("vqa", write_images(tmp_path, 1), n=1))
-    with pytest.raises(YivlError, match=r"pass base_model=DIR with the downloaded Yi-VL model$"):
+    with pytest.raises(YivlError, match=r"pass model.base=DIR with the downloaded Yi-VL model$"):
         run(eval_config(adapter, tmp_path / "eval", [f"vqa:{data}"]))
     summary = run(eval_config(adapter, tmp_path / "eval", [f"vqa:{data}"], f"base_model={tiny_checkpoint}"))
     assert summary["checkpoint"]["kind"] == "peft"

@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def convert(src: Path, out: Path, model: Path, *extra: str) -> int:
-    argv = ["convert", str(src), "--out", str(out), "--model", str(model), "--processes", "1"]
+    argv = ["convert", str(src), "--output-dir", str(out), "--model-path", str(model), "--processes", "1"]
     argv += ["--max-pixels", str(MAX_PIXELS), "--max-length", str(MAX_LENGTH), *extra]
     return main(argv)
 
@@ -85,7 +85,16 @@ def test_resume_after_kill_equals_uninterrupted(
     stage: str, reference: Path, good: Path, tiny_checkpoint: Path, tmp_path: Path
 ) -> None:
     out = tmp_path / "out"
-    argv = ["convert", str(good), "--out", str(out), "--model", str(tiny_checkpoint), "--processes", "1"]
+    argv = [
+        "convert",
+        str(good),
+        "--output-dir",
+        str(out),
+        "--model-path",
+        str(tiny_checkpoint),
+        "--processes",
+        "1",
+    ]
     argv += ["--max-pixels", str(MAX_PIXELS), "--max-length", str(MAX_LENGTH), "--max-samples", "7"]
     child = mp.get_context("fork").Process(target=_crashing_convert, args=(argv, stage))
     child.start()
@@ -141,7 +150,7 @@ def test_validate_reports_the_same_reasons(tiny_checkpoint: Path, tmp_path: Path
         str(src),
         "--image-folder",
         str(src.parent / "images"),
-        "--model",
+        "--model-path",
         str(tiny_checkpoint),
     ]
     argv += ["--max-pixels", str(MAX_PIXELS), "--max-length", str(MAX_LENGTH), "--processes", "1"]
@@ -158,7 +167,7 @@ def test_stats_draws_a_png(reference: Path, tiny_checkpoint: Path, tmp_path: Pat
             [
                 "stats",
                 str(reference),
-                "--model",
+                "--model-path",
                 str(tiny_checkpoint),
                 "--plot",
                 str(plot),
@@ -174,7 +183,7 @@ def test_stats_draws_a_png(reference: Path, tiny_checkpoint: Path, tmp_path: Pat
 
 
 def test_inspect_shows_supervised_tokens_and_image_sizes(good: Path, tiny_checkpoint: Path, capsys) -> None:
-    assert main(["inspect", str(good), "--model", str(tiny_checkpoint), "--index", "1"]) == 0
+    assert main(["inspect", str(good), "--model-path", str(tiny_checkpoint), "--index", "1"]) == 0
     out = capsys.readouterr().out
     assert "supervised" in out and "answer 1" in out
     assert "40x30" in out and "[3, 112, 112]" in out  # before and after processing
@@ -188,21 +197,21 @@ def test_user_errors_are_one_line(tmp_path: Path, tiny_checkpoint: Path, capsys)
         [
             "convert",
             str(tmp_path / "x.jsonl"),
-            "--out",
+            "--output-dir",
             str(tmp_path / "o"),
-            "--model",
+            "--model-path",
             str(tmp_path / "no-model"),
         ],
         [
             "convert",
             str(tmp_path / "x.jsonl"),
-            "--out",
+            "--output-dir",
             str(tmp_path / "busy"),
-            "--model",
+            "--model-path",
             str(tiny_checkpoint),
         ],
         ["laion", str(tmp_path / "nothing-{0..3}.tar"), "--check"],
-        ["inspect", str(tmp_path / "x.jsonl"), "--model", str(tiny_checkpoint), "--index", "5"],
+        ["inspect", str(tmp_path / "x.jsonl"), "--model-path", str(tiny_checkpoint), "--index", "5"],
     ]
     for argv in cases:
         with pytest.raises(SystemExit) as err:
@@ -210,7 +219,14 @@ def test_user_errors_are_one_line(tmp_path: Path, tiny_checkpoint: Path, capsys)
         assert err.value.code == 2
         message = capsys.readouterr().err
         assert message.startswith("error: ") and message.count("\n") == 1, message
-    missing = ["convert", str(tmp_path / "missing.jsonl"), "--out", str(tmp_path / "o"), "--model", "m"]
+    missing = [
+        "convert",
+        str(tmp_path / "missing.jsonl"),
+        "--output-dir",
+        str(tmp_path / "o"),
+        "--model-path",
+        "m",
+    ]
     proc = subprocess.run(
         [sys.executable, "-m", "data_tools", *missing], cwd=ROOT, capture_output=True, text=True
     )
@@ -264,11 +280,11 @@ def write_img2dataset(folder: Path) -> dict[str, str | None]:
 def test_laion_filters_reshards_and_accounts(tiny_checkpoint: Path, tmp_path: Path, capsys) -> None:
     expected = write_img2dataset(tmp_path / "laion")
     out = tmp_path / "out"
-    argv = ["laion", str(tmp_path / "laion"), "--out", str(out), "--max-caption-chars", "200"]
+    argv = ["laion", str(tmp_path / "laion"), "--output-dir", str(out), "--max-caption-chars", "200"]
     argv += [
         "--min-image-side",
         "25",
-        "--model",
+        "--model-path",
         str(tiny_checkpoint),
         "--processes",
         "2",

@@ -20,7 +20,7 @@ from yivl.data.shards import TarShardWriter, read_tar_samples
 
 def _model_args(model: Path) -> list[str]:
     # small files where one reject is over the default 5%: the fraction stop is tested elsewhere
-    args = ["--model", str(model), "--processes", "1", "--max-length", str(MAX_LENGTH)]
+    args = ["--model-path", str(model), "--processes", "1", "--max-length", str(MAX_LENGTH)]
     return [*args, "--max-reject-fraction", "1"]
 
 
@@ -44,7 +44,10 @@ def test_duplicate_ids_are_counted_and_the_records_written(tmp_path: Path, tiny_
     out = " ".join(capsys.readouterr().out.split())  # rich wraps long lines
     assert "10 records: 10 usable, 0 rejected" in out
     assert "duplicate ids: 4 (e.g. '1', '000000033471', 7, 'oc-9'); those records are still used" in out
-    assert main(["convert", str(path), "--out", str(tmp_path / "out"), *_model_args(tiny_checkpoint)]) == 0
+    assert (
+        main(["convert", str(path), "--output-dir", str(tmp_path / "out"), *_model_args(tiny_checkpoint)])
+        == 0
+    )
     manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
     assert manifest["records"] == {"input": 10, "written": 10, "rejected": 0, "repaired": 0}
     assert manifest["duplicate_ids"] == {"count": 4, "examples": ["1", "000000033471", 7, "oc-9"]}
@@ -64,7 +67,7 @@ def test_a_record_over_the_limit_is_rejected_unread(tmp_path: Path, tiny_checkpo
     assert [len(item.raw) > 0 for item in items] == [True, False, True]  # never read, only its size
     assert items[1].reason == "record_too_large"
     out = tmp_path / "out"
-    assert main(["convert", str(path), "--out", str(out), *_model_args(tiny_checkpoint)]) == 0
+    assert main(["convert", str(path), "--output-dir", str(out), *_model_args(tiny_checkpoint)]) == 0
     assert _rejects(out) == {1: "record_too_large"}
     assert json.loads((out / "manifest.json").read_text())["records"]["written"] == 2
     assert main(["validate", str(path), "--max-record-bytes", "4M", *_model_args(tiny_checkpoint)]) == 0
@@ -112,7 +115,7 @@ def test_members_in_a_folder_are_one_sample_in_check_and_out(laion: Path, tmp_pa
     assert "5 samples: 5 usable, 0 rejected" in capsys.readouterr().out
     out = tmp_path / "out"
     for _ in range(2):  # the rerun finds the finished conversion
-        assert _laion(laion, "--out", str(out)) == 0
+        assert _laion(laion, "--output-dir", str(out)) == 0
     keys = [s["__key__"] for p in sorted(out.glob("*.tar")) for s in read_tar_samples(p)]
     assert keys == ["000000000", "sub_000000001", "000000002", "000010000", "000010001"]
     assert json.loads((out / "manifest.json").read_text())["records"] == {
@@ -154,7 +157,7 @@ def test_stats_and_inspect_read_caption_shards_as_training_does(
     laion: Path, tmp_path: Path, tiny_checkpoint, capsys
 ) -> None:
     out = tmp_path / "out"
-    assert _laion(laion, "--out", str(out)) == 0
+    assert _laion(laion, "--output-dir", str(out)) == 0
     capsys.readouterr()
     for folder in (laion, out):  # img2dataset's own output, and what `laion --out` wrote
         plot = tmp_path / f"{folder.name}.png"
@@ -163,10 +166,10 @@ def test_stats_and_inspect_read_caption_shards_as_training_does(
         assert "5 usable samples (0 rejected)" in capsys.readouterr().out
         assert main(["validate", str(folder), *_model_args(tiny_checkpoint)]) == 0
         assert "5 records: 5 usable, 0 rejected" in capsys.readouterr().out
-    assert main(["inspect", str(out), "--index", "4", "--model", str(tiny_checkpoint)]) == 0
+    assert main(["inspect", str(out), "--index", "4", "--model-path", str(tiny_checkpoint)]) == 0
     shown = capsys.readouterr().out
     assert "scarlet" in shown and "48x32" in shown
-    from yivl.data.sources import DEFAULT_CAPTION_PROMPTS, _stable_hash
+    from yivl.data.captions import DEFAULT_CAPTION_PROMPTS, _stable_hash
 
     prompt = DEFAULT_CAPTION_PROMPTS[_stable_hash("000010001") % len(DEFAULT_CAPTION_PROMPTS)]
     assert prompt in shown

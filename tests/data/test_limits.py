@@ -106,7 +106,7 @@ def _tool(*argv: str) -> int:
 def _model_args(model: Path, processes: int) -> list[str]:
     limits = ["--max-pixels", str(MAX_PIXELS), "--max-length", str(MAX_LENGTH)]
     # the corpora here are mostly bad on purpose: the reject-fraction stop is tested elsewhere
-    return ["--model", str(model), *limits, "--processes", str(processes), "--max-reject-fraction", "1"]
+    return ["--model-path", str(model), *limits, "--processes", str(processes), "--max-reject-fraction", "1"]
 
 
 def _rejects(path: Path) -> dict[int, str]:
@@ -122,7 +122,7 @@ def test_convert_contains_paths_and_reads_only_bounded_regular_files(
 ) -> None:
     data, out = tree / "data", tree / "out"
     argv = ["convert", str(data / "records.jsonl"), "--image-folder", str(data / "images")]
-    assert _tool(*argv, "--out", str(out), *_model_args(tiny_checkpoint, processes)) == 0
+    assert _tool(*argv, "--output-dir", str(out), *_model_args(tiny_checkpoint, processes)) == 0
     assert _rejects(out / "rejects.jsonl") == EXPECTED
     samples = {int(s["__key__"]): s for p in sorted(out.glob("*.tar")) for s in read_tar_samples(p)}
     assert sorted(samples) == [i for i in range(len(CASES) + 1) if i not in EXPECTED]
@@ -214,7 +214,15 @@ def test_a_sample_over_the_shard_limit_is_rejected_not_given_a_shard(
     src.write_text("".join(json.dumps(r) + "\n" for r in records))
     out = tmp_path / "out"
     assert (
-        _tool("convert", str(src), "--out", str(out), "--max-bytes", "16K", *_model_args(tiny_checkpoint, 1))
+        _tool(
+            "convert",
+            str(src),
+            "--output-dir",
+            str(out),
+            "--max-bytes",
+            "16K",
+            *_model_args(tiny_checkpoint, 1),
+        )
         == 0
     )
     (reject,) = map(json.loads, (out / "rejects.jsonl").read_text().splitlines())
@@ -231,10 +239,10 @@ def test_a_killed_worker_stops_the_run_with_a_resume_command(tmp_path: Path, tin
     src = write_good_corpus(tmp_path / "good", 40)
     reference = tmp_path / "reference"
     common = [*_model_args(tiny_checkpoint, 2), "--max-samples", "7"]
-    assert _tool("convert", str(src), "--out", str(reference), *common) == 0
+    assert _tool("convert", str(src), "--output-dir", str(reference), *common) == 0
     out = tmp_path / "out"
     env = {**os.environ, "PYTHONPATH": str(ROOT), "YIVL_DATA_TOOLS_WORKER_CRASH": "30"}
-    cmd = [sys.executable, "-m", "data_tools", "convert", str(src), "--out", str(out), *common]
+    cmd = [sys.executable, "-m", "data_tools", "convert", str(src), "--output-dir", str(out), *common]
     result = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=TIMEOUT_S)
     assert result.returncode == 2
     lines = [line for line in result.stderr.splitlines() if line.strip()]

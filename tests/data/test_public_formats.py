@@ -34,7 +34,7 @@ from yivl.data.shards import read_tar_samples
 from yivl.data.sources import JsonSource
 from yivl.data.streaming import StreamingDataset
 from yivl.errors import YivlError
-from yivl.evaluation.items import build_items
+from yivl.evaluation.registry import build_items
 from yivl.evaluation.sources import read_task_file
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -136,7 +136,16 @@ def test_an_unknown_token_is_rejected_with_the_fix_and_accepted_once_listed(toke
 
 
 def _convert(path: Path, images: Path, out: Path, model: Path, *extra: str) -> int:
-    argv = ["convert", str(path), "--image-folder", str(images), "--out", str(out), "--model", str(model)]
+    argv = [
+        "convert",
+        str(path),
+        "--image-folder",
+        str(images),
+        "--output-dir",
+        str(out),
+        "--model-path",
+        str(model),
+    ]
     return main([*argv, "--processes", "1", *extra])
 
 
@@ -149,7 +158,7 @@ def test_public_files_convert_and_validate(
 ) -> None:
     path, folder = public[name]
     records = json.loads(path.read_text())
-    argv = ["validate", str(path), "--image-folder", str(folder), "--model", str(tiny_checkpoint)]
+    argv = ["validate", str(path), "--image-folder", str(folder), "--model-path", str(tiny_checkpoint)]
     assert main([*argv, "--processes", "1"]) == 0
     n, repairs = len(records), sum(repaired.values())
     note = f" ({repairs} repairs)" if repairs else ""
@@ -191,7 +200,7 @@ def test_data_tools_stop_when_too_many_records_are_rejected(
     bad.write_text(json.dumps(_reply_empty(mix665k_records(), 3)))  # 3 text-only records of 20
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     argv = [sys.executable, "-m", "data_tools", "validate", str(bad), "--image-folder", str(folder)]
-    argv += ["--model", str(tiny_checkpoint), "--processes", "1"]
+    argv += ["--model-path", str(tiny_checkpoint), "--processes", "1"]
     done = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 2 and "Traceback" not in done.stderr
     assert done.stderr.strip() == (
@@ -213,7 +222,14 @@ def test_all_image_records_rejected_is_an_error_whatever_the_fraction(
     public, tiny_checkpoint: Path, capsys
 ) -> None:
     path, folder = public["mix665k"]
-    argv = ["validate", str(path), "--image-folder", str(folder / "nowhere"), "--model", str(tiny_checkpoint)]
+    argv = [
+        "validate",
+        str(path),
+        "--image-folder",
+        str(folder / "nowhere"),
+        "--model-path",
+        str(tiny_checkpoint),
+    ]
     with pytest.raises(SystemExit) as stop:
         main([*argv, "--processes", "1", "--max-reject-fraction", "1"])
     assert stop.value.code == 2

@@ -224,8 +224,8 @@ def test_data_tools_refuse_a_damaged_list_in_one_line(tmp_path: Path, tiny_check
     path = tmp_path / "llava.json"
     path.write_text(DAMAGED["extra bracket after record 2"])
     for argv in (
-        ["validate", str(path), "--model", str(tiny_checkpoint)],
-        ["convert", str(path), "--out", str(tmp_path / "out"), "--model", str(tiny_checkpoint)],
+        ["validate", str(path), "--model-path", str(tiny_checkpoint)],
+        ["convert", str(path), "--output-dir", str(tmp_path / "out"), "--model-path", str(tiny_checkpoint)],
     ):
         with pytest.raises(SystemExit) as err:
             main(argv)
@@ -234,7 +234,7 @@ def test_data_tools_refuse_a_damaged_list_in_one_line(tmp_path: Path, tiny_check
         assert message.count("\n") == 1 and _json_error(path.read_text()) in message, message
     assert not (tmp_path / "out").exists()  # refused before anything is written
     proc = subprocess.run(
-        [sys.executable, "-m", "data_tools", "validate", str(path), "--model", str(tiny_checkpoint)],
+        [sys.executable, "-m", "data_tools", "validate", str(path), "--model-path", str(tiny_checkpoint)],
         cwd=ROOT,
         capture_output=True,
         text=True,

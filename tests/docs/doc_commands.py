@@ -32,7 +32,7 @@ REWRITES: list[tuple[str, str, str]] = [
     (r"^model=yi_vl_(6b|34b)$", "model=tiny", "the 6B/34B presets check the model's shape"),
     (r"^trainer=(gpu|multi_gpu)$", "trainer=cpu", "no GPU in CI"),
     (r"^strategy=\w+$", "strategy=auto", "one CPU process (tests/training runs the strategies with gloo)"),
-    (r"^checkpoint=\.\.\.$", "checkpoint=/models/Yi-VL-6B", "`...` stands for your model: the docs' own"),
+    (r"^model\.path=\.\.\.$", "model.path=/models/Yi-VL-6B", "`...` stands for your model: the docs' own"),
     # the docs' absolute paths: /models/Yi-VL-6B and -34B hold the tiny model, /data/ the generated files
     (r"(?<![\w.])/(models|data)/", r"{root}/\1/", "the docs' absolute paths, inside the test's folder"),
 ]
@@ -74,9 +74,9 @@ SKIPPED: dict[str, str] = {
     "29500 train.py model=yi_vl_34b model.path=/models/Yi-VL-34B experiment=stage3 trainer=multi_node "
     "trainer.num_nodes=2 trainer.devices=8": "launcher",
     "python train.py ... hydra.run.dir=logs/train/runs/<run> ckpt_path=last": "template",
-    "python evaluate.py checkpoint=... tasks=[...] output_dir=logs/eval/<run> resume=true": "template",
-    "python infer.py mode=web model_path=/models/Yi-VL-6B": "server",
-    "python infer.py mode=api model_path=/models/Yi-VL-6B": "server",
+    "python evaluate.py model.path=... tasks=[...] output_dir=logs/eval/<run> resume=true": "template",
+    "python infer.py mode=web model.path=/models/Yi-VL-6B": "server",
+    "python infer.py mode=api model.path=/models/Yi-VL-6B": "server",
     "python train.py model=yi_vl_6b experiment=qlora trainer=gpu data.batch_size=4 "
     "data.train.0.path=/data/instruct.json data.train.0.image_folder=/data/images": "cuda",
     "python train.py model=yi_vl_34b experiment=stage1 trainer=multi_gpu strategy=deepspeed_zero3 "

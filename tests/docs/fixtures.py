@@ -23,8 +23,8 @@ from yivl.checkpoint.tiny import build_tiny_checkpoint
 
 SETUP = [
     # stage 2's second source in docs/training.md: conversation shards of VQA data
-    "python -m data_tools convert data/vqa.json --image-folder data/images --model /models/Yi-VL-6B "
-    "--out /data/vqa_shards",
+    "python -m data_tools convert data/vqa.json --image-folder data/images --model-path /models/Yi-VL-6B "
+    "--output-dir /data/vqa_shards",
 ]
 """Commands run before the documented ones, to make inputs that only a yivl tool writes."""
 

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.checkpoint.helpers import train_py_hparams
 from tests.evaluation.task_files import (
     eval_config,
     no_network,  # noqa: F401 - fixture
@@ -16,6 +17,7 @@ from tests.evaluation.task_files import (
     write_jsonl,
 )
 from yivl.checkpoint.load import LoadedModel, load_pretrained
+from yivl.checkpoint.plan import RunPlan
 from yivl.errors import YivlError
 from yivl.evaluation.checkpoints import checkpoint_kind
 from yivl.evaluation.run import run
@@ -25,13 +27,12 @@ pytestmark = pytest.mark.usefixtures("no_network", "one_thread")
 
 def lora_plan(base: Path) -> dict:
     """The training plan train.py stores for a LoRA run (what the export helpers read back)."""
-    return {
-        "model": {"name": "tiny", "path": str(base)},
-        "stage": "lora",
-        "image_size": None,
-        "train": {"vision_tower": False, "projector": True, "llm": "lora"},
-        "finetune": {"method": "lora", "lora": {"r": 4, "alpha": 8, "dropout": 0.0}},
-    }
+    return train_py_hparams(
+        base,
+        stage="lora",
+        train={"vision_tower": False, "projector": True, "llm": "lora"},
+        finetune={"method": "lora", "lora": {"r": 4, "alpha": 8, "dropout": 0.0}},
+    )
 
 
 def trained_lora_model(base: Path) -> LoadedModel:
@@ -55,12 +56,11 @@ def trained_lora_model(base: Path) -> LoadedModel:
 def test_published_checkpoint_and_adapter_export_score_the_same(
     tiny_checkpoint: Path, tmp_path: Path
 ) -> None:
-    from yivl.checkpoint.export import save_adapter, save_merged
+    from yivl.checkpoint.exporter import save_adapter, save_merged
 
     data = write_jsonl(tmp_path / "loss.jsonl", task_records("loss", write_images(tmp_path, 3), n=3))
-    adapter = save_adapter(
-        trained_lora_model(tiny_checkpoint).model, lora_plan(tiny_checkpoint), tmp_path / "adapter"
-    )
+    plan = RunPlan.from_dict(lora_plan(tiny_checkpoint))
+    adapter = save_adapter(trained_lora_model(tiny_checkpoint).model, plan, tmp_path / "adapter")
     merged = save_merged(trained_lora_model(tiny_checkpoint), tmp_path / "merged", "float32")
     trainables = trained_lora_model(tiny_checkpoint).model.named_parameters()
     state = {f"model.{n}": p.detach().clone() for n, p in trainables if p.requires_grad}

@@ -21,10 +21,10 @@ from tests.evaluation.task_files import (
     write_jsonl,
 )
 from yivl.errors import YivlError
-from yivl.evaluation.items import build_items
+from yivl.evaluation.registry import build_items, type_names
 from yivl.evaluation.run import load_tasks, run
 from yivl.evaluation.sources import read_task_file
-from yivl.evaluation.tasks import TASK_TYPES, parse_tasks
+from yivl.evaluation.tasks import parse_tasks
 
 pytestmark = pytest.mark.usefixtures("no_network", "one_thread")
 
@@ -45,7 +45,7 @@ def test_task_entries_accept_strings_and_mappings() -> None:
 @pytest.mark.parametrize(
     ("entries", "message"),
     [
-        (["qa:x.jsonl"], "unknown task type 'qa'; valid task types: " + ", ".join(TASK_TYPES)),
+        (["qa:x.jsonl"], "unknown task type 'qa'; valid task types: " + ", ".join(type_names())),
         (["vqa:a.jsonl", "vqa:b.jsonl"], "two tasks are named 'vqa'"),
         ([{"type": "vqa", "path": "a", "nrom": "x"}], "unknown option(s) nrom"),
         ([{"type": "mcq", "path": "a", "mode": "guess"}], "mode='guess'; choose one of generate"),

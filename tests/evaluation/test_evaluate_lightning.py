@@ -14,7 +14,7 @@ from yivl.checkpoint.load import LoadedModel
 from yivl.data.chat import Turn, build_training_example
 from yivl.evaluation.lightning import ValidationLoss
 from yivl.evaluation.likelihood import pad_sequences, sequence_logprobs
-from yivl.evaluation.scoring import summarize_loss
+from yivl.evaluation.task_types.loss import summarize_loss
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

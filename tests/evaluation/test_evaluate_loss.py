@@ -18,12 +18,12 @@ from tests.evaluation.task_files import (
 from yivl.checkpoint.load import LoadedModel
 from yivl.constants import IGNORE_INDEX, IMAGE_PLACEHOLDER
 from yivl.data.chat import Turn, build_training_example, tokenize_prompt
-from yivl.evaluation.items import build_items
 from yivl.evaluation.likelihood import continuation_sequence, pad_sequences, sequence_logprobs
 from yivl.evaluation.records import SampleWriter
+from yivl.evaluation.registry import build_items
 from yivl.evaluation.runner import RunOptions, TaskRunner
-from yivl.evaluation.scoring import summarize_loss
 from yivl.evaluation.sources import read_task_file
+from yivl.evaluation.task_types.loss import summarize_loss
 from yivl.evaluation.tasks import TaskSpec
 from yivl.models.generation import PrefixCache
 

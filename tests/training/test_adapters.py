@@ -8,7 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.checkpoint.helpers import train_py_hparams
 from yivl.checkpoint.load import load_pretrained
+from yivl.checkpoint.plan import CheckpointFlags, RunPlan
 from yivl.checkpoint.save import save_pretrained
 from yivl.models.lora import add_lora, merge_lora
 from yivl.models.resolution import set_image_size
@@ -57,18 +59,6 @@ def test_merged_lora_gives_the_unmerged_logits(tiny_loaded) -> None:
 
 
 def test_qlora_step_lowers_the_loss_on_cpu(tiny_checkpoint: Path) -> None:
-    plan = {
-        "model": {"name": "tiny", "path": str(tiny_checkpoint)},
-        "image_size": None,
-        "train": {"vision_tower": False, "projector": True, "llm": "lora"},
-        "finetune": {
-            "method": "qlora",
-            "lora": LORA,
-            "quant": {"type": "nf4", "double_quant": True, "storage_dtype": "uint8"},
-        },
-        "gradient_checkpointing": {"llm": True, "vision_tower": False},
-    }
-    model = build_model(plan, Dtypes.for_precision("32-true")).train()
     opt = {
         "lr": 1e-2,
         "vision_tower_lr": 1e-2,
@@ -77,7 +67,21 @@ def test_qlora_step_lowers_the_loss_on_cpu(tiny_checkpoint: Path) -> None:
         "betas": [0.9, 0.999],
         "eps": 1e-8,
     }
-    optimizer = build_optimizer(param_groups(model, opt), opt)
+    plan = RunPlan.from_dict(
+        train_py_hparams(
+            tiny_checkpoint,
+            train={"vision_tower": False, "projector": True, "llm": "lora"},
+            finetune={
+                "method": "qlora",
+                "lora": LORA,
+                "quant": {"type": "nf4", "double_quant": True, "storage_dtype": "uint8"},
+            },
+            optimizer=opt,
+            gradient_checkpointing={"llm": True, "vision_tower": False},
+        )
+    )
+    model = build_model(plan, Dtypes.for_precision("32-true")).train()
+    optimizer = build_optimizer(param_groups(model, plan.optimizer), plan.optimizer)
     data = batch(model)
     losses = []
     for _ in range(3):
@@ -98,7 +102,9 @@ def test_gradient_checkpointing_gives_the_same_lora_gradients(tiny_checkpoint: P
         add_lora(model.llm, LORA)
         model.vision_tower.requires_grad_(part == "vision_tower")
         randomize_lora_b(model)
-        enable_checkpointing(model, {"llm": checkpointing and part == "llm", "vision_tower": checkpointing})
+        enable_checkpointing(
+            model, CheckpointFlags(llm=checkpointing and part == "llm", vision_tower=checkpointing)
+        )
         model(**batch(model)).loss.backward()
         return {n: p.grad for n, p in model.named_parameters() if p.requires_grad}
 

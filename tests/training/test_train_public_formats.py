@@ -42,8 +42,11 @@ def test_train_on_a_mix665k_shaped_file_keeps_the_image_records(train_cfg, tmp_p
 def test_train_on_converted_sharegpt4v_shards(train_cfg, tiny_checkpoint: Path, tmp_path: Path) -> None:
     path = write_public(tmp_path, "share-captioner_coco_lcs_sam_1246k_1107.json", sharegpt4v_records())
     shards = tmp_path / "shards"
-    argv = ["convert", str(path), "--image-folder", str(tmp_path / "images"), "--out", str(shards)]
-    assert data_tools([*argv, "--model", str(tiny_checkpoint), "--processes", "1", "--max-samples", "4"]) == 0
+    argv = ["convert", str(path), "--image-folder", str(tmp_path / "images"), "--output-dir", str(shards)]
+    assert (
+        data_tools([*argv, "--model-path", str(tiny_checkpoint), "--processes", "1", "--max-samples", "4"])
+        == 0
+    )
     cfg = train_cfg(
         f"data.train.0.urls={shards}", *FEW_STEPS, out=tmp_path / "run", data="conversation_shards"
     )

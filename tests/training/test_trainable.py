@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.checkpoint.helpers import train_py_hparams
+from yivl.checkpoint.plan import OptimizerSettings, RunPlan
 from yivl.models.lora import LLM_LINEAR_PATTERN, llm_linear_names
 from yivl.training.build import Dtypes, build_model, trainable_names
 from yivl.training.optim import WarmupCosine, param_groups
@@ -19,15 +21,12 @@ NO_DECAY = re.compile(r"bias$|norm|layrnorm|^mm_projector\.[14]\.weight$")  # pr
 DECODER_LINEARS = {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
 
 
-def plan(path: Path, llm: str, method: str, vision_tower: bool = True, image_size: int | None = None) -> dict:
+def plan(
+    path: Path, llm: str, method: str, vision_tower: bool = True, image_size: int | None = None
+) -> RunPlan:
     finetune = {"method": method, "lora": LORA, "quant": QUANT}
-    return {
-        "model": {"name": "tiny", "path": str(path)},
-        "image_size": image_size,
-        "train": {"vision_tower": vision_tower, "projector": True, "llm": llm},
-        "finetune": finetune,
-        "gradient_checkpointing": {"llm": False, "vision_tower": False},
-    }
+    train = {"vision_tower": vision_tower, "projector": True, "llm": llm}
+    return RunPlan.from_dict(train_py_hparams(path, train=train, finetune=finetune, image_size=image_size))
 
 
 def names_with(model: torch.nn.Module, prefix: str) -> set[str]:
@@ -110,7 +109,10 @@ def test_qlora_keeps_4bit_llm_linears_and_full_precision_norms_and_projector(sta
 def test_param_groups_split_lrs_by_part_and_skip_decay_on_norms_and_biases(stage_models: dict) -> None:
     model = stage_models["stage3"]
     optimizer = {"lr": 3e-5, "vision_tower_lr": 1e-5, "projector_lr": 2e-5, "weight_decay": 0.1}
-    groups = {g["name"]: g for g in param_groups(model, optimizer)}
+    groups = {
+        g["name"]: g
+        for g in param_groups(model, OptimizerSettings(**optimizer, betas=(0.9, 0.999), eps=1e-8))
+    }
     assert {g: groups[g]["lr"] for g in ("llm", "vision_tower", "mm_projector")} == {
         "llm": 3e-5,
         "vision_tower": 1e-5,

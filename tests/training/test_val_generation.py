@@ -12,7 +12,7 @@ import torch
 from tests.evaluation.task_files import eval_config
 from yivl.data.synthetic import ensure_synthetic_dataset
 from yivl.errors import YivlError
-from yivl.evaluation.items import build_items
+from yivl.evaluation.registry import build_items
 from yivl.evaluation.run import run as evaluate
 from yivl.evaluation.runner import RunOptions, TaskRunner
 from yivl.evaluation.sources import read_task_file

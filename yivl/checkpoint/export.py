@@ -1,16 +1,18 @@
 """Export a training result to the published Yi-VL layout, or to a LoRA adapter beside a base model.
 
-    python -m yivl.checkpoint.export SOURCE OUT [--no-merge] [--base-model DIR] [--dtype auto|bfloat16]
+    python -m yivl.checkpoint.export SOURCE OUT [--no-merge] [--model-base DIR] [--dtype auto|bfloat16]
+                                     [--overwrite]
 
 SOURCE is a training checkpoint (``checkpoints/*.ckpt``, or a DeepSpeed checkpoint folder), an adapter
 export (``export.merge=false``), or a plain peft LoRA adapter (``save_pretrained`` of a peft model over
 Yi-VL's LLM or the whole LLaVA-style model; see ``yivl.checkpoint.peft_adapter``), which is merged into
-its base model (``--base-model``, else its local ``base_model_name_or_path``).
+its base model (``--model-base``, else its local ``base_model_name_or_path``). ``--overwrite`` replaces an
+earlier export in OUT (written beside it first, swapped in when complete); anything else in OUT is refused.
 
 A checkpoint holds only the trainable tensors, so the export starts from the base model (recorded in
-the checkpoint; ``--base-model`` overrides it), sets the stage's resolution, injects the LoRA layers if
-the run had them, loads the trained tensors, and merges the adapters into the weights (LoRA and QLoRA
-alike: the merge is into the full-precision base).
+the checkpoint; ``--model-base`` overrides it), sets the stage's resolution, injects the LoRA layers if
+the run had them, loads the trained tensors (all of it ``yivl.checkpoint.trained.model_from_plan``), and
+merges the adapters into the weights (LoRA and QLoRA alike: the merge is into the full-precision base).
 
 An adapter export (``--no-merge``) is a folder with ``adapter_config.json`` + ``adapter_model.safetensors``
 (a standard peft adapter for the Yi LLM), ``trainables.safetensors`` (the other trained tensors, e.g. the
@@ -20,176 +22,12 @@ projector) and ``yivl_adapter.json`` (base model path, resolution, LoRA settings
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
-import torch
-from safetensors.torch import load_file, save_file
-
-from yivl.checkpoint.load import LoadedModel, load_pretrained
-from yivl.checkpoint.peft_adapter import (
-    YIVL_EXPORT_META,
-    is_peft_adapter,
-    load_peft_adapter,
-    read_peft_adapter,
-    refuse_named_adapters,
-)
-from yivl.checkpoint.save import save_pretrained
+from yivl.config.vocabulary import add_flag
 from yivl.errors import YivlError
-from yivl.models.lora import (
-    adapter_state,
-    add_lora,
-    is_adapter_param,
-    local_adapter_name,
-    lora_config,
-    merge_lora,
-)
-from yivl.models.resolution import set_image_size
-from yivl.models.yivl import YiVL
-
-ADAPTER_META = YIVL_EXPORT_META
-TRAINABLES = "trainables.safetensors"
-
-
-def export_dtype(name: str, model: YiVL) -> torch.dtype:
-    """``auto``: the dtype the base checkpoint was stored in (bf16 for the release); else the named one."""
-    if name == "auto":
-        name = str(model.config.extra.get("torch_dtype") or "float32")
-    return named_dtype(name)
-
-
-def named_dtype(name: str) -> torch.dtype:
-    """The floating-point torch dtype called ``name``; YivlError for anything else."""
-    dtype = getattr(torch, name, None)
-    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
-        raise YivlError(f"export dtype {name!r} is not a floating-point torch dtype; use bfloat16 or float32")
-    return dtype
-
-
-def save_merged(loaded: LoadedModel, out: Path, dtype_name: str = "auto") -> Path:
-    """Merge any LoRA layers, cast to the export dtype and write the published layout to ``out``."""
-    model = loaded.model
-    merge_lora(model.llm)
-    model.to(export_dtype(dtype_name, model))
-    return save_pretrained(model, out, loaded.tokenizer, loaded.image_processor)
-
-
-def save_adapter(model: YiVL, plan: Mapping, out: Path) -> Path:
-    """Write the adapter export (see the module docstring) of a model with injected LoRA layers."""
-    if not any(is_adapter_param(n) for n, _ in model.llm.named_parameters()):
-        raise YivlError("export.merge=false applies to LoRA/QLoRA runs only; this run has no adapters")
-    out = _empty_dir(out)
-    config = lora_config(plan["finetune"]["lora"])
-    config.base_model_name_or_path = str(Path(plan["model"]["path"]).resolve())
-    config.save_pretrained(str(out))
-    save_file(
-        {k: v.contiguous().cpu() for k, v in adapter_state(model.llm).items()},
-        out / "adapter_model.safetensors",
-    )
-    others = {n: p.detach().contiguous().cpu() for n, p in model.named_parameters() if p.requires_grad}
-    save_file({n: t for n, t in others.items() if not is_adapter_param(n)}, out / TRAINABLES)
-    meta = {"plan": dict(plan), "image_size": model.config.image_size}
-    (out / ADAPTER_META).write_text(json.dumps(meta, indent=2, default=str) + "\n", encoding="utf-8")
-    return out
-
-
-def _empty_dir(out: Path) -> Path:
-    if out.exists() and any(out.iterdir()):
-        raise YivlError(f"export directory {out} is not empty; choose another one")
-    out.mkdir(parents=True, exist_ok=True)
-    return out
-
-
-def rebuild(
-    plan: Mapping, trainables: Mapping[str, torch.Tensor], base_model: str | Path | None
-) -> LoadedModel:
-    """Base model + the run's resolution and LoRA layers + its trained tensors (our names, no prefix)."""
-    base = Path(base_model or plan["model"]["path"])
-    loaded = load_pretrained(base, dtype=torch.float32)
-    model = loaded.model
-    if plan["image_size"]:
-        set_image_size(model, int(plan["image_size"]))
-    if plan["train"]["llm"] == "lora":
-        add_lora(model.llm, plan["finetune"]["lora"])
-    model.requires_grad_(False)
-    params = dict(model.named_parameters())
-    for name, value in trainables.items():
-        if name not in params or params[name].shape != value.shape:
-            raise YivlError(
-                f"trained tensor {name} {list(value.shape)} does not fit the base model {base}; "
-                "pass the base model the run started from with --base-model"
-            )
-        with torch.no_grad():
-            params[name].copy_(value)
-        params[name].requires_grad_(True)  # marks what the run trained (an adapter export saves these)
-    return loaded
-
-
-def read_source(source: Path) -> tuple[dict, dict[str, torch.Tensor]]:
-    """(plan, trained tensors) from a Lightning checkpoint file/folder or an adapter export."""
-    if (source / ADAPTER_META).is_file():
-        plan = json.loads((source / ADAPTER_META).read_text(encoding="utf-8"))["plan"]
-        tensors = dict(load_file(source / TRAINABLES))
-        for key, value in load_file(source / "adapter_model.safetensors").items():
-            tensors["llm." + local_adapter_name(key)] = value
-        return plan, tensors
-    ckpt = _load_checkpoint(source)
-    if "hyper_parameters" not in ckpt or "state_dict" not in ckpt:
-        raise YivlError(f"{source} is not a train.py checkpoint (no hyper_parameters/state_dict)")
-    state = {k.removeprefix("model."): v for k, v in ckpt["state_dict"].items()}
-    return dict(ckpt["hyper_parameters"]), state
-
-
-def _load_checkpoint(source: Path) -> dict:
-    if source.is_dir() and not is_deepspeed_folder(source):
-        refuse_named_adapters(source)
-        raise YivlError(
-            f"{source} is neither a DeepSpeed checkpoint (no latest, no checkpoint/), an adapter export (no "
-            f"{ADAPTER_META}) nor a peft adapter (no adapter_config.json); pass a .ckpt file or one of those"
-        )
-    if source.is_dir():  # DeepSpeed: one folder of shards; gather the trainable fp32 tensors first
-        try:
-            from lightning.pytorch.utilities.deepspeed import convert_zero_checkpoint_to_fp32_state_dict
-        except ImportError as err:  # pragma: no cover - needs deepspeed
-            raise YivlError(f"{source} is a DeepSpeed checkpoint; install deepspeed to read it") from err
-        merged = source.with_suffix(".fp32.ckpt")
-        convert_zero_checkpoint_to_fp32_state_dict(str(source), str(merged))
-        source = merged
-    if not source.is_file():
-        raise YivlError(f"checkpoint not found: {source}")
-    return torch.load(source, map_location="cpu", weights_only=True)
-
-
-def is_deepspeed_folder(path: Path) -> bool:
-    """A DeepSpeed checkpoint folder as Lightning writes it: a ``latest`` file or a ``checkpoint/`` folder."""
-    return (path / "latest").is_file() or (path / "checkpoint").is_dir()
-
-
-def export_peft_adapter(source: Path, out: Path, base_model: Path | None, dtype_name: str) -> Path:
-    """Merge a plain peft adapter into its base model and write the published layout to ``out``."""
-    adapter = read_peft_adapter(source, base_model, "--base-model DIR")
-    _empty_dir(out)
-    # "auto" keeps the base's stored dtype; the merge itself is computed in fp32 either way
-    loaded = load_peft_adapter(adapter, None if dtype_name == "auto" else named_dtype(dtype_name))
-    model = loaded.model.to(export_dtype(dtype_name, loaded.model))
-    return save_pretrained(model, out, loaded.tokenizer, loaded.image_processor)
-
-
-def export_source(source: Path, out: Path, merge: bool, base_model: Path | None, dtype: str) -> Path:
-    """The command's work: read SOURCE, rebuild on the base model, write OUT."""
-    if is_peft_adapter(source):
-        if not merge:
-            raise YivlError(f"{source} is already a peft adapter; drop --no-merge to write the merged model")
-        return export_peft_adapter(source, out, base_model, dtype)
-    plan, tensors = read_source(source)
-    loaded = rebuild(plan, tensors, base_model)
-    if not merge:
-        if base_model is not None:
-            plan = {**plan, "model": {**plan["model"], "path": str(base_model)}}
-        return save_adapter(loaded.model, plan, out)
-    return save_merged(loaded, out, dtype)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -201,22 +39,29 @@ def main(argv: Sequence[str] | None = None) -> int:
         type=Path,
         help="a .ckpt file, a DeepSpeed checkpoint folder, an adapter export or a peft adapter folder",
     )
-    parser.add_argument("out", type=Path, help="output folder (must be empty or absent)")
+    parser.add_argument("out", type=Path, help="output folder (must be empty or absent, unless --overwrite)")
     parser.add_argument(
         "--no-merge", action="store_true", help="write an adapter export instead of merged weights"
     )
-    parser.add_argument(
-        "--base-model",
+    add_flag(
+        parser,
+        "--model-base",
         type=Path,
         default=None,
+        metavar="DIR",
         help="base model folder (default: the run's, or the peft adapter's base_model_name_or_path)",
     )
     parser.add_argument(
         "--dtype", default="auto", help="weights dtype: auto (the base model's), bfloat16, float32"
     )
+    parser.add_argument("--overwrite", action="store_true", help="replace an earlier export in OUT")
     args = parser.parse_args(argv)
+    # torch and the model code load only now: --help and argument errors answer at once
+    from yivl.checkpoint.exporter import export_replacing, export_source
+
+    write = export_replacing if args.overwrite else export_source
     try:
-        path = export_source(args.source, args.out, not args.no_merge, args.base_model, args.dtype)
+        path = write(args.source, args.out.expanduser(), not args.no_merge, args.model_base, args.dtype)
     except YivlError as err:
         print(f"error: {str(err).splitlines()[0]}", file=sys.stderr)
         return 2

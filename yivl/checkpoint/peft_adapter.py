@@ -108,7 +108,7 @@ def refuse_named_adapters(path: Path) -> None:
 def read_peft_adapter(path: Path, base_model: str | Path | None, option: str) -> PeftAdapter:
     """Read ``path``, find its base model, map and check every tensor (no base weights are read yet).
 
-    ``option`` is how the entry point spells the base-model option (``base_model=DIR``), for messages.
+    ``option`` is how the entry point spells the base-model option (``model.base=DIR``), for messages.
     """
     config = read_adapter_config(path)
     base = resolve_base(path, config, base_model, option)
@@ -316,7 +316,7 @@ def load_model(
     base_model: str | Path | None = None,
     dtype: torch.dtype | None = None,
     device: str | torch.device = "cpu",
-    option: str = "base_model=DIR",
+    option: str = "model.base=DIR",
 ) -> LoadedModel:
     """A published-layout folder, or a plain peft adapter merged into its base model."""
     path = Path(path).expanduser()

@@ -19,7 +19,7 @@ from yivl.checkpoint.layout import CONFIG, GENERATION_CONFIG, VIT_DIR
 from yivl.checkpoint.load import LoadedModel
 from yivl.checkpoint.shards import WEIGHT_FILES, Format
 from yivl.checkpoint.writer import spec_of, write_weights
-from yivl.data.images import ImageProcessor
+from yivl.data.images import ImageProcessor, image_processor_for
 from yivl.data.tokenizer import YiTokenizer
 from yivl.errors import YivlError
 from yivl.models.config import YiVLConfig
@@ -81,9 +81,7 @@ def _prepare_dir(out: Path, tower_name: str, overwrite: bool) -> Path:
         raise YivlError(f"output path {out} is a file; pass a directory")
     if out.is_dir() and any(out.iterdir()):
         if not overwrite:
-            raise YivlError(
-                f"output directory {out} is not empty; choose an empty one or pass overwrite=True"
-            )
+            raise YivlError(f"output directory {out} is not empty; choose an empty one or pass --overwrite")
         # Old shards with other names would be mixed with the new ones by any loader: remove them.
         for pattern in ("model*.safetensors", "pytorch_model*.bin", *(n for n, _, i in WEIGHT_FILES if i)):
             for stale in out.glob(pattern):
@@ -123,12 +121,7 @@ def write_configs(config: YiVLConfig, out: Path, llm_dtype: torch.dtype, vit_dty
 
 def _processor_for(model: YiVL, processor: ImageProcessor | None) -> ImageProcessor:
     """The processor to save, at the tower's current resolution (e.g. 448 after a 224 stage)."""
-    size = model.config.image_size
-    if processor is None:
-        return ImageProcessor(size=size)
-    if processor.size != size:
-        return ImageProcessor(size, processor.image_mean, processor.image_std, resample=processor.resample)
-    return processor
+    return image_processor_for(processor or ImageProcessor(), model.config.image_size)
 
 
 def _write_json(path: Path, data: dict) -> None:

@@ -12,18 +12,16 @@ import sys
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 from yivl.checkpoint.layout import CONFIG
-from yivl.checkpoint.save import save_pretrained
-from yivl.checkpoint.shards import Format
-from yivl.checkpoint.tiny_tokenizer import train_tiny_tokenizer
 from yivl.data.images import ImageProcessor
 from yivl.data.tokenizer import YiTokenizer
 from yivl.errors import YivlError
 from yivl.models.presets import preset
-from yivl.models.yivl import YiVL
+
+if TYPE_CHECKING:  # torch and the model on first build: the builder's --help must not wait for them
+    from yivl.checkpoint.shards import Format
 
 TINY_SHARD_BYTES = 1 << 20
 """Small enough that the ~2 MB tiny LLM is split into shards with an index, like the release."""
@@ -41,6 +39,12 @@ def build_tiny_checkpoint(
     ``weight_format="bin"`` writes ``pytorch_model*.bin`` (+ index) and ``vit/<name>/pytorch_model.bin``
     like the 01-ai release; the default writes safetensors.
     """
+    import torch
+
+    from yivl.checkpoint.save import save_pretrained
+    from yivl.checkpoint.tiny_tokenizer import train_tiny_tokenizer
+    from yivl.models.yivl import YiVL
+
     config = preset("tiny")
     torch.manual_seed(seed)
     model = YiVL(config).eval()

@@ -123,6 +123,18 @@ def tokenize_prompt(tokenizer: SpanTokenizer, prompt: str) -> list[int]:
     return ids
 
 
+def training_text(turns: list[Turn], system: str = SYSTEM_PROMPT, where: str = "conversation") -> str:
+    """The text a conversation ending with an assistant reply trains on (what
+    :func:`build_training_example` tokenizes): each reply filled in, then a final ``"###"``."""
+    return _render(_checked(turns, where, last=ASSISTANT), system)[0] + STOP_STRING
+
+
+def expanded_length(ids: Sequence[int], image_tokens: int) -> int:
+    """Sequence length the LLM sees once each ``-200`` id in ``ids`` becomes ``image_tokens`` features."""
+    images = sum(1 for i in ids if i == IMAGE_TOKEN_INDEX)
+    return len(ids) + images * (image_tokens - 1)
+
+
 def build_training_example(
     tokenizer: SpanTokenizer, turns: list[Turn], system: str = SYSTEM_PROMPT, sample_id: str = "?"
 ) -> TrainingExample:

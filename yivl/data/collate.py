@@ -30,11 +30,6 @@ class Sample:
         return int(self.pixel_values.shape[0])
 
 
-def expanded_length(num_tokens: int, num_images: int, num_image_tokens: int) -> int:
-    """Sequence length the LLM sees once each image id becomes ``num_image_tokens`` features."""
-    return num_tokens + num_images * (num_image_tokens - 1)
-
-
 class Collator:
     """Right-pads samples into ``input_ids``/``labels``/``attention_mask`` ``[B, T]`` and stacks images.
 

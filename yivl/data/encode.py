@@ -9,20 +9,30 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
 from PIL import Image
 
 from yivl.constants import IGNORE_INDEX
-from yivl.data.chat import ChatFormatError, TrainingExample, build_training_example, turns_from_record
+from yivl.data.chat import (
+    ChatFormatError,
+    TrainingExample,
+    build_training_example,
+    expanded_length,
+    turns_from_record,
+)
 from yivl.data.checks import check_record
-from yivl.data.collate import Sample, expanded_length
 from yivl.data.formats import DEFAULT_IMAGE_TOKENS, normalize_record
 from yivl.data.formats import image_tokens as accepted_image_tokens
 from yivl.data.image_files import DEFAULT_MAX_IMAGE_BYTES, check_image_size, read_image_file
 from yivl.data.images import DEFAULT_MAX_PIXELS, ImageError, ImageProcessor, load_image
 from yivl.data.reasons import SampleRejected, SkipCounter
 from yivl.data.tokenizer import YiTokenizer
+
+if TYPE_CHECKING:  # torch on first encode: the data tools' --help imports this module and must stay fast
+    import torch
+
+    from yivl.data.collate import Sample
 
 ImageSource = Path | bytes
 
@@ -97,7 +107,7 @@ class SampleEncoder:
             example = build_training_example(self.tokenizer, turns, sample_id=where)
         except ChatFormatError as err:
             raise SampleRejected("chat_format", str(err)) from None
-        length = expanded_length(len(example.input_ids), example.num_images, self.num_image_tokens)
+        length = expanded_length(example.input_ids, self.num_image_tokens)
         if length > self.max_length:
             raise SampleRejected(
                 "too_long", f"{where}: {length} tokens after image expansion > {self.max_length}"
@@ -118,6 +128,10 @@ class SampleEncoder:
 
         A record naming an image when none is given (or the reverse) is a reject.
         """
+        import torch
+
+        from yivl.data.collate import Sample
+
         text = self.encode_text(record, key)
         size = self.image_processor.size if self.image_processor else 0
         if text.image is None:

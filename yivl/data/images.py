@@ -11,12 +11,15 @@ import io
 import json
 import struct
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
 from yivl.errors import YivlError
+
+if TYPE_CHECKING:  # torch is imported on first use: the data tools' --help must not wait for it
+    import torch
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -195,6 +198,23 @@ class ImageProcessor:
             raise YivlError(f"{path} must hold a JSON object; fix or restore it")
         return cls(**_processor_kwargs(config, path))
 
+    def settings(self) -> tuple:
+        """(size, resize_size, image_mean, image_std, resample): what decides the pixels."""
+        return (self.size, self.resize_size, self.image_mean, self.image_std, self.resample)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, ImageProcessor) and self.settings() == other.settings()
+
+    def __hash__(self) -> int:
+        return hash(self.settings())
+
+    def __repr__(self) -> str:
+        size, resize, mean, std, resample = self.settings()
+        return (
+            f"ImageProcessor(size={size}, resize_size={resize}, image_mean={mean}, image_std={std}, "
+            f"resample={resample})"
+        )
+
     def save_pretrained(self, vit_dir: str | Path) -> None:
         """Write a ``preprocessor_config.json`` that ``CLIPImageProcessor`` (old and new) loads."""
         config = {
@@ -254,6 +274,8 @@ class ImageProcessor:
         One fused scale and shift per channel, in place: about 10x faster than the float division
         chain and within 5e-7 of it.
         """
+        import torch
+
         width, height = img.size
         out = torch.empty((3, height, width), dtype=torch.float32)
         for channel, band in enumerate(img.split()):
@@ -277,6 +299,17 @@ class ImageProcessor:
             return img
         left, top = (width - self.size) // 2, (height - self.size) // 2
         return img.crop((left, top, left + self.size, top + self.size))
+
+
+def image_processor_for(base: ImageProcessor, size: int) -> ImageProcessor:
+    """``base`` (a model's processor) at ``size`` px: the one way every app sets a run's resolution.
+
+    Mean, std and ``resample`` (bicubic, 3, in the release) are kept; at a new size the resize side
+    equals the crop side, as the released 448 px config has it.
+    """
+    if size == base.size:
+        return base
+    return ImageProcessor(size, base.image_mean, base.image_std, resample=base.resample)
 
 
 def _processor_kwargs(config: dict, path: Path) -> dict:

@@ -2,7 +2,7 @@
 or a plain peft adapter.
 
 Training checkpoints and adapter exports hold only the trained tensors; they are rebuilt on their base
-model with the export helpers of ``yivl.checkpoint.export`` (LoRA adapters merged for speed). A plain
+model by ``yivl.checkpoint.trained`` (LoRA adapters merged for speed). A plain
 peft adapter is merged into its base model by ``yivl.checkpoint.peft_adapter``. Every kind gets a
 fingerprint, so a summary names exactly which weights it scored.
 """
@@ -19,16 +19,17 @@ import torch
 from yivl.checkpoint.layout import CONFIG
 from yivl.checkpoint.load import LoadedModel, load_pretrained
 from yivl.checkpoint.peft_adapter import (
+    YIVL_EXPORT_META,
     PeftAdapter,
     is_peft_adapter,
     load_peft_adapter,
     read_peft_adapter,
     refuse_named_adapters,
 )
-from yivl.data.images import ImageProcessor
+from yivl.checkpoint.plan import RunPlan
 from yivl.errors import YivlError
 
-ADAPTER_META = "yivl_adapter.json"
+ADAPTER_META = YIVL_EXPORT_META
 SAMPLE_BYTES = 1 << 20
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".ckpt", ".pt", ".json", ".model")
 
@@ -42,7 +43,7 @@ class CheckpointInfo:
     fingerprint: str
     base_model: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
-    source: tuple[dict, dict[str, torch.Tensor]] | None = field(default=None, repr=False)
+    source: tuple[RunPlan, dict[str, torch.Tensor]] | None = field(default=None, repr=False)
     peft: PeftAdapter | None = field(default=None, repr=False)
 
     def describe(self) -> dict[str, Any]:
@@ -77,7 +78,7 @@ def checkpoint_kind(path: Path) -> str:
         raise YivlError(
             f"{path} is neither a published-layout model (no config.json), an adapter export (no "
             f"{ADAPTER_META}), a peft adapter (no adapter_config.json) nor a DeepSpeed checkpoint; "
-            "point checkpoint= at one of them"
+            "point model.path= at one of them"
         )
     return "lightning"
 
@@ -89,19 +90,19 @@ def describe_checkpoint(path: Path, base_model: str | None, full_hash: bool) -> 
     if kind == "published":
         return CheckpointInfo(str(path.resolve()), kind, fingerprint_files(path, full_hash))
     if kind == "peft":
-        adapter = read_peft_adapter(path, base_model, "base_model=DIR")
+        adapter = read_peft_adapter(path, base_model, "model.base=DIR")
         digest = _fingerprint_pair(path, adapter.base, full_hash)
         info = CheckpointInfo(str(path.resolve()), kind, digest, str(adapter.base))
         info.peft = adapter
         return info
-    from yivl.checkpoint.export import read_source
+    from yivl.checkpoint.trained import read_run  # peft & co. only for trained checkpoints
 
-    plan, tensors = read_source(path)
-    base = Path(base_model or plan["model"]["path"]).expanduser()
+    plan, tensors = read_run(path, base_model)
+    base = Path(plan.model.path).expanduser()
     if checkpoint_kind(base) != "published":
-        raise YivlError(f"base model {base} is not a published-layout folder; pass base_model=DIR")
+        raise YivlError(f"base model {base} is not a published-layout folder; pass model.base=DIR")
     digest = _fingerprint_pair(path, base, full_hash)
-    extra = {"stage": plan.get("stage"), "image_size": plan.get("image_size")}
+    extra = {"stage": plan.stage, "image_size": plan.image_size}
     info = CheckpointInfo(str(path.resolve()), kind, digest, str(base.resolve()), extra)
     info.source = (plan, tensors)
     return info
@@ -120,7 +121,7 @@ def load_checkpoint(info: CheckpointInfo, device: torch.device, dtype: torch.dty
     if info.kind == "published":
         loaded = load_pretrained(info.path, dtype=dtype, device=device)
     elif info.kind == "peft":
-        adapter = info.peft or read_peft_adapter(Path(info.path), info.base_model, "base_model=DIR")
+        adapter = info.peft or read_peft_adapter(Path(info.path), info.base_model, "model.base=DIR")
         info.peft = None  # merged into the model; do not keep the adapter tensors too
         loaded = load_peft_adapter(adapter, dtype, device)
     else:
@@ -132,20 +133,15 @@ def load_checkpoint(info: CheckpointInfo, device: torch.device, dtype: torch.dty
 
 
 def _rebuild(info: CheckpointInfo) -> LoadedModel:
-    """A training checkpoint or adapter export on its base model, with LoRA merged into the weights."""
-    from yivl.checkpoint.export import read_source, rebuild
+    """A training checkpoint or adapter export on its base model (at the run's resolution, with its image
+    processor), LoRA merged into the weights."""
+    from yivl.checkpoint.trained import model_from_plan, read_run
     from yivl.models.lora import merge_lora
 
-    plan, tensors = info.source or read_source(Path(info.path))
+    plan, tensors = info.source or read_run(Path(info.path), info.base_model)
     info.source = None  # the tensors are copied into the model; do not keep a second copy
-    loaded = rebuild(plan, tensors, info.base_model)
+    loaded = model_from_plan(plan, tensors)
     merge_lora(loaded.model.llm)
-    size = int(loaded.model.config.vision["image_size"])
-    processor = loaded.image_processor
-    if processor.size != size:  # the run trained at another resolution (e.g. stage 1 at 224 px)
-        loaded.image_processor = ImageProcessor(
-            size=size, image_mean=processor.image_mean, image_std=processor.image_std
-        )
     return loaded
 
 

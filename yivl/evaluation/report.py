@@ -8,42 +8,27 @@ from typing import Any
 
 from yivl.data.reasons import REASONS, describe
 from yivl.evaluation.metrics import TaskMetrics
-
-DISPLAY = {
-    "loss": ("nll", "ppl"),
-    "vqa": ("accuracy",),
-    "mcq": ("circular_accuracy", "accuracy", "accuracy_without_guesses", "acc_sum", "acc_mean"),
-    "yesno": ("f1", "accuracy", "precision", "recall", "yes_ratio", "f1_avg"),
-    "mme": ("perception", "cognition", "total"),
-    "caption": ("bleu_1", "bleu_2", "bleu_3", "bleu_4", "cider", "rouge_l"),
-}
-"""Metrics shown per task type, in order (those present); group breakdowns stay in summary.json."""
-GROUP_PREFIXES = {"vqa": ("accuracy/answer_type/",), "yesno": ("f1/",)}
-PARSED_METRICS = {
-    "mcq": ("circular_accuracy", "accuracy", "accuracy_without_guesses"),
-    "yesno": None,
-    "mme": None,
-}
-"""Metrics that depend on parsing generated answers (None: all of the type's): their rows show n_unparsed."""
-PERCENT_TYPES = ("vqa", "mcq", "yesno")
+from yivl.evaluation.task_types.base import TaskType
 
 
 def table_rows(
-    name: str, kind: str, metrics: TaskMetrics | None, chance: Mapping[str, float], skipped: int = 0
+    name: str, kind: TaskType, metrics: TaskMetrics | None, chance: Mapping[str, float], skipped: int = 0
 ) -> list[list[str]]:
     """Rows ``Task | Metric | Value | Stderr | N | Skipped | Unparsed | Chance`` for one task.
 
+    The type names the metrics shown (``display``, then its ``group_prefixes``' groups; the other group
+    breakdowns stay in summary.json), and which of them show n_unparsed (``parsed_metrics``).
     ``metrics`` is None when every sample was skipped: one row says so. Skipped samples are counted for
     the task, not per answer-type group, so group rows show "-" there.
     """
     if metrics is None:
         return [[name, "(every sample skipped)", "-", "-", "0", str(skipped), "-", "-"]]
-    groups = GROUP_PREFIXES.get(kind, ())
-    names = [m for m in DISPLAY[kind] if m in metrics.values]
+    groups = kind.group_prefixes
+    names = [m for m in kind.display if m in metrics.values]
     for prefix in groups:
         names += [m for m in metrics.values if m.startswith(prefix)]
     rows = []
-    percent = kind in PERCENT_TYPES
+    percent = kind.percent
     for metric in names:
         n = metrics.group_n.get(metric, metrics.group_n.get(metric.split("/", 1)[-1], metrics.n))
         grouped = metric.startswith(groups)  # startswith(()) is False
@@ -62,11 +47,8 @@ def table_rows(
     return rows
 
 
-def _parsed(kind: str, metric: str) -> bool:
-    if kind not in PARSED_METRICS:
-        return False
-    names = PARSED_METRICS[kind]
-    return names is None or metric in names
+def _parsed(kind: TaskType, metric: str) -> bool:
+    return kind.parsed_metrics is None or metric in kind.parsed_metrics
 
 
 def _fmt(value: float | None, percent: bool = False) -> str:
@@ -136,7 +118,7 @@ def skip_notes(tasks: Mapping[str, Mapping[str, Any]]) -> list[str]:
     return [*lines, ""] if lines else []
 
 
-def bar_chart(path: Path, tasks: Mapping[str, tuple[str, TaskMetrics, Mapping[str, float]]]) -> Path:
+def bar_chart(path: Path, tasks: Mapping[str, tuple[TaskType, TaskMetrics, Mapping[str, float]]]) -> Path:
     """One panel per task with its headline metrics as bars (stderr as error bars, chance dashed)."""
     import matplotlib
 
@@ -154,8 +136,8 @@ def bar_chart(path: Path, tasks: Mapping[str, tuple[str, TaskMetrics, Mapping[st
             if n in chance:
                 ax.hlines(chance[n], i - 0.4, i + 0.4, colors="#c44e52", linestyles="dashed")
         ax.set_xticks(range(len(names)), names, rotation=30, ha="right", fontsize=8)
-        ax.set_title(f"{name} ({kind})", fontsize=9)
-        if kind in PERCENT_TYPES:
+        ax.set_title(f"{name} ({kind.name})", fontsize=9)
+        if kind.percent:
             ax.set_ylim(0, 100)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
@@ -163,5 +145,5 @@ def bar_chart(path: Path, tasks: Mapping[str, tuple[str, TaskMetrics, Mapping[st
     return path
 
 
-def _chart_metrics(kind: str, metrics: TaskMetrics) -> list[str]:
-    return [m for m in DISPLAY[kind] if m in metrics.values and m != "n_tokens"]
+def _chart_metrics(kind: TaskType, metrics: TaskMetrics) -> list[str]:
+    return [m for m in kind.display if m in metrics.values and m != "n_tokens"]

@@ -19,12 +19,14 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from yivl.config.schemas import validate
 from yivl.data.records import DEFAULT_MAX_RECORD_BYTES
 from yivl.errors import YivlError
 from yivl.evaluation.benchmarks import BENCHMARK_OPTIONS
 from yivl.evaluation.checkpoints import describe_checkpoint, load_checkpoint
-from yivl.evaluation.items import Item, build_items
+from yivl.evaluation.items import Item
 from yivl.evaluation.records import SampleWriter, load_records, prepare_output_dir, samples_path
+from yivl.evaluation.registry import build_items, get_type
 from yivl.evaluation.runner import RunOptions, TaskRunner
 from yivl.evaluation.scoring import chance_levels, scored_records, skip_counts, summarize
 from yivl.evaluation.sources import (
@@ -37,10 +39,9 @@ from yivl.evaluation.sources import (
 from yivl.evaluation.summary import TaskResult, write_outputs
 from yivl.evaluation.table_records import read_table
 from yivl.evaluation.tabular import is_table
-from yivl.evaluation.tasks import TaskSpec, canonical_type, parse_tasks
+from yivl.evaluation.tasks import TaskSpec, parse_tasks
 
 OFFLINE_ENV = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE")
-YESNO_TYPES = ("yesno", "mme")
 
 
 @dataclass
@@ -54,14 +55,14 @@ class LoadedTask:
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
-    """Evaluate ``cfg.checkpoint`` on ``cfg.tasks``; returns the summary written to summary.json."""
+    """Evaluate ``cfg.model.path`` on ``cfg.tasks``; returns the summary written to summary.json."""
     for name in OFFLINE_ENV:  # nothing below may reach the network, whatever the environment says
         os.environ[name] = "1"
     started = time.perf_counter()
-    _check_run_settings(cfg)
+    validate(cfg, "eval")  # old spellings (checkpoint=, base_model=) moved, every typed key checked
     _ensure_synthetic(cfg)
     tasks = load_tasks(cfg)
-    info = describe_checkpoint(_checkpoint_path(cfg), cfg.base_model, cfg.fingerprint == "full")
+    info = describe_checkpoint(_checkpoint_path(cfg), cfg.model.base, cfg.fingerprint == "full")
     device, dtype = _device_dtype(cfg)
     settings = run_settings(cfg, tasks, str(device), str(dtype).removeprefix("torch."))
     manifest = {"settings": settings, "checkpoint": info.describe(), "datasets": _datasets(tasks)}
@@ -74,24 +75,6 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     results = [_run_task(runner, task, out_dir, resuming, cfg) for task in tasks]
     timing = {"wall_s": time.perf_counter() - started}
     return write_outputs(out_dir, manifest, results, timing, resuming, bool(cfg.chart))
-
-
-def _check_run_settings(cfg: DictConfig) -> None:
-    checks = {
-        "batch_size": (cfg.batch_size, 1),
-        "num_workers": (cfg.num_workers, 0),
-        "batch_check": (cfg.batch_check, 0),
-        "bootstrap_iters": (cfg.bootstrap_iters, 2),
-    }
-    for key, (value, low) in checks.items():
-        if not isinstance(value, int) or value < low:
-            raise YivlError(f"{key}={value!r} must be an integer >= {low}")
-    if cfg.limit is not None and (not isinstance(cfg.limit, int) or cfg.limit < 1):
-        raise YivlError(f"limit={cfg.limit!r} must be a positive integer or null")
-    if cfg.fingerprint not in ("sample", "full"):
-        raise YivlError(f"fingerprint={cfg.fingerprint!r}; choose sample or full")
-    if not cfg.output_dir:
-        raise YivlError("output_dir is empty; give output_dir=DIR")
 
 
 def _ensure_synthetic(cfg: DictConfig) -> None:
@@ -108,10 +91,6 @@ def load_tasks(cfg: DictConfig) -> list[LoadedTask]:
     """Read and check every task file (before the model is loaded, so bad input fails fast)."""
     options = OmegaConf.to_container(cfg.task_options, resolve=True)
     entries = OmegaConf.to_container(cfg.tasks, resolve=True) if OmegaConf.is_config(cfg.tasks) else cfg.tasks
-    if not isinstance(cfg.max_image_bytes, int) or cfg.max_image_bytes < 1:
-        raise YivlError(f"max_image_bytes={cfg.max_image_bytes!r} must be a positive integer")
-    if not isinstance(cfg.max_record_bytes, int) or cfg.max_record_bytes < 1:
-        raise YivlError(f"max_record_bytes={cfg.max_record_bytes!r} must be a positive integer")
     images = ImageFiles(None, bool(cfg.allow_images_outside_folder), int(cfg.max_image_bytes))
     specs = parse_tasks(entries, options)
     limit = cfg.limit
@@ -158,19 +137,20 @@ def _read_records(
 
 
 def _check_record_type(spec: TaskSpec, declared: Any, where: str) -> None:
-    """A record's own ``task_type`` (when given) must suit the task (yes/no files serve POPE and MME)."""
+    """A record's own ``task_type`` (when given) must suit the task: its type or one the task's type
+    ``reads`` (yes/no files serve POPE and MME)."""
     if declared is None:
         return
-    kind = canonical_type(str(declared), where)
-    if kind != spec.type and not (kind in YESNO_TYPES and spec.type in YESNO_TYPES):
+    kind = get_type(str(declared), where).name
+    if kind != spec.type and kind not in spec.kind.reads:
         raise YivlError(
             f"{where}: the record's task_type is {declared!r} but task {spec.name} is {spec.type}"
         )
 
 
 def _checkpoint_path(cfg: DictConfig) -> Path:
-    """``cfg.checkpoint``; the default tiny random model is built on first use."""
-    path = Path(str(cfg.checkpoint)).expanduser()
+    """``cfg.model.path``; the default tiny random model is built on first use."""
+    path = Path(str(cfg.model.path)).expanduser()
     if path.resolve() == Path(cfg.paths.tiny_model).resolve():
         from yivl.checkpoint.tiny import ensure_tiny_checkpoint
 
@@ -197,7 +177,7 @@ def run_settings(cfg: DictConfig, tasks: list[LoadedTask], device: str, dtype: s
         "max_image_bytes": cfg.max_image_bytes,
         "batch_check": cfg.batch_check,
         "bootstrap_iters": cfg.bootstrap_iters,
-        "base_model": cfg.base_model,
+        "base_model": cfg.model.base,
         "tasks": [
             {
                 "name": t.spec.name,

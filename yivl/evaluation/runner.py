@@ -12,13 +12,13 @@ from typing import Any
 import torch
 
 from yivl.checkpoint.load import LoadedModel
+from yivl.data.images import DEFAULT_MAX_PIXELS
 from yivl.data.tokenizer import YiTokenizer
 from yivl.evaluation.items import Item
 from yivl.evaluation.likelihood import pad_sequences, sequence_logprobs
 from yivl.evaluation.loader import ImageDataset, iterate_batches, plan_batches
-from yivl.evaluation.prompting import Prepared, prepare_item
+from yivl.evaluation.prompting import Prepared, too_long
 from yivl.evaluation.records import SampleWriter
-from yivl.evaluation.scoring import score_likelihood, score_output
 from yivl.evaluation.tasks import TaskSpec
 from yivl.models.generation import GenerationSettings, PrefixCache, generate
 
@@ -31,7 +31,7 @@ class RunOptions:
 
     batch_size: int = 8
     num_workers: int = 2
-    max_image_pixels: int = 64_000_000
+    max_image_pixels: int = DEFAULT_MAX_PIXELS
     seed: int = 0
     batch_check: int = 0
 
@@ -64,7 +64,13 @@ class TaskRunner:
         self.prefixes: PrefixCache | None = None
 
     def prepare(self, spec: TaskSpec, items: list[Item]) -> list[Prepared]:
-        return [prepare_item(item, spec, self.tokenizer, self.image_tokens, self.context) for item in items]
+        """Render and tokenise every item (its type's ``prepare``); one that does not fit the context
+        gets ``skip`` set."""
+        kind, generates = spec.kind, spec.generates
+        prepared = [kind.prepare(item, spec.options, self.tokenizer, self.image_tokens) for item in items]
+        for prep in prepared:
+            prep.skip = too_long(prep.length, self.context, generates)
+        return prepared
 
     def dataset(self, items: list[Item]) -> ImageDataset:
         pad = self.loaded.config.image_aspect_ratio == "pad"
@@ -166,28 +172,24 @@ class TaskRunner:
     def compute(
         self, spec: TaskSpec, items: list[Item], prepared: list[Prepared], pixels: list[torch.Tensor | None]
     ) -> list[dict[str, Any]]:
-        """Per item of one batch, the record fields produced by the model."""
+        """Per item of one batch, the record fields produced by the model (scored by the task's type)."""
+        kind, options = spec.kind, spec.options
         fields: list[dict[str, Any]] = [{} for _ in items]
         if spec.generates:
             answers, counts = self.generate(spec, prepared, pixels)
             for f, item, answer, count in zip(fields, items, answers, counts, strict=True):
                 f["raw_output"] = answer
                 f["gen_tokens"] = count
-                f |= score_output(spec, item, answer, self.options.seed)
-        if spec.scores_likelihood:  # every option of every item of the batch in one forward pass
+                f |= kind.score_output(item, answer, options, self.options.seed)
+        if spec.scores_likelihood:  # every sequence of every item of the batch in one forward pass
             seqs = [seq for p in prepared for seq in p.sequences or []]
             repeated = [px for p, px in zip(prepared, pixels, strict=True) for _ in p.sequences or []]
-            sums, counts = self.logprobs(seqs, repeated, "right")
+            sums, counts = self.logprobs(seqs, repeated, kind.padding_side(options))
             start = 0
             for f, item, prep in zip(fields, items, prepared, strict=True):
                 k = len(prep.sequences or [])
-                f |= score_likelihood(item, sums[start : start + k], counts[start : start + k])
+                f |= kind.score_sequences(item, sums[start : start + k], counts[start : start + k], options)
                 start += k
-        if spec.type == "loss":
-            seqs = [p.sequences[0] for p in prepared if p.sequences]
-            sums, counts = self.logprobs(seqs, pixels, spec.options["padding_side"])
-            for f, s, c in zip(fields, sums, counts, strict=True):
-                f |= {"logprob": s, "n_tokens": c, "nll": -s / c if c else None}
         return fields
 
     def generate(

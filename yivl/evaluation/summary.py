@@ -32,18 +32,6 @@ class TaskResult:
     skipped: Mapping[str, int]
 
 
-PARSERS = {
-    "vqa": lambda o: {"vqa_norm": o["norm"]},
-    "mcq": lambda o: {
-        "mcq_parser": o["parser"],
-        "mcq_fallback": "seeded guess, reported" if o["parser"] == "mmmu" else "none",
-    },
-    "yesno": lambda o: {"yesno_parser": "pope (official RUCAIBox/POPE rule)"},
-    "mme": lambda o: {"yesno_parser": "mme (official calculation.py rule)"},
-    "caption": lambda o: {"caption_tokenizer": o["tokenizer"]},
-}
-
-
 def write_outputs(
     out_dir: Path,
     manifest: Mapping[str, Any],
@@ -58,7 +46,7 @@ def write_outputs(
         row
         for res in results
         for row in table_rows(
-            res.spec.name, res.spec.type, res.metrics, res.chance, sum(res.skipped.values())
+            res.spec.name, res.spec.kind, res.metrics, res.chance, sum(res.skipped.values())
         )
     ]
     write_text(out_dir / "summary.json", json.dumps(summary, indent=2, default=str) + "\n")
@@ -66,7 +54,7 @@ def write_outputs(
     write_text(out_dir / "summary.md", markdown)
     if chart:
         panels = {
-            res.spec.name: (res.spec.type, res.metrics, res.chance)
+            res.spec.name: (res.spec.kind, res.metrics, res.chance)
             for res in results
             if res.metrics is not None
         }
@@ -86,7 +74,7 @@ def build_summary(
     computed = tokens = 0
     for res in results:
         tasks[res.spec.name] = task_entry(res)
-        parsers[res.spec.name] = PARSERS.get(res.spec.type, lambda o: {})(res.spec.options)
+        parsers[res.spec.name] = res.spec.kind.parsers(res.spec.options)
         checks[res.spec.name] = res.outcome.batch_check
         task_timing[res.spec.name] = _rates(res.outcome.wall_s, res.outcome.computed, res.outcome.gen_tokens)
         computed += res.outcome.computed

@@ -1,4 +1,4 @@
-"""Task types, their options, and the ``tasks=[...]`` entries of ``configs/eval.yaml``.
+"""The ``tasks=[...]`` entries of ``configs/eval.yaml`` -> task specs (types: ``yivl.evaluation.registry``).
 
 An entry is ``"TYPE:PATH"``, ``"NAME:TYPE:PATH"`` or a mapping ``{type, path, name?, <options>}``; the
 options of a type default to ``task_options.<type>`` and can be overridden per entry. A benchmark
@@ -16,15 +16,9 @@ from typing import Any
 
 from yivl.errors import YivlError
 from yivl.evaluation.benchmarks import BENCHMARK_OPTIONS, BENCHMARKS
+from yivl.evaluation.registry import get_type, type_names
+from yivl.evaluation.task_types.base import TaskType
 
-TASK_TYPES = ("loss", "vqa", "mcq", "yesno", "pope", "mme", "caption")
-"""Valid task types; ``pope`` is another name for ``yesno`` (POPE metrics)."""
-ALIASES = {"pope": "yesno"}
-GENERATION_TYPES = ("vqa", "mcq", "yesno", "mme", "caption")
-MCQ_MODES = ("generate", "likelihood", "both")
-MCQ_PARSERS = ("default", "mmmu")
-LIKELIHOOD_TARGETS = ("text", "letter")
-PADDING_SIDES = ("right", "left")
 COMMON_OPTIONS = ("limit", "image_folder", "images")
 """Options of every type: ``limit`` (default: the run's), ``image_folder`` (JSON image paths; default:
 the file's folder), ``images`` (GQA's images Parquet)."""
@@ -43,22 +37,24 @@ class TaskSpec:
     explicit: frozenset[str] = frozenset()  # the options the entry set itself
 
     @property
+    def kind(self) -> TaskType:
+        """The registered type of the task (``yivl.evaluation.registry``)."""
+        return get_type(self.type)
+
+    @property
     def generates(self) -> bool:
         """True when the task generates text (mcq only in generate/both mode)."""
-        if self.type == "mcq":
-            return self.options.get("mode", "generate") != "likelihood"
-        return self.type in GENERATION_TYPES
+        return self.kind.generates(self.options)
 
     @property
     def scores_likelihood(self) -> bool:
-        return self.type == "mcq" and self.options.get("mode", "generate") != "generate"
+        """True when the task scores token sequences (loss; mcq in likelihood/both mode)."""
+        return self.kind.scores_likelihood(self.options)
 
 
 def canonical_type(name: str, where: str = "tasks") -> str:
     """``pope`` -> ``yesno``; unknown names are a YivlError listing the valid ones."""
-    if name not in TASK_TYPES:
-        raise YivlError(f"{where}: unknown task type {name!r}; valid task types: {', '.join(TASK_TYPES)}")
-    return ALIASES.get(name, name)
+    return get_type(name, where).name
 
 
 def parse_tasks(entries: Any, task_options: Mapping[str, Mapping[str, Any]]) -> list[TaskSpec]:
@@ -66,7 +62,7 @@ def parse_tasks(entries: Any, task_options: Mapping[str, Mapping[str, Any]]) -> 
     if entries is None or (isinstance(entries, Sequence) and not isinstance(entries, str) and not entries):
         raise YivlError(
             "no tasks given; pass tasks=[TYPE:PATH,...] (types: "
-            + ", ".join(TASK_TYPES)
+            + ", ".join(type_names())
             + ") or eval=synthetic"
         )
     if isinstance(entries, str | Mapping):
@@ -93,7 +89,9 @@ def _parse_entry(entry: Any, task_options: Mapping[str, Mapping[str, Any]]) -> T
         raise YivlError(f"task entry {entry!r} must be 'TYPE:PATH', 'NAME:TYPE:PATH' or a mapping")
     if not _NAME.match(name):
         raise YivlError(f"task name {name!r} may only use letters, digits, '_', '-' and '.'")
-    defaults = dict(task_options.get(kind, {}))
+    task_type = get_type(kind)
+    # configs/task_options/<type>.yaml, or the options dataclass of a type that has no config file
+    defaults = dict(task_options[kind]) if kind in task_options else task_type.defaults()
     unknown = sorted(set(overrides) - set(defaults) - set(COMMON_OPTIONS))
     if unknown:
         raise YivlError(
@@ -101,13 +99,14 @@ def _parse_entry(entry: Any, task_options: Mapping[str, Mapping[str, Any]]) -> T
             + ", ".join(sorted(set(defaults) | set(COMMON_OPTIONS)))
         )
     options = {**defaults, **BENCHMARK_OPTIONS.get(benchmark or "", {}), **overrides}
-    _check_options(name, kind, options)
+    task_type.check_options(name, options)
+    _check_common_options(name, options)
     return TaskSpec(name, kind, Path(path).expanduser(), options, benchmark, frozenset(overrides))
 
 
 def _kind_and_benchmark(word: str, where: str) -> tuple[str, str | None]:
     """A task type or a benchmark name -> (canonical type, benchmark or None)."""
-    if word in BENCHMARKS and word not in TASK_TYPES:
+    if word in BENCHMARKS and word not in type_names():
         return BENCHMARKS[word], word
     return canonical_type(word, where), word if word in BENCHMARKS else None
 
@@ -131,11 +130,11 @@ def _mapping_fields(entry: Mapping[str, Any]) -> tuple[str, str, str | None, str
 def _split_entry(entry: str) -> tuple[str, str, str | None, str]:
     """``TYPE:PATH`` or ``NAME:TYPE:PATH`` (the path may itself hold colons; a benchmark name may stand
     for the type) -> (name, type, benchmark, path)."""
-    words = (*TASK_TYPES, *BENCHMARKS)
+    words = (*type_names(), *BENCHMARKS)
     head, sep, rest = entry.partition(":")
     if not sep or not rest:
         raise YivlError(
-            f"task entry {entry!r} must be TYPE:PATH or NAME:TYPE:PATH (types: {', '.join(TASK_TYPES)})"
+            f"task entry {entry!r} must be TYPE:PATH or NAME:TYPE:PATH (types: {', '.join(type_names())})"
         )
     second, sep, path = rest.partition(":")
     if sep and second in words and path:
@@ -143,24 +142,13 @@ def _split_entry(entry: str) -> tuple[str, str, str | None, str]:
     if head in words:
         return head, *_kind_and_benchmark(head, f"task {entry!r}"), rest
     raise YivlError(
-        f"task entry {entry!r}: unknown task type {head!r}; valid task types: {', '.join(TASK_TYPES)}; "
+        f"task entry {entry!r}: unknown task type {head!r}; valid task types: {', '.join(type_names())}; "
         f"benchmarks: {', '.join(BENCHMARKS)}"
     )
 
 
-def _check_options(name: str, kind: str, options: Mapping[str, Any]) -> None:
-    """Values of the enumerated options, and positive token budgets."""
-    choices = {
-        "mode": MCQ_MODES,
-        "parser": MCQ_PARSERS,
-        "likelihood_target": LIKELIHOOD_TARGETS,
-        "padding_side": PADDING_SIDES,
-        "norm": ("evalai", "official"),
-        "tokenizer": ("python", "java", "none"),
-    }
-    for key, valid in choices.items():
-        if key in options and options[key] not in valid:
-            raise YivlError(f"task {name}: {key}={options[key]!r}; choose one of {', '.join(valid)}")
+def _check_common_options(name: str, options: Mapping[str, Any]) -> None:
+    """Positive token budgets and limits (the type has checked its enumerated options)."""
     budget = options.get("max_new_tokens")
     if budget is not None and (not isinstance(budget, int) or budget < 1):
         raise YivlError(f"task {name}: max_new_tokens must be a positive integer, got {budget!r}")

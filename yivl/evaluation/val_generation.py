@@ -33,16 +33,15 @@ from yivl.data.tokenizer import YiTokenizer
 from yivl.errors import YivlError
 from yivl.evaluation.items import Item
 from yivl.evaluation.metrics import TaskMetrics
-from yivl.evaluation.report import DISPLAY
+from yivl.evaluation.registry import generation_type_names
 from yivl.evaluation.run import load_task
 from yivl.evaluation.runner import RunOptions, TaskRunner
 from yivl.evaluation.scoring import scored_records, skip_counts, summarize
-from yivl.evaluation.tasks import TASK_TYPES, TaskSpec, parse_tasks
+from yivl.evaluation.task_types.base import TaskType
+from yivl.evaluation.tasks import TaskSpec, parse_tasks
 from yivl.models.yivl import YiVL
 
 log = logging.getLogger("yivl.training")
-GENERATION_TYPES = tuple(t for t in TASK_TYPES if t != "loss")
-"""What ``val_generation.type`` accepts; the loss task already runs as ``val/loss``."""
 BOOTSTRAP_ITERS = 2
 """Resamples for bootstrap standard errors: the fewest the metrics accept; validation logs no stderr."""
 OFF = "or turn the task off with val_generation=none"
@@ -66,11 +65,12 @@ def parse_val_generation(cfg: Mapping[str, Any]) -> ValGeneration | None:
     kind = cfg["type"]
     if kind is None:
         return None
-    if kind not in GENERATION_TYPES:
+    generation = generation_type_names()  # the loss task already runs as val/loss
+    if kind not in generation:
         extra = "; the loss task already runs as val/loss" if kind == "loss" else ""
         raise YivlError(
             f"val_generation.type={kind} is not a generation task type{extra}; use one of "
-            f"{', '.join(GENERATION_TYPES)}, {OFF}"
+            f"{', '.join(generation)}, {OFF}"
         )
     if not cfg["path"]:
         raise YivlError(f"val_generation.type={kind} needs a task file: set val_generation.path=FILE, {OFF}")
@@ -104,9 +104,9 @@ def load_val_items(spec: TaskSpec) -> list[Item]:
         raise YivlError(f"val_generation: {err}") from None
 
 
-def logged_metrics(name: str, kind: str, metrics: TaskMetrics) -> dict[str, float]:
+def logged_metrics(name: str, kind: TaskType, metrics: TaskMetrics) -> dict[str, float]:
     """``val/<name>/<metric>`` for the metrics evaluate.py's table shows (group breakdowns left out)."""
-    return {f"val/{name}/{m}": float(metrics.values[m]) for m in DISPLAY[kind] if m in metrics.values}
+    return {f"val/{name}/{m}": float(metrics.values[m]) for m in kind.display if m in metrics.values}
 
 
 def gather_records(records: list[dict[str, Any]], world_size: int) -> list[dict[str, Any]]:
@@ -184,7 +184,7 @@ class ValidationGeneration(L.Callback):
         if not scored:
             return
         metrics = summarize(spec, scored, BOOTSTRAP_ITERS, seed=0)
-        for key, value in logged_metrics(spec.name, spec.type, metrics).items():
+        for key, value in logged_metrics(spec.name, spec.kind, metrics).items():
             # the same value on every rank (computed from the gathered records): no reduction
             pl_module.log(key, value, prog_bar=key.endswith(f"/{metrics.main}"), batch_size=1)
 

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Any
-
-from transformers import CLIPVisionConfig, LlamaConfig
+from typing import TYPE_CHECKING, Any
 
 from yivl.errors import YivlError
+
+if TYPE_CHECKING:  # transformers takes seconds to import; --help and config checks do not need it
+    from transformers import CLIPVisionConfig, LlamaConfig
 
 LLM_KEYS = (
     "attention_bias",
@@ -137,10 +138,14 @@ class YiVLConfig:
 
     def llama_config(self, attn_implementation: str = "sdpa") -> LlamaConfig:
         """The transformers LlamaConfig of the language model."""
+        from transformers import LlamaConfig
+
         return LlamaConfig(**self.llm, attn_implementation=attn_implementation)
 
     def clip_config(self, attn_implementation: str = "sdpa") -> CLIPVisionConfig:
         """The transformers CLIPVisionConfig of the vision tower (file meta keys left out)."""
+        from transformers import CLIPVisionConfig
+
         kwargs = {k: v for k, v in self.vision.items() if k not in VIT_META_KEYS}
         return CLIPVisionConfig(**kwargs, attn_implementation=attn_implementation)
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from yivl.config.schemas import DTYPE_ALIASES
+from yivl.config.schemas import DTYPES as DTYPE_NAMES
 from yivl.errors import YivlError
 
 
@@ -16,14 +18,8 @@ def pick_device(device: str) -> torch.device:
     return torch.device(device)
 
 
-DTYPES = {
-    "float32": torch.float32,
-    "fp32": torch.float32,
-    "bfloat16": torch.bfloat16,
-    "bf16": torch.bfloat16,
-    "float16": torch.float16,
-    "fp16": torch.float16,
-}
+DTYPES = {name: getattr(torch, DTYPE_ALIASES.get(name, name)) for name in DTYPE_NAMES if name != "auto"}
+"""``dtype=`` names (the schema's list) -> torch dtypes."""
 
 
 def pick_dtype(dtype: str, device: torch.device) -> torch.dtype:

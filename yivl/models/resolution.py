@@ -27,6 +27,12 @@ def resize_patch_grid(table: torch.Tensor, old_grid: int, new_grid: int) -> torc
     return torch.cat([cls_row, patches], dim=0)
 
 
+def check_image_size(size: int, patch: int) -> None:
+    """YivlError unless ``size`` is a positive multiple of the ViT patch size ``patch``."""
+    if size <= 0 or size % patch:
+        raise YivlError(f"module.image_size={size} is not a positive multiple of the ViT patch size {patch}")
+
+
 def set_image_size(model: YiVL, size: int) -> None:
     """Make the tower take ``size`` x ``size`` images; a no-op at the current size.
 
@@ -36,8 +42,7 @@ def set_image_size(model: YiVL, size: int) -> None:
     """
     embeddings = model.vision_tower.clip.embeddings
     patch = embeddings.patch_size
-    if size <= 0 or size % patch:
-        raise YivlError(f"module.image_size={size} is not a positive multiple of the ViT patch size {patch}")
+    check_image_size(size, patch)
     if size == embeddings.image_size:
         return
     old_grid, new_grid = embeddings.image_size // patch, size // patch

@@ -1,6 +1,6 @@
 """OpenAI-compatible HTTP API: ``POST /v1/chat/completions`` (plain or streamed) and ``GET /v1/models``.
 
-    python infer.py mode=api model_path=/models/Yi-VL-6B      # then point an OpenAI client at it
+    python infer.py mode=api model.path=/models/Yi-VL-6B      # then point an OpenAI client at it
 
 Every request goes through the one :class:`~yivl.serving.worker.GenerationWorker`, so concurrent clients
 queue instead of corrupting each other. Bad requests get an OpenAI-style error body and the server goes on.

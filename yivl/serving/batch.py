@@ -20,6 +20,8 @@ from typing import IO
 from omegaconf import DictConfig
 from PIL import Image
 
+from yivl.config.schema import check
+from yivl.config.schemas import INFER
 from yivl.data.chat import Turn
 from yivl.data.image_files import read_image_file
 from yivl.data.images import load_image
@@ -85,9 +87,7 @@ def batch_options(cfg: DictConfig) -> BatchOptions:
     folder = Path(batch.image_folder).expanduser() if batch.image_folder else src.parent
     if not folder.is_dir():
         raise YivlError(f"batch.image_folder={batch.image_folder} is not a folder; give the images' folder")
-    for key in ("batch_size", "max_record_bytes", "max_image_bytes"):
-        if not isinstance(batch[key], int) or batch[key] < 1:
-            raise YivlError(f"batch.{key}={batch[key]!r} must be an integer >= 1")
+    check(cfg, INFER, section="batch")
     return BatchOptions(
         src,
         dst,

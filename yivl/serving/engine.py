@@ -16,8 +16,15 @@ from PIL import Image
 
 from yivl.checkpoint.load import LoadedModel
 from yivl.checkpoint.peft_adapter import load_model
-from yivl.data.chat import SYSTEM_PROMPT, Turn, render_prompt, tokenize_prompt, with_image_placeholder
-from yivl.data.images import load_image
+from yivl.data.chat import (
+    SYSTEM_PROMPT,
+    Turn,
+    expanded_length,
+    render_prompt,
+    tokenize_prompt,
+    with_image_placeholder,
+)
+from yivl.data.images import DEFAULT_MAX_PIXELS, load_image
 from yivl.errors import YivlError
 from yivl.models.device import pick_device, pick_dtype
 from yivl.models.generation import Generation, GenerationSettings, generate_full
@@ -37,7 +44,7 @@ class Request:
 class Engine:
     """A loaded Yi-VL plus the prompt, image and generation plumbing around it."""
 
-    def __init__(self, loaded: LoadedModel, max_image_pixels: int = 64_000_000) -> None:
+    def __init__(self, loaded: LoadedModel, max_image_pixels: int = DEFAULT_MAX_PIXELS) -> None:
         self.loaded = loaded
         self.model = loaded.model.eval()
         self.tokenizer = loaded.tokenizer
@@ -51,7 +58,7 @@ class Engine:
         model_path: str | Path,
         device: str = "auto",
         dtype: str = "auto",
-        max_image_pixels: int = 64_000_000,
+        max_image_pixels: int = DEFAULT_MAX_PIXELS,
         base_model: str | Path | None = None,
     ) -> Engine:
         """Load a published-layout directory, or a peft adapter merged into ``base_model`` (default: the
@@ -83,8 +90,7 @@ class Engine:
 
     def prompt_length(self, ids: Sequence[int]) -> int:
         """Sequence length after each image placeholder is expanded to its patch features."""
-        n_images = sum(1 for i in ids if i < 0)
-        return len(ids) - n_images + n_images * self.image_tokens
+        return expanded_length(ids, self.image_tokens)
 
     def generate(
         self,

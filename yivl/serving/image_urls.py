@@ -14,7 +14,7 @@ from urllib.request import url2pathname
 from PIL import Image
 
 from yivl.data.image_files import read_image_file
-from yivl.data.images import load_image
+from yivl.data.images import DEFAULT_MAX_PIXELS, load_image
 from yivl.data.reasons import SampleRejected
 from yivl.errors import YivlError
 from yivl.serving.api_errors import ApiError, bad_request
@@ -26,7 +26,7 @@ class ImagePolicy:
     """What the API accepts as an image and how big it may be."""
 
     max_image_bytes: int = 20_000_000
-    max_pixels: int = 64_000_000
+    max_pixels: int = DEFAULT_MAX_PIXELS
     allow_file_urls: bool = True
     allow_remote: bool = False
     remote_timeout_s: float = 10.0

@@ -8,6 +8,7 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from yivl.checkpoint.tiny import ensure_tiny_checkpoint
+from yivl.config.schemas import validate
 from yivl.data.chat import Turn
 from yivl.errors import YivlError
 from yivl.models.generation import GenerationSettings
@@ -15,13 +16,10 @@ from yivl.serving.batch import run_batch
 from yivl.serving.engine import Engine, Request
 from yivl.serving.launch import run_api, run_web
 
-MODES = ("single", "chat", "batch", "web", "api")
-
 
 def run(cfg: DictConfig) -> None:
-    """Dispatch on ``cfg.mode``."""
-    if cfg.mode not in MODES:
-        raise YivlError(f"unknown mode={cfg.mode}; use one of {', '.join(MODES)}")
+    """Dispatch on ``cfg.mode``, after the old spellings are moved and every typed key is checked."""
+    validate(cfg, "infer")
     engine = load_engine(cfg)
     settings = generation_settings(cfg.generation)
     runners = {"single": run_single, "chat": run_chat, "batch": run_batch, "web": run_web, "api": run_api}
@@ -29,11 +27,11 @@ def run(cfg: DictConfig) -> None:
 
 
 def load_engine(cfg: DictConfig) -> Engine:
-    """Load ``cfg.model_path`` (a model folder, or a peft adapter over ``cfg.base_model``), building the
+    """Load ``cfg.model.path`` (a model folder, or a peft adapter over ``cfg.model.base``), building the
     tiny random model first when that is what it names."""
-    path = Path(cfg.model_path)
+    path = Path(cfg.model.path)
     tiny = Path(cfg.paths.tiny_model).resolve()
-    for named in (path, cfg.base_model):
+    for named in (path, cfg.model.base):
         if named is not None and Path(named).resolve() == tiny:
             ensure_tiny_checkpoint(tiny)
     return Engine.from_path(
@@ -41,18 +39,12 @@ def load_engine(cfg: DictConfig) -> Engine:
         device=cfg.device,
         dtype=cfg.dtype,
         max_image_pixels=cfg.max_image_pixels,
-        base_model=cfg.base_model,
+        base_model=cfg.model.base,
     )
 
 
 def generation_settings(gen: DictConfig) -> GenerationSettings:
-    """Config -> settings; temperature 0 means greedy decoding."""
-    if gen.temperature < 0:
-        raise YivlError(f"generation.temperature={gen.temperature} must be >= 0 (0 is greedy)")
-    if gen.top_p is not None and not 0 < gen.top_p <= 1:
-        raise YivlError(f"generation.top_p={gen.top_p} must be in (0, 1] or null")
-    if gen.max_new_tokens < 1:
-        raise YivlError(f"generation.max_new_tokens={gen.max_new_tokens} must be >= 1")
+    """Config (checked by yivl.config.schemas.INFER) -> settings; temperature 0 means greedy decoding."""
     return GenerationSettings(
         temperature=float(gen.temperature),
         top_p=None if gen.top_p is None else float(gen.top_p),
@@ -81,7 +73,7 @@ def run_chat(cfg: DictConfig, engine: Engine, settings: GenerationSettings, read
     image = cfg.image
     if image is not None:
         engine.pixels(image)  # fail on a bad image before the first question, not after it
-    print(f"Chatting with {cfg.model_path}" + (f" about {image}" if image else "") + ". Empty line to quit.")
+    print(f"Chatting with {cfg.model.path}" + (f" about {image}" if image else "") + ". Empty line to quit.")
     turns: list[Turn] = []
     while True:
         try:

@@ -9,6 +9,8 @@ from typing import TYPE_CHECKING
 
 from omegaconf import DictConfig
 
+from yivl.config.schema import check
+from yivl.config.schemas import INFER
 from yivl.errors import YivlError
 from yivl.models.generation import GenerationSettings
 from yivl.serving.engine import Engine
@@ -39,18 +41,13 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def _check_port(section: str, port: int) -> None:
-    if not 0 < int(port) < 65536:
-        raise YivlError(f"{section}.port={port} is not a TCP port; use 1-65535")
-
-
 def run_web(cfg: DictConfig, engine: Engine, settings: GenerationSettings) -> None:
     """Serve the gradio demo on ``web.host:web.port`` until interrupted."""
     require("web", "gradio")
     from yivl.serving.web import WebSettings, build_demo, launch
 
     web = cfg.web
-    _check_port("web", web.port)
+    check(cfg, INFER, section="web")
     if not is_loopback(web.host):
         log.warning("web.host=%s: the demo is reachable from other machines, without a password", web.host)
     demo_settings = WebSettings(
@@ -85,7 +82,6 @@ def run_api(cfg: DictConfig, engine: Engine, settings: GenerationSettings) -> No
     from yivl.serving.api import create_app
 
     api = cfg.api
-    _check_port("api", api.port)
     if not is_loopback(api.host) and not api.api_key:
         log.warning(
             "api.host=%s without api.api_key: anyone who can reach the port can use the model", api.host
@@ -106,8 +102,7 @@ def api_settings(cfg: DictConfig, defaults: GenerationSettings) -> ApiSettings:
     from yivl.serving.image_urls import ImagePolicy
 
     api = cfg.api
-    if api.system_messages not in ("use", "ignore", "reject"):
-        raise YivlError(f"api.system_messages={api.system_messages}; use one of use, ignore, reject")
+    check(cfg, INFER, section="api")
     policy = ImagePolicy(
         max_image_bytes=int(api.max_image_bytes),
         max_pixels=int(cfg.max_image_pixels),

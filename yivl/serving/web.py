@@ -1,6 +1,6 @@
 """The gradio web demo: upload an image, chat about it with streamed answers.
 
-    python infer.py mode=web model_path=/models/Yi-VL-6B        # then open http://127.0.0.1:8111
+    python infer.py mode=web model.path=/models/Yi-VL-6B        # then open http://127.0.0.1:8111
 
 Generation runs through the one :class:`~yivl.serving.worker.GenerationWorker` and gradio's queue runs
 one chat event at a time, so several tabs wait their turn instead of corrupting each other's answers.
@@ -16,6 +16,7 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # a local demo phone
 
 import gradio as gr
 
+from yivl.data.images import DEFAULT_MAX_PIXELS
 from yivl.serving.web_session import Session, Update, generation_settings, new_image, respond
 from yivl.serving.worker import GenerationWorker
 
@@ -35,7 +36,7 @@ class WebSettings:
     max_new_tokens: int = 512
     max_new_tokens_limit: int = 1024
     max_upload_bytes: int = 20_000_000
-    max_pixels: int = 64_000_000
+    max_pixels: int = DEFAULT_MAX_PIXELS
     queue_size: int = 16
     request_timeout_s: float = 600.0
     render_markdown: bool = True

@@ -1,7 +1,7 @@
 """Build the model a stage trains: load the base checkpoint, set the resolution, freeze, add adapters.
 
-Input is the LightningModule's small plan (plain dicts from the config), never a module: the weights are
-read from ``model.path`` inside ``configure_model``. What trains:
+Input is the run plan (``yivl.checkpoint.plan.RunPlan``, plain values from the config), never a
+module: the weights are read from ``model.path`` inside ``configure_model``. What trains:
 
 =============  ====================  =========  ==============================================
 stage          vision tower          projector  LLM
@@ -18,13 +18,14 @@ Trainable parameters are kept in fp32 (the master copy under bf16 autocast); fro
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from yivl.checkpoint.load import load_pretrained
+from yivl.checkpoint.plan import CheckpointFlags, RunPlan
+from yivl.errors import YivlError
 from yivl.models.lora import add_lora
 from yivl.models.resolution import set_image_size
 from yivl.models.yivl import YiVL
@@ -49,31 +50,31 @@ class Dtypes:
         return cls(torch.float32, torch.float32)
 
 
-def build_model(plan: Mapping, dtypes: Dtypes, device: torch.device | str = "cpu") -> YiVL:
-    """The YiVL model of ``plan`` (the module hyperparameters), ready to train."""
-    model = load_pretrained(plan["model"]["path"], dtype=dtypes.param, device=device).model
-    if plan["image_size"]:
-        set_image_size(model, int(plan["image_size"]))
-    apply_trainable(model, plan["train"], plan["finetune"], dtypes, torch.device(device))
-    enable_checkpointing(model, plan["gradient_checkpointing"])
+def build_model(plan: RunPlan, dtypes: Dtypes, device: torch.device | str = "cpu") -> YiVL:
+    """The YiVL model of ``plan``, ready to train."""
+    model = load_pretrained(plan.model.path, dtype=dtypes.param, device=device).model
+    set_image_size(model, plan.image_size)
+    apply_trainable(model, plan, dtypes, torch.device(device))
+    enable_checkpointing(model, plan.gradient_checkpointing)
     return model.train()  # loaded in eval mode; Lightning keeps each submodule's mode as it finds it
 
 
-def apply_trainable(
-    model: YiVL, train: Mapping, finetune: Mapping, dtypes: Dtypes, device: torch.device
-) -> None:
-    """Freeze everything, then unfreeze what ``train`` selects; quantize/inject adapters per ``finetune``."""
+def apply_trainable(model: YiVL, plan: RunPlan, dtypes: Dtypes, device: torch.device) -> None:
+    """Freeze everything, then unfreeze what ``plan.train`` selects; quantize/inject adapters per
+    ``plan.finetune``."""
     model.requires_grad_(False)
-    if finetune["method"] == "qlora":
-        quantize_llm(model.llm, finetune["quant"], dtypes.compute, device)
+    if plan.finetune.method == "qlora":
+        if plan.finetune.quant is None:
+            raise YivlError("finetune=qlora needs a finetune.quant block (type, double_quant, storage_dtype)")
+        quantize_llm(model.llm, plan.finetune.quant, dtypes.compute, device)
         _norms_to_fp32(model.llm)
-    if train["llm"] == "lora":
-        add_lora(model.llm, finetune["lora"])
-    elif train["llm"] == "full":
+    if plan.has_adapters:
+        add_lora(model.llm, plan.lora_block())
+    elif plan.train.llm == "full":
         model.llm.requires_grad_(True)
-    model.vision_tower.requires_grad_(bool(train["vision_tower"]))
+    model.vision_tower.requires_grad_(bool(plan.train.vision_tower))
     freeze_unused_vision_layers(model)
-    model.mm_projector.requires_grad_(bool(train["projector"]))
+    model.mm_projector.requires_grad_(bool(plan.train.projector))
     for param in model.parameters():
         if param.requires_grad and param.dtype != torch.float32:
             param.data = param.data.float()
@@ -106,10 +107,10 @@ def _norms_to_fp32(llm: nn.Module) -> None:
             module.float()
 
 
-def enable_checkpointing(model: YiVL, flags: Mapping) -> None:
+def enable_checkpointing(model: YiVL, flags: CheckpointFlags) -> None:
     """Recompute activations in backward for the LLM and/or the ViT (non-reentrant: works with LoRA)."""
-    for part, module in (("llm", model.llm), ("vision_tower", model.vision_tower.clip)):
-        if flags[part]:
+    for enabled, module in ((flags.llm, model.llm), (flags.vision_tower, model.vision_tower.clip)):
+        if enabled:
             _checkpoint_layers(module)
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from yivl.checkpoint.plan import RunPlan
 from yivl.errors import YivlError
 from yivl.models.config import YiVLConfig
 
@@ -22,13 +23,13 @@ META_KEY = "yivl"
 COMPARED = ("model", "stage", "finetune", "image_size", "llm_hidden_size", "llm_layers", "vision_layers")
 
 
-def run_meta(plan: Mapping, config: YiVLConfig) -> dict:
+def run_meta(plan: RunPlan, config: YiVLConfig) -> dict:
     """Identity of a training run: what must match for its checkpoint to be resumed."""
     return {
-        "model": plan["model"]["name"],
-        "stage": plan["stage"],
-        "finetune": plan["finetune"]["method"],
-        "image_size": int(plan["image_size"] or config.image_size),
+        "model": plan.model.name,
+        "stage": plan.stage,
+        "finetune": plan.finetune.method,
+        "image_size": plan.image_size,
         "llm_hidden_size": config.llm_hidden_size,
         "llm_layers": int(config.llm["num_hidden_layers"]),
         "vision_layers": int(config.vision["num_hidden_layers"]),

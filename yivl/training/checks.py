@@ -5,17 +5,16 @@ from __future__ import annotations
 import importlib.util
 from collections.abc import Mapping
 
+from yivl.config.schema import check
+from yivl.config.schemas import TRAIN
 from yivl.errors import YivlError
 from yivl.training.strategies import offloads_optimizer, zero_stage
 
-LLM_MODES = ("full", "lora", "frozen")
-METHODS = ("full", "lora", "qlora")
-QUANT_TYPES = ("nf4", "fp4")
-STORAGE_DTYPES = ("uint8", "bfloat16", "float16", "float32")
-
 
 def check_config(cfg: Mapping, accelerator: str, precision: str) -> None:
-    """Every refusal below, in order; ``accelerator`` is cpu/gpu after resolving auto."""
+    """The schema's types and ranges (yivl.config.schemas.TRAIN), then every refusal below, in order;
+    ``accelerator`` is cpu/gpu after resolving auto."""
+    check(cfg, TRAIN)
     module, finetune, strategy = cfg["module"], cfg["finetune"], cfg["strategy"]
     check_finetune(module["stage"], module["train"]["llm"], finetune["method"])
     check_demo_model(module["stage"], cfg["model"]["name"])
@@ -24,8 +23,6 @@ def check_config(cfg: Mapping, accelerator: str, precision: str) -> None:
     if finetune["method"] == "qlora":
         check_qlora(finetune, strategy, precision)
     check_val_generation(cfg["val_generation"], strategy)
-    if int(cfg["global_batch_size"]) < 1:
-        raise YivlError(f"global_batch_size={cfg['global_batch_size']} must be at least 1")
 
 
 def check_precision(precision: str, accelerator: str) -> None:
@@ -40,10 +37,6 @@ def check_precision(precision: str, accelerator: str) -> None:
 
 def check_finetune(stage: str, llm: str, method: str) -> None:
     """The stage's LLM mode (full/lora/frozen) and the fine-tune method (full/lora/qlora) must agree."""
-    if llm not in LLM_MODES:
-        raise YivlError(f"module.train.llm={llm!r} is unknown; use one of {', '.join(LLM_MODES)}")
-    if method not in METHODS:
-        raise YivlError(f"finetune.method={method!r} is unknown; use one of {', '.join(METHODS)}")
     if llm == "full" and method != "full":
         raise YivlError(
             f"finetune={method} trains LoRA adapters on a frozen{' 4-bit' if method == 'qlora' else ''} LLM, "
@@ -102,12 +95,6 @@ def check_qlora(finetune: Mapping, strategy: Mapping, precision: str) -> None:
     """4-bit weights: bitsandbytes present; sharded strategies need storage dtype == compute dtype."""
     if importlib.util.find_spec("bitsandbytes") is None:
         raise YivlError("finetune=qlora needs bitsandbytes: pip install 'yivl[qlora]'")
-    quant = finetune["quant"]
-    if quant["type"] not in QUANT_TYPES or quant["storage_dtype"] not in STORAGE_DTYPES:
-        raise YivlError(
-            f"finetune.quant: type must be one of {', '.join(QUANT_TYPES)} and storage_dtype one of "
-            f"{', '.join(STORAGE_DTYPES)} (got {quant['type']}, {quant['storage_dtype']})"
-        )
     if offloads_optimizer(strategy) or (
         strategy["name"] == "deepspeed" and "offload_param" in strategy["config"].get("zero_optimization", {})
     ):

@@ -9,9 +9,8 @@ import lightning as L
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from yivl.data.images import ImageProcessor
+from yivl.data.images import ImageProcessor, image_processor_for
 from yivl.data.tokenizer import YiTokenizer
-from yivl.errors import YivlError
 from yivl.models.config import YiVLConfig
 
 
@@ -24,16 +23,11 @@ class ModelInputs:
     num_image_tokens: int
 
 
-def model_inputs(base: Path, vit_dir: Path, config: YiVLConfig, image_size: int | None) -> ModelInputs:
-    """Tokenizer and processor of the base model, the processor resized to ``image_size`` (if given)."""
-    processor = ImageProcessor.from_pretrained(vit_dir)
-    size = int(image_size or config.image_size)
-    patch = int(config.vision["patch_size"])
-    if size <= 0 or size % patch:
-        raise YivlError(f"module.image_size={size} is not a positive multiple of the ViT patch size {patch}")
-    if size != processor.size:
-        processor = ImageProcessor(size=size, image_mean=processor.image_mean, image_std=processor.image_std)
-    resized = dataclasses.replace(config, vision={**config.vision, "image_size": size})
+def model_inputs(base: Path, vit_dir: Path, config: YiVLConfig, image_size: int) -> ModelInputs:
+    """Tokenizer and processor of the base model, the processor at the run's ``image_size``
+    (``RunPlan.image_size``)."""
+    processor = image_processor_for(ImageProcessor.from_pretrained(vit_dir), image_size)
+    resized = dataclasses.replace(config, vision={**config.vision, "image_size": image_size})
     return ModelInputs(YiTokenizer.from_dir(base), processor, resized.num_image_tokens)
 
 

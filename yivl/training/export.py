@@ -5,8 +5,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from pathlib import Path
 
-from yivl.checkpoint.export import export_source, rebuild, save_adapter, save_merged
+from yivl.checkpoint.exporter import export_source, save_adapter, save_merged
 from yivl.checkpoint.load import LoadedModel
+from yivl.checkpoint.plan import RunPlan
+from yivl.checkpoint.trained import model_from_plan
 from yivl.data.images import ImageProcessor
 from yivl.data.tokenizer import YiTokenizer
 from yivl.errors import YivlError
@@ -24,7 +26,7 @@ def check_export_dir(export: Mapping) -> None:
 
 
 def export_trained(
-    model: YiVL, plan: Mapping, tokenizer: YiTokenizer, image_processor: ImageProcessor, export: Mapping
+    model: YiVL, plan: RunPlan, tokenizer: YiTokenizer, image_processor: ImageProcessor, export: Mapping
 ) -> Path:
     """Export the model in memory at the end of training (rank 0, unsharded strategies).
 
@@ -33,13 +35,12 @@ def export_trained(
     """
     out, merge, dtype = Path(export["dir"]), bool(export["merge"]), str(export["dtype"])
     model = model.cpu()
-    has_adapters = plan["train"]["llm"] == "lora"
-    if has_adapters and not merge:
+    if plan.has_adapters and not merge:
         return save_adapter(model, plan, out)
-    if plan["finetune"]["method"] == "qlora":
+    if plan.finetune.method == "qlora":
         trained = {n: p.detach() for n, p in model.named_parameters() if p.requires_grad}
-        return save_merged(rebuild(plan, trained, None), out, dtype)
-    loaded = LoadedModel(model, tokenizer, image_processor, model.config, Path(plan["model"]["path"]))
+        return save_merged(model_from_plan(plan, trained), out, dtype)
+    loaded = LoadedModel(model, tokenizer, image_processor, model.config, Path(plan.model.path))
     return save_merged(loaded, out, dtype)
 
 

@@ -1,8 +1,9 @@
-"""The LightningModule: builds the stage's model from a small plan and trains it.
+"""The LightningModule: builds the stage's model from the run plan and trains it.
 
-The plan is plain data (model path and name, stage, resolution, what trains, fine-tune method, optimizer
-and schedule): it is what ``save_hyperparameters`` stores, so no ``nn.Module`` is ever pickled into a
-checkpoint. The weights are read in ``configure_model`` (under the strategy's context, once).
+The plan (``yivl.checkpoint.plan.RunPlan``: model path and name, stage, resolution, what trains,
+fine-tune method, optimizer and schedule) is stored as ``save_hyperparameters(plan.to_dict())``: plain
+data, so no ``nn.Module`` is ever pickled into a checkpoint and checkpoints load with
+``weights_only=True``. The weights are read in ``configure_model`` (under the strategy's context, once).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import torch
 from lightning.pytorch.strategies import DeepSpeedStrategy, FSDPStrategy
 from torch.optim.lr_scheduler import LambdaLR
 
+from yivl.checkpoint.plan import RunPlan
 from yivl.errors import YivlError
 from yivl.evaluation.lightning import ValidationLoss
 from yivl.models.yivl import YiVL, YiVLOutput
@@ -33,21 +35,10 @@ from yivl.training.optim import WarmupCosine, build_optimizer, param_groups
 class YiVLModule(L.LightningModule):
     """Trains a YiVL model. Logs ``train/loss``, ``lr``, ``tok/s`` (progress bar) and ``val/loss``."""
 
-    def __init__(
-        self,
-        model: Mapping,
-        stage: str,
-        image_size: int | None,
-        train: Mapping,
-        finetune: Mapping,
-        optimizer: Mapping,
-        scheduler: Mapping,
-        gradient_checkpointing: Mapping,
-        precision: str = "32-true",
-        cpu_adam: bool = False,
-    ) -> None:
+    def __init__(self, plan: RunPlan) -> None:
         super().__init__()
-        self.save_hyperparameters()
+        self.plan = plan
+        self.save_hyperparameters(plan.to_dict())
         self.model: YiVL | None = None
         self.meta: dict = {}
         self.strict_loading = False  # checkpoints hold only the trainable tensors
@@ -70,8 +61,8 @@ class YiVLModule(L.LightningModule):
             if self._trainer is None or self._sharded()
             else self.trainer.strategy.root_device
         )
-        self.model = build_model(self.hparams, Dtypes.for_precision(self.hparams.precision), device)
-        self.meta = run_meta(self.hparams, self.model.config)
+        self.model = build_model(self.plan, Dtypes.for_precision(self.plan.precision), device)
+        self.meta = run_meta(self.plan, self.model.config)
 
     def _sharded(self) -> bool:
         """True under a strategy that distributes the weights itself (they are read on the CPU first)."""
@@ -128,10 +119,10 @@ class YiVLModule(L.LightningModule):
         self.log("lr", float(lrs.get("llm", next(iter(lrs.values())))), prog_bar=True, batch_size=1)
 
     def configure_optimizers(self) -> dict:
-        groups = param_groups(self.model, self.hparams.optimizer)
+        groups = param_groups(self.model, self.plan.optimizer)
         if not groups:
-            raise YivlError(f"experiment {self.hparams.stage} trains no parameter; check module.train")
-        optimizer = build_optimizer(groups, self.hparams.optimizer, cpu_adam=self.hparams.cpu_adam)
+            raise YivlError(f"experiment {self.plan.stage} trains no parameter; check module.train")
+        optimizer = build_optimizer(groups, self.plan.optimizer, cpu_adam=self.plan.cpu_adam)
         total = self.trainer.estimated_stepping_batches
         if total == float("inf"):
             raise YivlError("the training data has no length (streamed shards): set trainer.max_steps")
@@ -143,8 +134,8 @@ class YiVLModule(L.LightningModule):
 
     def _schedule_args(self) -> dict:
         return {
-            "warmup_ratio": float(self.hparams.scheduler["warmup_ratio"]),
-            "min_ratio": float(self.hparams.scheduler["min_lr_ratio"]),
+            "warmup_ratio": float(self.plan.scheduler.warmup_ratio),
+            "min_ratio": float(self.plan.scheduler.min_lr_ratio),
         }
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:

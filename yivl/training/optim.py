@@ -8,15 +8,13 @@ do not (biases and every norm's weights, like LLaVA's trainer). Only trainable p
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 
 import torch
 from torch import nn
 
+from yivl.checkpoint.plan import OptimizerSettings
 from yivl.models.yivl import YiVL, module_groups
-
-LR_KEYS = {"vision_tower": "vision_tower_lr", "mm_projector": "projector_lr", "llm": "lr"}
-"""The ``module.optimizer`` key that holds each part's learning rate."""
 
 
 def is_norm(module: nn.Module) -> bool:
@@ -33,17 +31,17 @@ def _named_trainable(part: nn.Module) -> Iterator[tuple[str, nn.Parameter, bool]
                 yield name, param, not (is_norm(module) or leaf == "bias")
 
 
-def param_groups(model: YiVL, optimizer: Mapping) -> list[dict]:
+def param_groups(model: YiVL, optimizer: OptimizerSettings) -> list[dict]:
     """AdamW groups ``{"name", "params", "lr", "weight_decay"}``; names like ``llm`` / ``llm.no_decay``."""
     groups = []
     for part_name, part in module_groups(model).items():
-        lr = float(optimizer[LR_KEYS[part_name]])
+        lr = optimizer.lr_for(part_name)
         decay, no_decay = [], []
         for _, param, decays in _named_trainable(part):
             (decay if decays else no_decay).append(param)
         if decay:
             groups.append(
-                {"name": part_name, "params": decay, "lr": lr, "weight_decay": optimizer["weight_decay"]}
+                {"name": part_name, "params": decay, "lr": lr, "weight_decay": optimizer.weight_decay}
             )
         if no_decay:
             groups.append(
@@ -52,9 +50,11 @@ def param_groups(model: YiVL, optimizer: Mapping) -> list[dict]:
     return groups
 
 
-def build_optimizer(groups: list[dict], optimizer: Mapping, cpu_adam: bool = False) -> torch.optim.Optimizer:
+def build_optimizer(
+    groups: list[dict], optimizer: OptimizerSettings, cpu_adam: bool = False
+) -> torch.optim.Optimizer:
     """AdamW over ``groups``; DeepSpeed's CPU Adam (same maths) when its optimizer state lives on the CPU."""
-    kwargs = {"betas": tuple(optimizer["betas"]), "eps": float(optimizer["eps"])}
+    kwargs = {"betas": tuple(optimizer.betas), "eps": float(optimizer.eps)}
     if cpu_adam:
         from deepspeed.ops.adam import DeepSpeedCPUAdam
 

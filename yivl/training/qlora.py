@@ -6,23 +6,24 @@ base model instead.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-
 import torch
 from torch import nn
 
+from yivl.checkpoint.plan import QuantSettings
 from yivl.errors import YivlError
 from yivl.models.lora import llm_linear_names
 
 
-def quantize_llm(llm: nn.Module, quant: Mapping, compute_dtype: torch.dtype, device: torch.device) -> None:
+def quantize_llm(
+    llm: nn.Module, quant: QuantSettings, compute_dtype: torch.dtype, device: torch.device
+) -> None:
     """Replace the decoder's linear layers by bitsandbytes 4-bit ones (frozen), quantized on ``device``.
 
     ``quant``: ``type`` (nf4 | fp4), ``double_quant`` (quantize the scales too), ``storage_dtype`` (dtype
     holding the packed weights). Layer outputs are computed in ``compute_dtype``.
     """
     bnb = _bitsandbytes()
-    storage = getattr(torch, str(quant["storage_dtype"]))
+    storage = getattr(torch, quant.storage_dtype)
     for name in llm_linear_names(llm):
         old = llm.get_submodule(name)
         new = bnb.nn.Linear4bit(
@@ -30,16 +31,16 @@ def quantize_llm(llm: nn.Module, quant: Mapping, compute_dtype: torch.dtype, dev
             old.out_features,
             bias=old.bias is not None,
             compute_dtype=compute_dtype,
-            compress_statistics=bool(quant["double_quant"]),
-            quant_type=str(quant["type"]),
+            compress_statistics=bool(quant.double_quant),
+            quant_type=quant.type,
             quant_storage=storage,
             device="meta",
         )
         new.weight = bnb.nn.Params4bit(
             old.weight.data,
             requires_grad=False,
-            compress_statistics=bool(quant["double_quant"]),
-            quant_type=str(quant["type"]),
+            compress_statistics=bool(quant.double_quant),
+            quant_type=quant.type,
             quant_storage=storage,
             module=new,
         )

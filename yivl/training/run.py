@@ -20,6 +20,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from yivl.checkpoint.layout import check_model_dir, read_config
+from yivl.checkpoint.plan import RunPlan, resolve_image_size
 from yivl.checkpoint.tiny import ensure_tiny_checkpoint
 from yivl.errors import YivlError
 from yivl.evaluation.val_generation import ValGeneration, ValidationGeneration, parse_val_generation
@@ -95,16 +96,16 @@ def train(cfg: DictConfig) -> Trained:
     base = base_model_dir(plain["model"])
     config, vit_dir = read_config(base)
     check_model_size(plain["model"]["name"], config, base)
-    plan = module_plan(plain, base, precision)
+    plan = module_plan(plain, base, config, precision)
     check_export_dir(plain["export"])
-    inputs = model_inputs(base, vit_dir, config, plan["image_size"])
+    inputs = model_inputs(base, vit_dir, config, plan.image_size)
     datamodule = build_datamodule(cfg.data, inputs)
     has_val = bool(datamodule.val_sources)
     last = LastCheckpoint(Path(plain["paths"]["output_dir"]) / "checkpoints", hydra_resume_command())
     callbacks = [*val_callbacks(val_task, inputs, base, has_val), last]
     trainer = build_trainer(plain, accelerator, precision, callbacks)
     ckpt_path = resolve_ckpt_path(plain, run_meta(plan, config))
-    module = YiVLModule(**plan)
+    module = YiVLModule(plan)
     try:
         trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
     except YivlError as err:
@@ -165,21 +166,24 @@ def check_model_size(name: str, config: YiVLConfig, path: Path) -> None:
         )
 
 
-def module_plan(plain: dict, base: Path, precision: str) -> dict:
-    """The LightningModule's arguments: plain data only (what its checkpoint stores as hparams)."""
+def module_plan(plain: dict, base: Path, config: YiVLConfig, precision: str) -> RunPlan:
+    """The run plan from the composed config and the base model's config (its resolution, when
+    ``module.image_size`` is null), before any weight is read."""
     module = plain["module"]
-    return {
-        "model": {"name": plain["model"]["name"], "path": str(base)},
-        "stage": module["stage"],
-        "image_size": module["image_size"],
-        "train": module["train"],
-        "finetune": plain["finetune"],
-        "optimizer": module["optimizer"],
-        "scheduler": module["scheduler"],
-        "gradient_checkpointing": module["gradient_checkpointing"],
-        "precision": precision,
-        "cpu_adam": offloads_optimizer(plain["strategy"]),
-    }
+    return RunPlan.from_dict(
+        {
+            "model": {"name": plain["model"]["name"], "path": str(base)},
+            "stage": module["stage"],
+            "image_size": resolve_image_size(module["image_size"], config),
+            "train": module["train"],
+            "finetune": plain["finetune"],
+            "optimizer": module["optimizer"],
+            "scheduler": module["scheduler"],
+            "gradient_checkpointing": module["gradient_checkpointing"],
+            "precision": precision,
+            "cpu_adam": offloads_optimizer(plain["strategy"]),
+        }
+    )
 
 
 def resolve_ckpt_path(plain: dict, meta: dict) -> str | None:
@@ -224,8 +228,6 @@ def finish(trainer: L.Trainer, module: YiVLModule, inputs: ModelInputs, plain: d
         if sharded:
             out = export_checkpoint(final, export)
         else:
-            out = export_trained(
-                module.model, module.hparams, inputs.tokenizer, inputs.image_processor, export
-            )
+            out = export_trained(module.model, module.plan, inputs.tokenizer, inputs.image_processor, export)
     print(f"exported the trained model to {out}", flush=True)
     return out

@@ -1,0 +1,215 @@
+"""The command line of train.py, evaluate.py and infer.py, checked before Hydra sees it.
+
+Hydra's own messages for a mistyped key or group option span several lines (with the config search
+path); the house rule is one line naming the thing and the fix. :func:`prepare` refuses the original
+01-ai scripts' flags, unknown group options and unknown keys (suggesting the nearest valid ones), and
+rewrites train.py's synonyms (``output_dir=``, ``device=``, ``dtype=``). Sweeps (``-m a=1,2``),
+``+key=``, ``++key=``, ``~key``, group choices and Hydra's own ``hydra.*`` keys pass through.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from yivl.config.vocabulary import OLD_KEYS
+from yivl.errors import YivlError
+
+_SWEEP_FUNCTION = re.compile(r"^\w+\(")  # choice(...), range(...), glob(...): leave to Hydra
+_HYDRA_VALUE_OPTIONS = {"-cn", "--config-name", "-cp", "--config-path", "-cd", "--config-dir", "-c", "--cfg"}
+_HYDRA_VALUE_OPTIONS |= {"-p", "--package", "--experimental-rerun"}
+_HANDS_OFF = {"-h", "--help", "--hydra-help", "-i", "--info", "-sc", "--shell-completion"}
+_OTHER_CONFIG = {"-cn", "--config-name", "-cp", "--config-path", "-cd", "--config-dir"}
+_MULTIRUN = {"-m", "--multirun"}
+
+Synonym = Callable[[str, bool], list[str]]  # (value, multirun) -> the overrides it stands for
+
+
+@dataclass(frozen=True)
+class EntryPoint:
+    """What :func:`prepare` needs to know about one Hydra entry point."""
+
+    script: str  # e.g. "infer.py"
+    config_dir: Path
+    config_name: str  # e.g. "infer"
+    flags: Mapping[str, str] = field(default_factory=dict)  # the original scripts' flags -> key
+    synonyms: Mapping[str, Synonym] = field(default_factory=dict)
+
+
+def prepare(argv: Sequence[str], entry: EntryPoint) -> list[str]:
+    """``argv`` checked (YivlError with one line on the first problem) and with synonyms rewritten."""
+    argv = list(argv)
+    if _HANDS_OFF & set(argv):
+        return argv
+    legacy_flag(argv, entry.flags, entry.script)
+    multirun = bool(_MULTIRUN & set(argv))
+    argv = [new for arg in argv for new in _rewrite(arg, entry.synonyms, multirun)]
+    message = unknown_option(argv, entry.config_dir)
+    if message:
+        raise YivlError(message)
+    if not _OTHER_CONFIG & set(argv):
+        message = unknown_key(overrides(argv), entry)
+        if message:
+            raise YivlError(message)
+    return argv
+
+
+def legacy_flag(argv: Sequence[str], flags: Mapping[str, str], script: str) -> None:
+    """YivlError with a hint when ``argv`` uses a flag of the original 01-ai scripts (``flags`` maps
+    e.g. ``--model-path`` to ``model.path``)."""
+    for i, arg in enumerate(argv):
+        flag, _, inline_value = arg.partition("=")
+        if flag not in flags:
+            continue
+        value = inline_value or (argv[i + 1] if i + 1 < len(argv) else "VALUE")
+        raise YivlError(
+            f"{script} takes Hydra overrides, not flags: write {flags[flag]}={value} "
+            f"instead of {flag} {value}"
+        )
+
+
+def _rewrite(arg: str, synonyms: Mapping[str, Synonym], multirun: bool) -> list[str]:
+    key, sep, value = arg.partition("=")
+    if not sep or key not in synonyms:
+        return [arg]
+    return synonyms[key](value, multirun)
+
+
+def overrides(argv: Sequence[str]) -> list[str]:
+    """The overrides in ``argv``: Hydra's own options (and their values) left out."""
+    found, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg in _HYDRA_VALUE_OPTIONS:
+            skip = True
+        elif not arg.startswith("-"):
+            found.append(arg)
+    return found
+
+
+def group_options(config_dir: Path, group: str) -> list[str] | None:
+    """The options of config group ``group`` (a folder of YAML files), or None if it is not a group."""
+    folder = config_dir / group
+    if not folder.is_dir():
+        return None
+    return sorted(p.stem for p in folder.glob("*.yaml"))
+
+
+def unknown_option(argv: Sequence[str], config_dir: Path) -> str | None:
+    """The first ``group=option`` argument naming an option that does not exist, as a message."""
+    for arg in argv:
+        key, sep, value = arg.partition("=")
+        key = key.lstrip("+~")
+        if not sep or value in ("null", "") or _SWEEP_FUNCTION.match(value) or "." in key:
+            continue
+        options = group_options(config_dir, key)
+        if options is None:
+            continue
+        for choice in value.split(","):
+            if choice not in options:
+                return f"unknown {key}={choice}; valid options: {', '.join(options)}"
+    return None
+
+
+def unknown_key(args: Sequence[str], entry: EntryPoint) -> str | None:
+    """``unknown key 'k'; did you mean a or b?`` for the first value override whose key the composed
+    config lacks; None when every key exists (or the config cannot be composed here: Hydra reports)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parser = OverridesParser.create()
+    groups, values = [], []
+    for arg in args:
+        try:
+            parsed = parser.parse_override(arg)
+        except Exception:  # a malformed override or config is for Hydra to report, in its words
+            return None
+        key = parsed.key_or_group
+        if parsed.is_add() or parsed.is_force_add() or parsed.is_delete() or parsed.package is not None:
+            continue
+        if key == "hydra" or key.startswith(("hydra.", "hydra/")):
+            continue
+        if "/" in key or group_options(entry.config_dir, key) is not None:
+            if parsed.value_type is not None and parsed.value_type.name == "SIMPLE_CHOICE_SWEEP":
+                arg = f"{key}={next(iter(parsed.sweep_string_iterator()))}"
+            elif parsed.is_sweep_override():
+                return None  # range()/glob() over a group: the keys depend on the choice
+            groups.append(arg)
+        else:
+            values.append(key)
+    if not values:
+        return None
+    tree = _composed(entry, groups)
+    if tree is None:
+        return None
+    for key in values:
+        if _has_key(tree, key.split(".")) is False:
+            return _unknown_message(key, tree, OLD_KEYS.get(entry.config_name, {}), entry.script)
+    return None
+
+
+def _composed(entry: EntryPoint, groups: list[str]) -> dict | None:
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    try:
+        with initialize_config_dir(str(entry.config_dir), version_base="1.3"):
+            cfg = compose(entry.config_name, overrides=groups)
+    except Exception:  # a malformed override or config is for Hydra to report, in its words
+        return None
+    return OmegaConf.to_container(cfg, resolve=False)
+
+
+def _has_key(node: Any, parts: list[str]) -> bool | None:
+    """Whether the key exists; None when it cannot be told without resolving (Hydra decides)."""
+    for part in parts:
+        if isinstance(node, dict):
+            if part not in node:
+                return False
+            node = node[part]
+        elif isinstance(node, list):
+            if not part.isdigit() or int(part) >= len(node):
+                return None
+            node = node[int(part)]
+        else:
+            return None if node is None or (isinstance(node, str) and "${" in node) else False
+    return True
+
+
+def key_paths(node: Any, prefix: str = "") -> list[str]:
+    """Every dotted key of a plain config tree, in file order (list items are not descended into)."""
+    paths = []
+    for key, value in node.items():
+        path = f"{prefix}{key}"
+        paths.append(path)
+        if isinstance(value, dict):
+            paths += key_paths(value, f"{path}.")
+    return paths
+
+
+def nearest_keys(key: str, paths: list[str], old: Mapping[str, str]) -> list[str]:
+    """Up to three valid keys near ``key``: the same last name elsewhere, then close spellings of the
+    whole key and of its last name; an old spelling stands for its new key."""
+    leaf = key.rpartition(".")[2]
+    leaves = {path: path.rpartition(".")[2] for path in paths}
+    found = [p for p in paths if leaves[p] == leaf]
+    found += difflib.get_close_matches(key, paths, n=3, cutoff=0.75)
+    close_leaves = difflib.get_close_matches(leaf, sorted(set(leaves.values())), n=3, cutoff=0.8)
+    found += [p for name in close_leaves for p in paths if leaves[p] == name]
+    unique: list[str] = []
+    for path in found:
+        path = old.get(path, path)
+        if path not in unique and path != key and not path.startswith("hydra"):
+            unique.append(path)
+    return unique[:3]
+
+
+def _unknown_message(key: str, tree: dict, old: Mapping[str, str], script: str) -> str:
+    near = nearest_keys(key, key_paths(tree), old)
+    if not near:
+        return f"unknown key '{key}'; python {script} --cfg job lists the valid keys"
+    return f"unknown key '{key}'; did you mean {' or '.join(near)}?"

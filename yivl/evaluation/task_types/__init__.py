@@ -1,0 +1,1 @@
+"""One module per evaluation task type; ``yivl.evaluation.registry`` lists them."""

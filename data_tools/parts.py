@@ -109,7 +109,7 @@ def part_output(out_dir: Path, part: Part) -> Path:
         raise YivlError(
             f"{out_dir} already holds parts of a {other[0]}-part split, this is part "
             f"{part.index}/{part.count}; "
-            f"run every part with --part I/{other[0]}, or delete {out_dir / PARTS} to start a "
-            f"{part.count}-part split"
+            f"run every part with --part I/{other[0]}, or delete {out_dir / PARTS} to start a split "
+            f"into {part.count} parts"
         )
     return out_dir / PARTS / part.name

@@ -211,7 +211,7 @@ def test_bad_splits_and_merges_are_one_line(img2dataset: Path, tmp_path: Path, c
         assert main(laion_argv(img2dataset, out, "--part", part)) == 0
     assert error_line(laion_argv(img2dataset, out, "--part", "2/4"), capsys) == (
         f"{out} already holds parts of a 3-part split, this is part 2/4; run every part with "
-        f"--part I/3, or delete {out}/parts to start a 4-part split"
+        f"--part I/3, or delete {out}/parts to start a split into 4 parts"
     )
     assert error_line(["merge", "--output-dir", str(out)], capsys) == (
         f"{out}: part 2 of 3 is missing (no {out}/parts/part-2-of-3); run the same command with "

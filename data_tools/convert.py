@@ -2,6 +2,7 @@
 
 Every input record is written or rejected with one reason; the counts are checked on disk at the end.
 Interrupted (Ctrl-C or kill), the same command resumes where the last finished shard ended.
+With ``--part I/N`` one of N jobs converts one slice of the records; ``merge`` joins the parts.
 """
 
 from __future__ import annotations

@@ -4,6 +4,7 @@ Every input sample is written (image bytes passed through when already RGB JPEG/
 reason: unreadable shard, no image, no caption, caption length, corrupt or too large or too small image,
 and (with ``--model-path``) too long once the caption becomes a conversation. ``--check`` only reports.
 Interrupted, the same command resumes; ``*_stats.json`` successes are compared with what was read.
+With ``--part I/N`` one of N jobs takes one slice of the input shards; ``merge`` joins the parts.
 """
 
 from __future__ import annotations

@@ -143,14 +143,21 @@ def laion_argv(src: Path, out: Path, *extra: str) -> list[str]:
     return [*argv, "--max-samples", "2", "--max-reject-fraction", "1", *extra]
 
 
-def test_three_laion_parts_merge_into_the_one_job_output(img2dataset: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("parts", "samples"),
+    [(3, [3, 3, 6]), (5, [0, 3, 3, 2, 4])],  # 4 input shards: 1, 1, 2 of them; 0, 1, 1, 1, 1
+)
+def test_laion_parts_merge_into_the_one_job_output(
+    parts: int, samples: list[int], img2dataset: Path, tmp_path: Path
+) -> None:
     one, out = tmp_path / "one", tmp_path / "out"
     assert main(laion_argv(img2dataset, one)) == 0
-    for part in ("1/3", "2/3", "3/3"):  # 4 input shards: parts take 1, 1 and 2 of them
-        assert main(laion_argv(img2dataset, out, "--part", part)) == 0
-    assert [manifest(out / "parts" / f"part-{i}-of-3")["records"]["input"] for i in (1, 2, 3)] == [3, 3, 6]
+    for i in range(1, parts + 1):
+        assert main(laion_argv(img2dataset, out, "--part", f"{i}/{parts}")) == 0
+    got = [manifest(out / "parts" / f"part-{i}-of-{parts}")["records"]["input"] for i in range(1, parts + 1)]
+    assert got == samples
     assert main(["merge", "--output-dir", str(out), "--max-reject-fraction", "1"]) == 0
-    assert_same_as_one_job(out, one, 3)
+    assert_same_as_one_job(out, one, parts)
     rejects = [json.loads(line) for line in (out / "rejects.jsonl").read_text().splitlines()]
     assert [(r["index"], r["reason"]) for r in rejects] == [
         (1, "caption_length"),

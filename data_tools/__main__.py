@@ -1,4 +1,4 @@
-"""``python -m data_tools {convert,laion,validate,stats,inspect} --help``."""
+"""``python -m data_tools {convert,laion,merge,validate,stats,inspect} --help``."""
 
 from data_tools.cli import main
 

@@ -6,12 +6,13 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from data_tools import convert, inspect_sample, laion, stats, validate
+from data_tools import convert, inspect_sample, laion, merge, stats, validate
 from yivl.cli import run_reporting_errors
 
 COMMANDS = {
     "convert": convert,
     "laion": laion,
+    "merge": merge,
     "validate": validate,
     "stats": stats,
     "inspect": inspect_sample,

@@ -2,6 +2,7 @@
 
 Every input record is written or rejected with one reason; the counts are checked on disk at the end.
 Interrupted (Ctrl-C or kill), the same command resumes where the last finished shard ended.
+With ``--part I/N`` one of N jobs converts one slice of the records; ``merge`` joins the parts.
 """
 
 from __future__ import annotations
@@ -24,8 +25,9 @@ from data_tools.common import (
 )
 from data_tools.duplicates import DuplicateIds, counting_ids
 from data_tools.inputs import record_items
-from data_tools.journal import open_output, write_manifest
+from data_tools.journal import Journal, open_output, write_manifest
 from data_tools.parallel import WorkerDied, WorkerStalled, ordered_map
+from data_tools.parts import Part, add_part_arg, parse_part, part_output
 from data_tools.process import Job, convert_job, init_worker
 from data_tools.report import build_manifest, console, manifest_tally, print_summary, verify_output
 from data_tools.sequence import ShardSequence
@@ -50,6 +52,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_output_args(parser)
     add_model_args(parser)
     add_format_args(parser)
+    add_part_arg(parser)
 
 
 def _input_params(path: Path, records: RecordFile) -> dict:
@@ -68,6 +71,7 @@ def run(args: argparse.Namespace) -> int:
     if not image_folder.is_dir():
         raise YivlError(f"image folder not found: {image_folder}; pass --image-folder")
     spec = model_spec(args)
+    part = parse_part(args.part) if args.part is not None else None
     params = {
         "tool": "convert",
         "version": 1,
@@ -81,44 +85,61 @@ def run(args: argparse.Namespace) -> int:
         "max_image_bytes": args.max_image_bytes,
         "allow_images_outside_folder": args.allow_images_outside_folder,
         "image_tokens": list(spec.image_tokens),
+        **({"part": part.params()} if part else {}),
     }
     params = json.loads(json.dumps(params))
-    journal = open_output(args.out, params, args.overwrite)
-    start, total = journal.next_index, len(records)
-    if start == total:
-        console.print(f"{args.out} already holds all {total} records; checking it")
-    elif start:
-        console.print(f"resuming at record {start} of {total} ({journal.next_shard} shards done)")
+    first, end = part.slice(len(records)) if part else (0, len(records))
+    out_dir = part_output(args.out, part) if part else args.out
+    journal = open_output(out_dir, params, args.overwrite, first)
+    start = journal.next_index
+    if start == end:
+        console.print(f"{out_dir} already holds all {end - first} records; checking it")
+    elif start > first:
+        console.print(f"resuming at record {start} of {end} ({journal.next_shard} shards done)")
     sequence = ShardSequence(journal, args.max_samples, args.max_bytes, args.prefix)
-    ids = DuplicateIds()  # over every record, those of a resumed run's finished shards included
-    items = (item for item in counting_ids(record_items(records), ids) if item.index >= start)
+    ids = DuplicateIds()  # over every record up to ``end``, those before a part or a resumed run included
+    items = (item for item in counting_ids(record_items(records, 0, end), ids) if item.index >= start)
     job = Job(spec, image_folder, True, args.max_image_bytes, args.allow_images_outside_folder)
     try:
-        with sequence.aborting_on_error(), progress_bar("convert", total - start) as bar:
+        with sequence.aborting_on_error(), progress_bar("convert", end - start) as bar:
             for outcome in ordered_map(convert_job, items, processes(args), init_worker, (job,)):
                 sequence.add(outcome)
                 bar.advance()
-            sequence.finish(total)
+            sequence.finish(end)
     except (WorkerDied, WorkerStalled) as err:
         raise YivlError(
-            f"{err}; {journal.next_index} of {total} records are committed in {journal.next_shard} "
-            f"complete shards; resume with: {rerun_command(args)}"
+            f"{err}; {journal.next_index - first} of {end - first} records are committed in "
+            f"{journal.next_shard} complete shards; resume with: {rerun_command(args)}"
         ) from None
-    return finish(args, journal, total, keys_are_indices=True, extra={"duplicate_ids": ids.summary()})
+    extra = {"duplicate_ids": ids.summary()}
+    return finish(args, journal, end - first, keys_are_indices=True, extra=extra, part=part)
 
 
 def finish(
-    args: argparse.Namespace, journal, total: int, keys_are_indices: bool, extra: dict | None = None
+    args: argparse.Namespace,
+    journal: Journal,
+    total: int,
+    keys_are_indices: bool,
+    extra: dict | None = None,
+    part: Part | None = None,
 ) -> int:
     """Write the manifest, verify the output on disk, print the summary, then apply the reject rule
-    (after everything is on disk, so a refused run loses nothing); exit status 0 when reconciled."""
-    out_dir = args.out
+    (after everything is on disk, so a refused run loses nothing); exit status 0 when reconciled.
+    A part leaves the reject rule to ``merge``, which sees every record."""
+    out_dir = journal.out_dir
     manifest = build_manifest(journal, total, extra)
     problems = verify_output(out_dir, manifest, keys_are_indices)
     write_manifest(out_dir, manifest)
     ok = print_summary(manifest, str(out_dir))
     for problem in problems:
         console.print(f"[red]problem:[/] {problem}")
+    if part is not None:
+        if ok:
+            console.print(
+                f"part {part.index} of {part.count} done; once every part is, join them with: "
+                f"python -m data_tools merge --output-dir {args.out}"
+            )
+        return 0 if ok else 1
     if ok and os.environ.get("YIVL_DATA_TOOLS_QUIET") is None:
         console.print(f"manifest: {out_dir / 'manifest.json'}; rejects: {out_dir / 'rejects.jsonl'}")
     reject_check(manifest_tally(manifest), args, str(args.input))

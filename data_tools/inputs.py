@@ -71,9 +71,9 @@ def conversation_items(
     return len(records), record_items(records, start)
 
 
-def record_items(records: RecordFile, start: int = 0) -> Iterator[Item]:
-    """Items of a record file from ``start``; a record over the byte limit is never read."""
-    for i in range(start, len(records)):
+def record_items(records: RecordFile, start: int = 0, stop: int | None = None) -> Iterator[Item]:
+    """Items of a record file in ``[start, stop)``; a record over the byte limit is never read."""
+    for i in range(start, len(records) if stop is None else stop):
         problem = records.size_problem(i)
         if problem is None:
             yield Item(i, records.raw(i))

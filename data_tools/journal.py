@@ -31,10 +31,11 @@ class Journal:
     out_dir: Path
     params: dict
     commits: list[dict] = field(default_factory=list)
+    first_index: int = 0  # where the input range starts: a part's slice start (data_tools.parts)
 
     @property
     def next_index(self) -> int:
-        return self.commits[-1]["end"] if self.commits else 0
+        return self.commits[-1]["end"] if self.commits else self.first_index
 
     @property
     def next_shard(self) -> int:
@@ -56,7 +57,7 @@ def _append_line(path: Path, obj: Any) -> None:
         os.fsync(f.fileno())
 
 
-def _read_journal(path: Path) -> tuple[dict, list[dict]]:
+def read_journal(path: Path) -> tuple[dict, list[dict]]:
     """Header and complete commit lines; a torn last line (killed mid-write) is dropped."""
     lines = path.read_bytes().split(b"\n")
     entries = []
@@ -70,7 +71,8 @@ def _read_journal(path: Path) -> tuple[dict, list[dict]]:
     return entries[0], entries[1:]
 
 
-def _rewrite_journal(path: Path, header: dict, commits: list[dict]) -> None:
+def rewrite_journal(path: Path, header: dict, commits: list[dict]) -> None:
+    """Write ``path`` whole, atomically."""
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(
         "".join(json.dumps(e, sort_keys=True) + "\n" for e in [header, *commits]), encoding="utf-8"
@@ -92,21 +94,22 @@ def _clean_beyond(out_dir: Path, journal: Journal) -> None:
     (out_dir / MANIFEST).unlink(missing_ok=True)
 
 
-def open_output(out_dir: Path, params: dict, overwrite: bool) -> Journal:
-    """Start a new output folder, or resume the interrupted run with the same parameters."""
+def open_output(out_dir: Path, params: dict, overwrite: bool, first_index: int = 0) -> Journal:
+    """Start a new output folder, or resume the interrupted run with the same parameters; the input
+    range starts at ``first_index``."""
     journal_path = out_dir / JOURNAL
     if overwrite and out_dir.exists():
         shutil.rmtree(out_dir)
     if journal_path.exists():
-        header, commits = _read_journal(journal_path)
+        header, commits = read_journal(journal_path)
         if header != params:
             changed = sorted(k for k in set(header) | set(params) if header.get(k) != params.get(k))
             raise YivlError(
                 f"{out_dir} holds a conversion with other settings or input ({', '.join(changed)} differ); "
                 "pass --overwrite to start over or choose another output folder"
             )
-        _rewrite_journal(journal_path, header, commits)  # drops a torn last line
-        journal = Journal(out_dir, params, commits)
+        rewrite_journal(journal_path, header, commits)  # drops a torn last line
+        journal = Journal(out_dir, params, commits, first_index)
         _clean_beyond(out_dir, journal)
         return journal
     if out_dir.exists() and any(out_dir.iterdir()):
@@ -115,7 +118,7 @@ def open_output(out_dir: Path, params: dict, overwrite: bool) -> Journal:
         )
     out_dir.mkdir(parents=True, exist_ok=True)
     _append_line(journal_path, params)
-    return Journal(out_dir, params)
+    return Journal(out_dir, params, first_index=first_index)
 
 
 def append_rejects(out_dir: Path, lines: list[dict]) -> int:
@@ -123,10 +126,15 @@ def append_rejects(out_dir: Path, lines: list[dict]) -> int:
     path = out_dir / REJECTS
     with open(path, "ab") as f:
         for line in lines:
-            f.write((json.dumps(line, ensure_ascii=False, sort_keys=True) + "\n").encode("utf-8"))
+            f.write(reject_bytes(line))
         f.flush()
         os.fsync(f.fileno())
         return f.tell()
+
+
+def reject_bytes(line: dict) -> bytes:
+    """One line of ``rejects.jsonl``, as every tool (and ``merge``) writes it."""
+    return (json.dumps(line, ensure_ascii=False, sort_keys=True) + "\n").encode("utf-8")
 
 
 def write_manifest(out_dir: Path, manifest: dict) -> None:

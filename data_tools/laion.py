@@ -4,6 +4,7 @@ Every input sample is written (image bytes passed through when already RGB JPEG/
 reason: unreadable shard, no image, no caption, caption length, corrupt or too large or too small image,
 and (with ``--model-path``) too long once the caption becomes a conversation. ``--check`` only reports.
 Interrupted, the same command resumes; ``*_stats.json`` successes are compared with what was read.
+With ``--part I/N`` one of N jobs takes one slice of the input shards; ``merge`` joins the parts.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from data_tools.inputs import early_reject, local_shards, tar_samples
 from data_tools.journal import open_output
 from data_tools.model import ModelSpec
 from data_tools.parallel import ordered_map
+from data_tools.parts import add_part_arg, parse_part, part_output
 from data_tools.process import prepare_image
 from data_tools.report import console, reasons_table
 from data_tools.sequence import Outcome, ShardSequence
@@ -64,6 +66,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_image_bytes_arg(parser)
     add_reject_fraction_arg(parser)
     add_model_args(parser, required=False)
+    add_part_arg(parser)
 
 
 _state: dict = {}
@@ -135,6 +138,8 @@ def _reported_successes(shards: list[Path]) -> int | None:
 
 def run(args: argparse.Namespace) -> int:
     shards = local_shards(args.input)
+    part = parse_part(args.part) if args.part is not None else None
+    mine = shards[slice(*part.slice(len(shards)))] if part else shards  # a part takes whole input shards
     filters = Filters(
         args.min_caption_chars,
         args.max_caption_chars,
@@ -144,7 +149,7 @@ def run(args: argparse.Namespace) -> int:
     )
     model = ModelSpec(args.model, args.max_length, args.max_pixels) if args.model else None
     if args.check:
-        return _check(shards, filters, model, args)
+        return _check(mine, filters, model, args)
     if args.out is None:
         raise YivlError("pass --output-dir DIR for the filtered shards, or --check to only report")
     params = {
@@ -157,11 +162,13 @@ def run(args: argparse.Namespace) -> int:
         "max_bytes": args.max_bytes,
         "max_record_bytes": args.max_record_bytes,
         "prefix": args.prefix,
+        **({"part": part.params()} if part else {}),
     }
-    journal = open_output(args.out, json.loads(json.dumps(params)), args.overwrite)
-    start = journal.next_index
+    out_dir = part_output(args.out, part) if part else args.out
+    journal = open_output(out_dir, json.loads(json.dumps(params)), args.overwrite)
+    start = journal.next_index  # a part counts its samples from 0; merge places them after the others
     sequence = ShardSequence(journal, args.max_samples, args.max_bytes, args.prefix)
-    items = ((i, s) for i, s in enumerate(tar_samples(shards, args.max_record_bytes)) if i >= start)
+    items = ((i, s) for i, s in enumerate(tar_samples(mine, args.max_record_bytes)) if i >= start)
     total = start
     with sequence.aborting_on_error(), progress_bar("laion", None) as bar:
         for outcome in ordered_map(laion_job, items, processes(args), _init, (filters, model)):
@@ -169,9 +176,9 @@ def run(args: argparse.Namespace) -> int:
             total = outcome.index + 1
             bar.advance()
         sequence.finish(total)
-    extra = {"img2dataset_successes": _reported_successes(shards)}
+    extra = {"img2dataset_successes": _reported_successes(mine)}
     _note_successes(extra["img2dataset_successes"], total)
-    return finish(args, journal, total, keys_are_indices=False, extra=extra)
+    return finish(args, journal, total, keys_are_indices=False, extra=extra, part=part)
 
 
 def _check(shards: list[Path], filters: Filters, model: ModelSpec | None, args: argparse.Namespace) -> int:

@@ -25,7 +25,7 @@ TOOLS = [
     ["-m", "yivl.checkpoint.tiny", "--help"],
     *(
         ["-m", "data_tools", command, "--help"]
-        for command in ("convert", "laion", "validate", "stats", "inspect")
+        for command in ("convert", "laion", "merge", "validate", "stats", "inspect")
     ),
 ]
 

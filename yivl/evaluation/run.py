@@ -97,7 +97,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             )
         from yivl.evaluation.spawn import run_spawned
 
-        return run_spawned(cfg)
+        return run_spawned(cfg, run)
     try:
         return _run_ranks(cfg, world, started)
     except SharedError:  # rank 0's error: rank 0 reports it (and its launcher sees it fail)

@@ -7,6 +7,7 @@ import json
 import os
 import socket
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -15,9 +16,12 @@ from omegaconf import DictConfig, OmegaConf
 from yivl.errors import YivlError
 from yivl.evaluation.ranks import RESUME
 
+Run = Callable[[DictConfig], dict[str, Any]]
 
-def run_spawned(cfg: DictConfig) -> dict[str, Any]:
-    """Run ``cfg`` in ``cfg.devices`` processes; returns the summary rank 0 wrote."""
+
+def run_spawned(cfg: DictConfig, run: Run) -> dict[str, Any]:
+    """``run(cfg)`` in ``cfg.devices`` processes (``run`` goes to them by name); returns the summary
+    rank 0 wrote."""
     import torch.multiprocessing as mp
 
     size = int(cfg.devices)
@@ -26,7 +30,7 @@ def run_spawned(cfg: DictConfig) -> dict[str, Any]:
     container["devices"] = 1
     ctx = mp.get_context("spawn")
     errors = ctx.SimpleQueue()
-    args = (size, _free_port(), container, errors)
+    args = (size, _free_port(), container, errors, run)
     context = mp.start_processes(_rank_main, args=args, nprocs=size, join=False, start_method="spawn")
     try:
         while not context.join():
@@ -49,13 +53,11 @@ def _failure(err: Any, errors: Any) -> str:
     return f"rank {rank} {how}; {RESUME}"
 
 
-def _rank_main(rank: int, size: int, port: int, container: dict[str, Any], errors: Any) -> None:
+def _rank_main(rank: int, size: int, port: int, container: dict[str, Any], errors: Any, run: Run) -> None:
     """One rank: the launcher's environment, then the run; a YivlError goes back to the parent."""
     env = {"RANK": rank, "LOCAL_RANK": rank, "WORLD_SIZE": size, "LOCAL_WORLD_SIZE": size}
     os.environ.update({k: str(v) for k, v in env.items()})
     os.environ.update({"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)})
-    from yivl.evaluation.run import run
-
     try:
         run(OmegaConf.create(container))
     except YivlError as err:

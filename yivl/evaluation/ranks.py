@@ -246,7 +246,7 @@ def wait_for(
     deadline = time.monotonic() + timeout_s
     while waiting := pending():
         dead = dead_rank(out_dir, world, waiting)
-        if dead is not None:
+        if dead is not None and dead[0] in pending():  # not one that finished and exited meanwhile
             raise YivlError(f"rank {dead[0]} stopped before finishing task {task} ({dead[1]}); {RESUME}")
         if time.monotonic() > deadline:
             raise YivlError(

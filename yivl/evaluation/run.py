@@ -106,9 +106,10 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 
 def _run_ranks(cfg: DictConfig, world: World, started: float) -> dict[str, Any]:
     with process_group(world, float(cfg.rank_timeout_s)) as world:
-        on_main(world, lambda: (_ensure_synthetic(cfg), _checkpoint_path(cfg)))  # files written once
+        on_main(world, lambda: _ensure_synthetic(cfg))  # files written by one rank only
         tasks = load_tasks(cfg)
-        info = describe_checkpoint(_checkpoint_path(cfg), cfg.model.base, cfg.fingerprint == "full")
+        checkpoint = on_main(world, lambda: _checkpoint_path(cfg))
+        info = describe_checkpoint(checkpoint, cfg.model.base, cfg.fingerprint == "full")
         device, dtype = _device_dtype(cfg)
         settings = run_settings(cfg, tasks, str(device), str(dtype).removeprefix("torch."))
         manifest = {"settings": settings, "checkpoint": info.describe(), "datasets": _datasets(tasks)}

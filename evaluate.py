@@ -3,6 +3,7 @@
     python evaluate.py model.path=/models/Yi-VL-6B tasks=[vqa:data/vqav2_val.jsonl,pope:data/pope.jsonl]
     python evaluate.py eval=synthetic model.path=logs/train/runs/<run>/export
     python evaluate.py model.path=... tasks=[...] output_dir=logs/eval/x resume=true   # continue a killed run
+    torchrun --standalone --nproc-per-node 2 evaluate.py model.path=... tasks=[...] output_dir=DIR  # 2 ranks
 
 Configuration: configs/eval.yaml. See docs/evaluation.md.
 """

@@ -140,6 +140,8 @@ EVALUATE: dict[str, Field] = {
     "batch_size": Int(1, message="batch_size={value!r} must be an integer >= 1"),
     "num_workers": Int(0, message="num_workers={value!r} must be an integer >= 0"),
     "device": DEVICE,
+    "devices": Int(1, message="devices={value!r} must be an integer >= 1"),
+    "rank_timeout_s": Number(above=0, message="rank_timeout_s={value!r} must be a number of seconds > 0"),
     "dtype": Choice(*DTYPES),
     "seed": Int(),
     "threads": Int(1, null=True, also=("auto",)),

@@ -87,8 +87,9 @@ def write_text(path: Path, text: str) -> None:
     _atomic_write(path, text)
 
 
-def load_records(path: Path) -> dict[str, dict[str, Any]]:
-    """Records already written by an earlier (killed) run, by id; a torn last line is cut off."""
+def load_records(path: Path, repair: bool = True) -> dict[str, dict[str, Any]]:
+    """Records already written by an earlier (killed) run, by id; a torn last line is cut off (left in
+    place with ``repair=False``: another process may still be writing it)."""
     if not path.is_file():
         return {}
     data = path.read_bytes()
@@ -109,6 +110,8 @@ def load_records(path: Path) -> dict[str, dict[str, Any]]:
             ) from None
         records[str(record["id"])] = record
         good += len(line) + 1
+    if not repair:
+        return records
     if good < len(data):
         with open(path, "r+b") as f:
             f.truncate(good)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import random
+import shutil
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -25,10 +26,34 @@ from yivl.errors import YivlError
 from yivl.evaluation.benchmarks import BENCHMARK_OPTIONS
 from yivl.evaluation.checkpoints import describe_checkpoint, load_checkpoint
 from yivl.evaluation.items import Item
-from yivl.evaluation.records import SampleWriter, load_records, prepare_output_dir, samples_path
+from yivl.evaluation.ranks import (
+    Heartbeat,
+    SharedError,
+    World,
+    on_main,
+    process_group,
+    rank_device,
+    ranks_dir,
+    same_on_every_rank,
+    stop_on_sigterm,
+    sync,
+    wait_for,
+    world_from_env,
+)
+from yivl.evaluation.records import SampleWriter, prepare_output_dir, samples_path
 from yivl.evaluation.registry import build_items, get_type
-from yivl.evaluation.runner import RunOptions, TaskRunner
+from yivl.evaluation.runner import RunOptions, TaskOutcome, TaskRunner
 from yivl.evaluation.scoring import chance_levels, scored_records, skip_counts, summarize
+from yivl.evaluation.shares import (
+    add_rank_stats,
+    load_done,
+    merge,
+    partial_path,
+    partial_paths,
+    pending_ranks,
+    read_markers,
+    write_marker,
+)
 from yivl.evaluation.sources import (
     DEFAULT_IMAGE_FILES,
     ImageFiles,
@@ -55,26 +80,60 @@ class LoadedTask:
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
-    """Evaluate ``cfg.model.path`` on ``cfg.tasks``; returns the summary written to summary.json."""
+    """Evaluate ``cfg.model.path`` on ``cfg.tasks``; returns the summary written to summary.json.
+
+    Under torchrun (``WORLD_SIZE`` > 1) each rank runs its share of every task and rank 0 merges
+    and summarises (the other ranks return an empty dict); ``devices=N`` starts N such ranks itself.
+    """
     for name in OFFLINE_ENV:  # nothing below may reach the network, whatever the environment says
         os.environ[name] = "1"
     started = time.perf_counter()
     validate(cfg, "eval")  # old spellings (checkpoint=, base_model=) moved, every typed key checked
-    _ensure_synthetic(cfg)
-    tasks = load_tasks(cfg)
-    info = describe_checkpoint(_checkpoint_path(cfg), cfg.model.base, cfg.fingerprint == "full")
-    device, dtype = _device_dtype(cfg)
-    settings = run_settings(cfg, tasks, str(device), str(dtype).removeprefix("torch."))
-    manifest = {"settings": settings, "checkpoint": info.describe(), "datasets": _datasets(tasks)}
-    out_dir = Path(cfg.output_dir).expanduser()
-    resuming = prepare_output_dir(out_dir, manifest, bool(cfg.resume))
+    world = world_from_env()
+    if int(cfg.devices) > 1:
+        if world.distributed:
+            raise YivlError(
+                f"devices={cfg.devices} under a launcher (WORLD_SIZE={world.size}); use one or the other"
+            )
+        from yivl.evaluation.spawn import run_spawned
+
+        return run_spawned(cfg, run)
+    try:
+        return _run_ranks(cfg, world, started)
+    except SharedError:  # rank 0's error: rank 0 reports it (and its launcher sees it fail)
+        return {}
+
+
+def _run_ranks(cfg: DictConfig, world: World, started: float) -> dict[str, Any]:
+    with process_group(world, float(cfg.rank_timeout_s)) as world:
+        on_main(world, lambda: _ensure_synthetic(cfg))  # files written by one rank only
+        tasks = load_tasks(cfg)
+        checkpoint = on_main(world, lambda: _checkpoint_path(cfg))
+        info = describe_checkpoint(checkpoint, cfg.model.base, cfg.fingerprint == "full")
+        device, dtype = _device_dtype(cfg)
+        settings = run_settings(cfg, tasks, str(device), str(dtype).removeprefix("torch."))
+        manifest = {"settings": settings, "checkpoint": info.describe(), "datasets": _datasets(tasks)}
+        out_dir = Path(cfg.output_dir).expanduser()
+        same_on_every_rank(world, "output_dir", str(out_dir.resolve()))
+        resuming = on_main(world, lambda: prepare_output_dir(out_dir, manifest, bool(cfg.resume)))
+        heartbeat = Heartbeat(out_dir, world) if world.distributed else None
+        sync(world)  # every heartbeat file is this start's before anyone looks at them
+    if world.distributed:
+        stop_on_sigterm(out_dir, world)
     _seed_everything(int(cfg.seed))
-    _set_threads(cfg.threads, device, int(cfg.num_workers))
-    loaded = load_checkpoint(info, device, dtype)
-    runner = TaskRunner(loaded, _run_options(cfg))
-    results = [_run_task(runner, task, out_dir, resuming, cfg) for task in tasks]
-    timing = {"wall_s": time.perf_counter() - started}
-    return write_outputs(out_dir, manifest, results, timing, resuming, bool(cfg.chart))
+    local = torch.device(rank_device(str(device), world, torch.cuda.device_count()))
+    if local.type == "cuda":
+        torch.cuda.set_device(local)
+    _set_threads(cfg.threads, local, int(cfg.num_workers), world.local_size)
+    runner = TaskRunner(load_checkpoint(info, local, dtype), _run_options(cfg))
+    results = [_run_task(runner, task, out_dir, resuming, cfg, world) for task in tasks]
+    if heartbeat is not None:
+        heartbeat.stop()
+    if not world.main:
+        return {}
+    shutil.rmtree(ranks_dir(out_dir), ignore_errors=True)
+    timing = {"wall_s": time.perf_counter() - started, "processes": world.size}
+    return write_outputs(out_dir, manifest, [r for r in results if r], timing, resuming, bool(cfg.chart))
 
 
 def _ensure_synthetic(cfg: DictConfig) -> None:
@@ -195,13 +254,14 @@ def _datasets(tasks: list[LoadedTask]) -> dict[str, dict[str, Any]]:
     return {t.spec.name: {"fingerprint": t.fingerprint, "n_records": len(t.items)} for t in tasks}
 
 
-def _set_threads(threads: Any, device: torch.device, workers: int) -> None:
+def _set_threads(threads: Any, device: torch.device, workers: int, processes: int = 1) -> None:
     """``auto``: on CPU leave one core per DataLoader worker (spinning torch threads that share a core
-    with a worker slow generation down many times); on CUDA keep torch's default."""
+    with a worker slow generation down many times), the cores split between the ``processes`` of
+    this machine; on CUDA keep torch's default."""
     if threads is None or (threads == "auto" and device.type != "cpu"):
         return
     if threads == "auto":
-        threads = max(1, (os.cpu_count() or 1) - workers)
+        threads = max(1, (os.cpu_count() or 1) // processes - workers)
     if not isinstance(threads, int) or threads < 1:
         raise YivlError(f"threads={threads!r} must be auto, null or a positive integer")
     torch.set_num_threads(threads)
@@ -224,13 +284,31 @@ def _run_options(cfg: DictConfig) -> RunOptions:
 
 
 def _run_task(
-    runner: TaskRunner, task: LoadedTask, out_dir: Path, resuming: bool, cfg: DictConfig
-) -> TaskResult:
-    """Run one task (continuing its sample file when resuming) and summarise its scored records."""
-    path = samples_path(out_dir, task.spec.name)
-    done = load_records(path) if resuming else {}
-    with SampleWriter(path) as writer, _progress(task, bool(cfg.progress)) as advance:
-        outcome = runner.run(task.spec, task.items, done, writer, advance)
+    runner: TaskRunner, task: LoadedTask, out_dir: Path, resuming: bool, cfg: DictConfig, world: World
+) -> TaskResult | None:
+    """Run this rank's share of one task (continuing what earlier runs wrote when resuming); rank 0
+    merges the ranks' records and summarises them (None on the other ranks)."""
+    name = task.spec.name
+    own = partial_path(out_dir, name, world.rank) if world.distributed else samples_path(out_dir, name)
+    shared = world.distributed or bool(partial_paths(out_dir, name))  # or a resume of such a run
+    done = load_done(out_dir, name, own) if resuming else {}
+    with SampleWriter(own) as writer, _progress(task, bool(cfg.progress) and world.main, world) as advance:
+        outcome = runner.run(task.spec, task.items, done, writer, advance, share=world.share)
+    if world.distributed:
+        write_marker(out_dir, name, world, outcome)
+        if not world.main:
+            return None
+        wait_for(out_dir, world, name, lambda: pending_ranks(out_dir, name, world), float(cfg.rank_timeout_s))
+        add_rank_stats(outcome, read_markers(out_dir, name, world))
+    if shared:
+        outcome.records = merge(out_dir, name, task.items, outcome.order)
+        if world.distributed:
+            outcome.batch_check = runner.check_batches(task.spec, task.items, outcome.records)
+    return _task_result(task, outcome, cfg)
+
+
+def _task_result(task: LoadedTask, outcome: TaskOutcome, cfg: DictConfig) -> TaskResult:
+    """The task's metrics over its scored records."""
     scored, skipped = scored_records(outcome.records), skip_counts(outcome.records)
     if not scored:  # every sample was skipped: no metric rather than one over zero samples
         return TaskResult(task.spec, outcome, None, {}, task.fingerprint, skipped)
@@ -240,12 +318,15 @@ def _run_task(
 
 
 @contextmanager
-def _progress(task: LoadedTask, enabled: bool) -> Iterator[Callable[[int], None] | None]:
-    """A progress bar's ``advance(n)`` for the task, or None when progress display is off."""
+def _progress(task: LoadedTask, enabled: bool, world: World) -> Iterator[Callable[[int], None] | None]:
+    """A progress bar's ``advance(n)`` for the task, or None when progress display is off. With N
+    ranks rank 0 shows its own count (its share's size is not known up front)."""
     if not enabled:
         yield None
         return
     from yivl.progress import progress_bar
 
-    with progress_bar(f"{task.spec.name} ({task.spec.type})", len(task.items)) as bar:
+    where = f", rank 0 of {world.size}" if world.distributed else ""
+    total = None if world.distributed else len(task.items)
+    with progress_bar(f"{task.spec.name} ({task.spec.type}{where})", total) as bar:
         yield bar.advance

@@ -46,6 +46,8 @@ class TaskOutcome:
     wall_s: float = 0.0
     batch_check: dict[str, Any] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    order: list[int] = field(default_factory=list)
+    """Item indices in the order a fresh single-process run writes them (skipped, then batch by batch)."""
 
 
 class TaskRunner:
@@ -91,7 +93,9 @@ class TaskRunner:
 
         Items that do not fit the context are recorded as skipped, never computed. ``share=(rank,
         world)`` runs only every ``world``-th planned batch from ``rank`` (and rank 0 records the
-        skipped items); ``records`` then hold this share only. ``writer=None`` writes no file.
+        skipped items), whatever ``done`` holds, so a resume with any world size leaves no batch
+        out; ``records`` then hold this share (and ``done``) only, and the batch-size check is left
+        to :meth:`check_batches` over the merged records. ``writer=None`` writes no file.
         """
         self.prefixes = PrefixCache()
         try:
@@ -110,7 +114,8 @@ class TaskRunner:
     ) -> TaskOutcome:
         prepared = self.prepare(spec, items)
         rank, world = share
-        todo = [b for b in self.plan(prepared) if any(items[i].id not in done for i in b)][rank::world]
+        plan = self.plan(prepared)
+        todo = [b for b in plan[rank::world] if any(items[i].id not in done for i in b)]
         if progress is not None and len(done):
             progress(sum(1 for item in items if item.id in done))
         outcome = TaskOutcome(records=[])
@@ -140,10 +145,32 @@ class TaskRunner:
             writer.sync()
         outcome.wall_s = time.perf_counter() - start
         outcome.records = [done[item.id] for item in items if item.id in done]
-        scored = any(p.skip is None for p in prepared)
-        if spec.generates and scored and self.options.batch_check and self.options.batch_size > 1:
-            outcome.batch_check = self.check_batch_invariance(spec, items, prepared, outcome.records)
+        outcome.order = [i for i, p in enumerate(prepared) if p.skip is not None] + [
+            i for b in plan for i in b
+        ]
+        if world == 1:
+            outcome.batch_check = self.check_batches(spec, items, outcome.records, prepared)
         return outcome
+
+    def check_batches(
+        self,
+        spec: TaskSpec,
+        items: list[Item],
+        records: list[dict[str, Any]],
+        prepared: list[Prepared] | None = None,
+    ) -> dict[str, Any] | None:
+        """The batch-size check of a generation task (``batch_check`` items alone), None when it has none."""
+        prepared = self.prepare(spec, items) if prepared is None else prepared
+        scored = any(p.skip is None for p in prepared)
+        if not (spec.generates and scored and self.options.batch_check and self.options.batch_size > 1):
+            return None
+        if self.prefixes is not None:
+            return self.check_batch_invariance(spec, items, prepared, records)
+        self.prefixes = PrefixCache()
+        try:
+            return self.check_batch_invariance(spec, items, prepared, records)
+        finally:
+            self.prefixes = None
 
     def plan(self, prepared: list[Prepared]) -> list[list[int]]:
         """Batches of the items that fit the context, planned as if the others were not in the file."""

@@ -80,6 +80,7 @@ def build_summary(
         computed += res.outcome.computed
         tokens += res.outcome.gen_tokens
     total = {**_rates(timing["wall_s"], computed, tokens), "tasks": task_timing, "resumed": resumed}
+    total["processes"] = timing["processes"]
     return {
         "tasks": tasks,
         "parsers": parsers,

@@ -56,7 +56,11 @@ def _is_template(cmd: str) -> bool:
 
 SKIP_KINDS: dict[str, tuple[str, Callable[[str], bool]]] = {
     "cuda": ("4-bit QLoRA needs CUDA (bitsandbytes)", lambda c: "experiment=qlora" in c),
-    "launcher": ("a multi-node launcher (torchrun, srun)", lambda c: c.split()[0] in ("torchrun", "srun")),
+    "launcher": (
+        "a cluster launcher (torchrun, srun, sbatch)",
+        lambda c: re.match(r"^(\w+=\$\()?(torchrun|srun|sbatch) ", c) is not None,
+    ),
+    "scheduler": ("a SLURM batch script, run by sbatch on a cluster", lambda c: "#SBATCH --job-name=" in c),
     "server": (
         "a server that runs until stopped; tests/serving starts it",
         lambda c: "mode=web" in c or "mode=api" in c,
@@ -98,6 +102,16 @@ SKIPPED: dict[str, str] = {
     "python train.py model=yi_vl_6b experiment=stage3 ... val_generation.type=vqa "
     "val_generation.path=/data/vqav2_val_500.jsonl val_generation.limit=200 "
     "val_generation.every_n=2": "template",
+    "#!/bin/bash script, #SBATCH --job-name=convert-mix665k": "scheduler",
+    "jobid=$(sbatch --parsable convert.sbatch)": "launcher",
+    'sbatch --dependency=afterok:"$jobid" --job-name=merge-mix665k --output=logs/merge-%j.out --wrap '
+    '"python -m data_tools merge --output-dir data/shards/stage3"': "launcher",
+    "torchrun --standalone --nproc-per-node 4 evaluate.py model.path=... tasks=[...] "
+    "output_dir=logs/eval/<run>": "template",
+    "torchrun --standalone --nproc-per-node 2 evaluate.py model.path=DIR tasks=[...] "
+    "output_dir=logs/eval/x": "template",
+    "torchrun --standalone --nproc-per-node 2 evaluate.py model.path=DIR tasks=[...] "
+    "output_dir=logs/eval/x resume=true": "template",
     "python train.py ... val_generation.type=pope val_generation.path=/data/pope/random.jsonl "
     "val_generation.name=pope_random val_generation.max_new_tokens=4": "template",
 }
@@ -135,6 +149,9 @@ def commands_in(text: str, name: str) -> list[DocCommand]:
         if block.group(1) not in SHELL_BLOCKS:
             continue
         first = text[: block.start()].count("\n") + 2
+        if block.group(2).startswith("#!"):  # a script file (e.g. for sbatch): one entry, named by its job
+            out.append(DocCommand(f"{name}:{first}", script_name(block.group(2))))
+            continue
         pending, start = "", first
         for offset, raw in enumerate(block.group(2).splitlines()):
             line = _strip_comment(raw).strip()
@@ -148,6 +165,13 @@ def commands_in(text: str, name: str) -> list[DocCommand]:
             if command:
                 out.append(DocCommand(f"{name}:{start}", command))
     return out
+
+
+def script_name(script: str) -> str:
+    """How a script block is listed: ``#!/bin/bash script, #SBATCH --job-name=NAME`` for a batch job."""
+    job = re.search(r"^#SBATCH --job-name=(\S+)", script, re.M)
+    interpreter = script.splitlines()[0]
+    return f"{interpreter} script" + (f", #SBATCH --job-name={job.group(1)}" if job else "")
 
 
 def doc_commands() -> list[DocCommand]:

@@ -33,6 +33,15 @@ def test_commands_are_read_as_a_shell_reads_them() -> None:
     ]
 
 
+def test_a_script_block_is_one_entry_named_by_its_job() -> None:
+    text = "```bash\n#!/bin/bash\n#SBATCH --job-name=prep\nset -e\npython a.py\n```\n"
+    text += "```bash\n#!/bin/sh\necho hi\n```\n"
+    assert [(c.where, c.text) for c in commands_in(text, "X.md")] == [
+        ("X.md:2", "#!/bin/bash script, #SBATCH --job-name=prep"),
+        ("X.md:8", "#!/bin/sh script"),
+    ]
+
+
 def test_every_skip_is_listed_with_a_reason_that_holds() -> None:
     documented = {c.text for c in doc_commands()}
     problems = [f"{cmd}: {why}" for cmd in SKIPPED if (why := skip_problem(cmd))]

@@ -24,7 +24,13 @@ from yivl.errors import YivlError
 from yivl.training.launch import check_external_launch, external_launcher
 
 WEIGHT_ATOL = 1e-6
-RUN = ["trainer.max_steps=3", "global_batch_size=4", "strategy=ddp", "val_generation=none"]
+RUN = [
+    "trainer.max_steps=3",
+    "trainer.log_every_n_steps=1",
+    "global_batch_size=4",
+    "strategy=ddp",
+    "val_generation=none",
+]
 NODE = ["trainer=multi_node", "trainer.accelerator=cpu", "trainer.devices=1", "trainer.precision=32-true"]
 SLURM = {
     "SLURM_JOB_ID": "4242",
@@ -56,32 +62,33 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def run_all(commands: list[tuple[list[str], dict[str, str]]], timeout: int = 600) -> list[str]:
-    """Start every command at once; wait for all (bounded); their stderr. A hung group is killed."""
+def run_all(commands: list[tuple[list[str], dict[str, str]]], logs: Path, timeout: int = 600) -> list[str]:
+    """Start every command at once (output to files: a full pipe would stall its rank); wait for all,
+    bounded; their output. A group still running at the timeout is killed."""
+    logs.mkdir(parents=True, exist_ok=True)
+    files = [open(logs / f"{i}.log", "w+", encoding="utf-8") for i in range(len(commands))]  # noqa: SIM115
     procs = [
         subprocess.Popen(
-            cmd,
-            cwd=ROOT,
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-            start_new_session=True,
+            cmd, cwd=ROOT, env=env, stdout=f, stderr=subprocess.STDOUT, text=True, start_new_session=True
         )
-        for cmd, env in commands
+        for (cmd, env), f in zip(commands, files, strict=True)
     ]
-    errors = []
     try:
         for proc in procs:
-            errors.append(proc.communicate(timeout=timeout)[1])
+            proc.wait(timeout=timeout)
     finally:
         for proc in procs:
             if proc.poll() is None:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait(timeout=30)
-    for proc, err in zip(procs, errors, strict=True):
-        assert proc.returncode == 0, err[-3000:]
-    return errors
+    outputs = []
+    for f in files:
+        f.seek(0)
+        outputs.append(f.read())
+        f.close()
+    for proc, out in zip(procs, outputs, strict=True):
+        assert proc.returncode == 0, out[-3000:]
+    return outputs
 
 
 def losses(run_dir: Path) -> list[float]:
@@ -98,7 +105,7 @@ def one_node(tiny_checkpoint: Path, data_dir: Path, tmp_path_factory: pytest.Tem
     """The reference: one launcher, 2 processes (trainer=ddp_sim)."""
     run_dir = tmp_path_factory.mktemp("one_node") / "run"
     args = [*small_run(tiny_checkpoint, data_dir), *RUN, "trainer=ddp_sim", f"hydra.run.dir={run_dir}"]
-    run_all([([sys.executable, "train.py", *args], clean_env())])
+    run_all([([sys.executable, "train.py", *args], clean_env())], run_dir.parent / "logs")
     return run_dir
 
 
@@ -121,7 +128,7 @@ def test_two_torchrun_launchers_train_like_one_node(
     torchrun += ["--rdzv-id", "yivl-test", "--max-restarts", "0"]
     args = [*small_run(tiny_checkpoint, data_dir), *RUN, *NODE, f"hydra.run.dir={run_dir}"]
     command = [*torchrun, "train.py", *args]
-    run_all([(command, clean_env()), (command, clean_env())])
+    run_all([(command, clean_env()), (command, clean_env())], tmp_path / "logs")
     assert_same_run(run_dir, one_node)
 
 
@@ -138,8 +145,8 @@ def test_two_slurm_tasks_train_like_one_node(
         {**clean_env(), **SLURM, **rendezvous, "SLURM_PROCID": str(rank), "SLURM_NODEID": str(rank)}
         for rank in (0, 1)
     ]
-    errors = run_all([([sys.executable, "train.py", *args], env) for env in tasks])
-    assert "GLOBAL_RANK: 1, MEMBER: 2/2" in errors[1]
+    outputs = run_all([([sys.executable, "train.py", *args], env) for env in tasks], tmp_path / "logs")
+    assert "GLOBAL_RANK: 1, MEMBER: 2/2" in outputs[1]
     assert_same_run(run_dir, one_node)
 
 

@@ -17,12 +17,12 @@ ROOT = Path(__file__).resolve().parents[2]
 ROWS = [
     "matmul rate",
     "random checkpoint",
+    "generation, batch 1",
+    "generation, batch 8",
     "stage 3, FSDP2",
     "stage 3, ZeRO-3",
     "LoRA",
     "QLoRA",
-    "generation, batch 1",
-    "generation, batch 8",
 ]
 NUMBER = r"[\d,]+(\.\d+)?"
 

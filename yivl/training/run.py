@@ -30,7 +30,7 @@ from yivl.training.checks import check_config
 from yivl.training.data import ModelInputs, build_datamodule, model_inputs
 from yivl.training.export import check_export_dir, export_checkpoint, export_trained
 from yivl.training.interrupt import LastCheckpoint, hydra_resume_command
-from yivl.training.launch import use_job_subprocess_command
+from yivl.training.launch import check_external_launch, hydra_run_dir_given, use_job_subprocess_command
 from yivl.training.module import YiVLModule
 from yivl.training.report import print_config, quiet_lightning_logging
 from yivl.training.strategies import SHARDING, offloads_optimizer
@@ -86,6 +86,7 @@ def train(cfg: DictConfig) -> Trained:
     accelerator, precision = resolve_hardware(cfg.trainer)
     plain = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
     check_config(plain, accelerator, precision)
+    check_external_launch(plain["trainer"], hydra_run_dir_given())
     val_task = parse_val_generation(plain["val_generation"])
     if cfg.extras.ignore_warnings:
         warnings.filterwarnings("ignore")

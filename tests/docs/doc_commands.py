@@ -61,6 +61,10 @@ SKIP_KINDS: dict[str, tuple[str, Callable[[str], bool]]] = {
         lambda c: re.match(r"^(\w+=\$\()?(torchrun|srun|sbatch) ", c) is not None,
     ),
     "scheduler": ("a SLURM batch script, run by sbatch on a cluster", lambda c: "#SBATCH --job-name=" in c),
+    "bench": (
+        "the GPU suite needs a GPU (tests/bench runs its --smoke mode); its wheel script downloads from PyPI",
+        lambda c: c.split()[0] in ("bench/gpu_suite.sh", "bench/gpu_wheels.sh"),
+    ),
     "server": (
         "a server that runs until stopped; tests/serving starts it",
         lambda c: "mode=web" in c or "mode=api" in c,
@@ -73,9 +77,6 @@ SKIPPED: dict[str, str] = {
     'pip install "torch==2.13.0" && pip install -e ".[dev]" && python -m pytest': "ci",
     "python train.py model=yi_vl_6b model.path=/models/Yi-VL-6B experiment=qlora "
     "data.train.0.path=train.json data.train.0.image_folder=images": "cuda",
-    "torchrun --nnodes 2 --nproc-per-node 8 --node-rank $NODE_RANK --master-addr $MAIN_HOST --master-port "
-    "29500 train.py model=yi_vl_34b model.path=/models/Yi-VL-34B experiment=stage3 trainer=multi_node "
-    "trainer.num_nodes=2 trainer.devices=8": "launcher",
     "python train.py ... hydra.run.dir=logs/train/runs/<run> ckpt_path=last": "template",
     "python evaluate.py model.path=... tasks=[...] output_dir=logs/eval/<run> resume=true": "template",
     "python infer.py mode=web model.path=/models/Yi-VL-6B": "server",
@@ -91,17 +92,26 @@ SKIPPED: dict[str, str] = {
     "python train.py model=yi_vl_34b experiment=lora trainer=multi_gpu strategy=deepspeed_zero2 "
     "data.batch_size=2 ...": "template",
     "python train.py model=yi_vl_34b experiment=qlora trainer=gpu data.batch_size=2 ...": "cuda",
-    "torchrun --nnodes 2 --nproc-per-node 8 --node-rank $NODE_RANK --master-addr $MAIN_HOST --master-port "
-    "29500 train.py model=yi_vl_34b experiment=stage3 trainer=multi_node trainer.num_nodes=2 "
-    "trainer.devices=8 strategy=deepspeed_zero3 hydra.run.dir=logs/train/34b-stage3 "
-    "data.train.0.path=/data/instruct.json ...": "launcher",
-    "srun python train.py model=yi_vl_34b experiment=stage3 trainer=multi_node trainer.num_nodes=2 "
-    "trainer.devices=8 strategy=deepspeed_zero3 hydra.run.dir=logs/train/34b-stage3 ...": "launcher",
     "python train.py hparams_search=optuna hydra.sweeper.n_trials=20 model=yi_vl_6b "
     "experiment=lora ...": "template",
     "python train.py model=yi_vl_6b experiment=stage3 ... val_generation.type=vqa "
     "val_generation.path=/data/vqav2_val_500.jsonl val_generation.limit=200 "
     "val_generation.every_n=2": "template",
+    "torchrun --nnodes 2 --nproc-per-node 8 --rdzv-backend c10d --rdzv-endpoint $MAIN_HOST:29500 "
+    "--rdzv-id 34b train.py model=yi_vl_34b model.path=/models/Yi-VL-34B experiment=stage3 "
+    "trainer=multi_node trainer.num_nodes=2 trainer.devices=8 strategy=deepspeed_zero3 "
+    "hydra.run.dir=/shared/runs/34b-stage3": "launcher",
+    "python evaluate.py model.path=... tasks=[...] devices=4": "template",
+    "python evaluate.py model.path=DIR tasks=[...] output_dir=logs/eval/x devices=2": "template",
+    "torchrun --nnodes 2 --nproc-per-node 8 --rdzv-backend c10d --rdzv-endpoint $MAIN_HOST:29500 "
+    "--rdzv-id 34b-stage3 --max-restarts 0 train.py model=yi_vl_34b model.path=/models/Yi-VL-34B "
+    "experiment=stage3 trainer=multi_node trainer.num_nodes=2 trainer.devices=8 "
+    "strategy=deepspeed_zero3 hydra.run.dir=/shared/runs/34b-stage3 "
+    "data.train.0.path=/data/instruct.json": "launcher",
+    "#!/usr/bin/env bash script, #SBATCH --job-name=yivl-34b-stage3": "scheduler",
+    "bench/gpu_wheels.sh 3.11": "bench",
+    "bench/gpu_suite.sh --workdir /scratch/yivl-suite": "bench",
+    "bench/gpu_suite.sh --smoke": "bench",
     "#!/bin/bash script, #SBATCH --job-name=convert-mix665k": "scheduler",
     "jobid=$(sbatch --parsable convert.sbatch)": "launcher",
     'sbatch --dependency=afterok:"$jobid" --job-name=merge-mix665k --output=logs/merge-%j.out --wrap '

@@ -14,6 +14,7 @@ import pytest
 from tests.docs.doc_commands import (
     ROOT,
     SKIPPED,
+    _is_template,
     commands_in,
     doc_commands,
     run_order,
@@ -54,6 +55,7 @@ def test_every_command_that_is_not_skipped_can_be_run() -> None:
         if command.text not in SKIPPED:
             argv = runnable(command.text, Path("/w"))
             assert argv[0] == "python", f"{command.where}: neither run nor skipped: {command.text}"
+            assert not _is_template(command.text), f"{command.where}: a template, not skipped: {command.text}"
 
 
 def test_a_run_command_is_rewritten_only_by_the_tables() -> None:

@@ -61,7 +61,8 @@ def check_demo_model(stage: str, model: str) -> None:
 
 
 def check_strategy(strategy: Mapping, accelerator: str) -> None:
-    """DeepSpeed needs its package; DeepSpeed and FSDP need CUDA GPUs (Lightning refuses the CPU)."""
+    """DeepSpeed needs its package; FSDP needs CUDA GPUs (Lightning refuses the CPU). DeepSpeed runs on
+    CPU processes too (yivl.training.deepspeed_cpu)."""
     if strategy["name"] == "fsdp" and accelerator != "gpu":
         raise YivlError(
             "strategy=fsdp runs only on CUDA GPUs; use trainer=gpu or trainer=multi_gpu (or strategy=ddp)"
@@ -73,10 +74,6 @@ def check_strategy(strategy: Mapping, accelerator: str) -> None:
     )
     if importlib.util.find_spec("deepspeed") is None:
         raise YivlError(f"{label} needs the deepspeed package: pip install 'yivl[deepspeed]'")
-    if accelerator != "gpu":
-        raise YivlError(
-            f"{label} runs only on CUDA GPUs; use trainer=gpu or trainer=multi_gpu (or strategy=ddp)"
-        )
 
 
 def check_val_generation(val_generation: Mapping, strategy: Mapping) -> None:

@@ -1,0 +1,23 @@
+"""A test callback (``+callbacks.loss_log``) that writes each rank's per-batch loss to a JSON file."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import lightning as L
+
+
+class LossLog(L.Callback):
+    """``<dir>/rank<r>.json``: [[global step, loss of the batch], ...] (needs log_every_n_steps=1)."""
+
+    def __init__(self, dir: str) -> None:
+        self.dir = Path(dir)
+        self.rows: list[list[float]] = []
+
+    def on_train_batch_end(self, trainer: L.Trainer, *args: object) -> None:
+        self.rows.append([trainer.global_step, float(trainer.callback_metrics["train/loss"])])
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        (self.dir / f"rank{trainer.global_rank}.json").write_text(json.dumps(self.rows))

@@ -3,8 +3,9 @@
 DeepSpeed's ``zero_to_fp32`` (and Lightning's converter on top of it) read the shards with
 ``torch.load(weights_only=False)``, which runs any code a crafted file carries. Here every file is read
 with ``weights_only=True``; the only classes allowed beyond tensors and containers are three of
-DeepSpeed's that hold plain numbers (``LossScaler``, ``ZeroStageEnum``, ``fragment_address``). The gathering itself (ZeRO-2's flat fp32 partitions, ZeRO-3's
-per-parameter partitions, across all ranks' files) is DeepSpeed's own code, fed the safely read states.
+DeepSpeed's that hold plain numbers (``LossScaler``, ``ZeroStageEnum``, ``fragment_address``). The
+gathering itself (ZeRO-2's flat fp32 partitions, ZeRO-3's per-parameter partitions, over all ranks'
+files) is DeepSpeed's own code, fed the safely read states.
 """
 
 from __future__ import annotations
@@ -60,6 +61,19 @@ def _model_state(state: dict):
     )
 
 
+def _tag_dir(folder: Path) -> Path:
+    return folder / (folder / "latest").read_text(encoding="utf-8").strip()
+
+
+def zero_run_state(folder: Path) -> tuple[dict | None, int]:
+    """(train.py's ``yivl`` entry, number of ranks that wrote it) of a DeepSpeed folder; tensors not read."""
+    from deepspeed.utils import zero_to_fp32 as z
+
+    first = Path(z.get_model_state_files(str(_tag_dir(folder)))[0])
+    state = _safe_load(first)
+    return state.get("yivl"), int(state["dp_world_size"])
+
+
 def read_zero_checkpoint(folder: Path) -> dict:
     """Lightning's checkpoint dict (client state + gathered fp32 ``state_dict``) of a DeepSpeed folder.
 
@@ -67,7 +81,7 @@ def read_zero_checkpoint(folder: Path) -> dict:
     """
     from deepspeed.utils import zero_to_fp32 as z
 
-    tag_dir = folder / (folder / "latest").read_text(encoding="utf-8").strip()
+    tag_dir = _tag_dir(folder)
     model_files = [Path(f) for f in z.get_model_state_files(str(tag_dir))]
     optim_files = [Path(f) for f in z.get_optim_files(str(tag_dir))]
     models = [_safe_load(f) for f in model_files]

@@ -9,6 +9,7 @@ import torch
 
 from yivl.checkpoint.trained import read_source
 from yivl.errors import YivlError
+from yivl.training.checks import check_resume_kind
 
 
 class Payload:
@@ -28,3 +29,47 @@ def test_a_deepspeed_folder_with_a_pickled_object_is_refused(tmp_path: Path) -> 
     assert message.startswith(f"{shard} cannot be read with torch.load(weights_only=True) (UnpicklingError: ")
     assert message.endswith("; only DeepSpeed checkpoints written by train.py are read")
     assert "\n" not in message
+
+
+def fake_zero_folder(root: Path, ranks: int) -> Path:
+    """A DeepSpeed folder as far as resuming looks: ``latest`` and rank 0's model states."""
+    folder = root / "last.ckpt"
+    (folder / "checkpoint").mkdir(parents=True)
+    (folder / "latest").write_text("checkpoint")
+    torch.save(
+        {"module": {}, "dp_world_size": ranks, "yivl": {}},
+        folder / "checkpoint" / "mp_rank_00_model_states.pt",
+    )
+    return folder
+
+
+ZERO2 = {"name": "deepspeed"}
+DDP = {"name": "ddp"}
+
+
+def test_resuming_with_the_other_kind_of_strategy_is_one_line(tmp_path: Path) -> None:
+    folder = fake_zero_folder(tmp_path, ranks=2)
+    check_resume_kind(folder, ZERO2, 2)
+    with pytest.raises(YivlError) as err:
+        check_resume_kind(folder, DDP, 2)
+    assert str(err.value) == (
+        f"ckpt_path={folder} is a DeepSpeed checkpoint folder; resume it with the strategy that wrote it "
+        "(strategy=deepspeed_zero2 or deepspeed_zero3), or export it and start from the export"
+    )
+    single = tmp_path / "step.ckpt"
+    single.write_bytes(b"")
+    check_resume_kind(single, DDP, 2)
+    with pytest.raises(
+        YivlError, match=r"is a single-file checkpoint, which DeepSpeed cannot resume; resume"
+    ):
+        check_resume_kind(single, ZERO2, 2)
+
+
+def test_resuming_zero_shards_on_another_number_of_ranks_is_one_line(tmp_path: Path) -> None:
+    folder = fake_zero_folder(tmp_path, ranks=2)
+    with pytest.raises(YivlError) as err:
+        check_resume_kind(folder, ZERO2, 1)
+    assert str(err.value) == (
+        f"ckpt_path={folder} holds the optimizer shards of 2 ranks, this run has 1; "
+        "resume with 2 processes (trainer.devices x trainer.num_nodes)"
+    )

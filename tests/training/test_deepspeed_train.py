@@ -86,9 +86,8 @@ def step_losses(out: Path) -> list[float]:
 
 def exported(out: Path) -> dict[str, torch.Tensor]:
     tensors = dict(load_file(out / "export" / "model.safetensors"))
-    tensors.update(
-        {f"vit.{k}": v for k, v in load_file(out / "export" / "vit" / "model.safetensors").items()}
-    )
+    (vit,) = (out / "export" / "vit").glob("*/model.safetensors")
+    tensors.update({f"vit.{k}": v for k, v in load_file(vit).items()})
     return tensors
 
 

@@ -6,7 +6,7 @@ bytes of the parameters this rank holds (ZeRO-3: its partition), the bytes of th
 holds (AdamW moments, plus DeepSpeed's fp32 master partitions where they are separate tensors), and the
 process's peak RSS. One table row per strategy; step time is the median after ``--warmup`` steps.
 
-    python bench/sharded_train.py [--strategies ddp,deepspeed_zero2,deepspeed_zero3] [--steps 10] [--markdown]
+    python bench/sharded_train.py [--strategies ddp,deepspeed_zero2,deepspeed_zero3] [--steps 10] [--warmup 3] [--markdown]
 """
 
 from __future__ import annotations
@@ -85,6 +85,11 @@ def run_strategy(name: str, steps: int, work: Path) -> list[dict]:
         "export.enabled=false",
         "callbacks.model_checkpoint.every_n_train_steps=100000",
         "extras.print_config=false",
+        *(
+            f"data.{split}.0.{key}={n}"
+            for split in ("train", "val")
+            for key, n in (("num_train", 48), ("num_val", 8))
+        ),
         "+callbacks.shard_stats._target_=bench.sharded_train.ShardStats",
         f"+callbacks.shard_stats.dir={out}/stats",
     ]

@@ -135,6 +135,7 @@ def test_two_processes_give_the_one_process_numbers(runs, name: str, overrides: 
     assert max_diff(exported(one), exported(two)) < WEIGHT_TOL
     ranks = [json.loads(p.read_text())["trainable"] for p in sorted((two / "losses").glob("rank*.json"))]
     assert len(ranks) == 2 and ranks[0] == ranks[1]
+    assert ranks[0] == json.loads((one / "losses" / "rank0.json").read_text())["trainable"]
     if "experiment=stage1" in stage:  # LLM frozen: only the ViT and the projector train, on each rank
         assert {n.split(".")[1] for n in ranks[0]} == {"vision_tower", "mm_projector"}
 

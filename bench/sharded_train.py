@@ -6,7 +6,7 @@ bytes of the parameters this rank holds (ZeRO-3: its partition), the bytes of th
 holds (AdamW moments, plus DeepSpeed's fp32 master partitions where they are separate tensors), and the
 process's peak RSS. One table row per strategy; step time is the median after ``--warmup`` steps.
 
-    python bench/sharded_train.py [--strategies ddp,deepspeed_zero2,deepspeed_zero3] [--steps 10] \
+    python bench/sharded_train.py [--strategies ddp,deepspeed_zero2,deepspeed_zero3] [--steps 10]
         [--warmup 3] [--markdown]
 """
 

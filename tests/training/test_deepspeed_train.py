@@ -15,9 +15,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from tests.checkpoint.helpers import pixels, prompt_logits
 from tests.training.conftest import SMALL_DATA
 from yivl.checkpoint.deepspeed_zero import read_zero_checkpoint
 from yivl.checkpoint.load import load_pretrained
+from yivl.checkpoint.trained import model_from_plan, read_run
 
 ROOT = Path(__file__).resolve().parents[2]
 # fp32 on 2 cores: measured max differences against one process were 5e-7 (loss) and 1.1e-5 (weights
@@ -153,6 +155,9 @@ def test_zero3_checkpoint_is_gathered_trainable_state_and_export_gives_its_logit
     for name, value in state.items():
         assert params[name.removeprefix("model.")].shape == value.shape
         assert torch.equal(params[name.removeprefix("model.")], value)
+    module = model_from_plan(*read_run(ckpt)).model.eval()  # the trained module, rebuilt from the shards
+    image = pixels(model.config.image_size)
+    assert torch.allclose(prompt_logits(model, image), prompt_logits(module, image), atol=1e-5)
 
 
 @pytest.mark.slow

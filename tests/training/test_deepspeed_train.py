@@ -191,3 +191,14 @@ def test_zero2_lora_checkpoint_holds_only_adapters_and_trainables(runs) -> None:
     assert sorted(on_disk["module"]) == sorted(trainable)  # exclude_frozen_parameters: adapter-sized
     assert sorted(read_zero_checkpoint(shards.parent)["state_dict"]) == sorted(trainable)
     assert (out / "export" / "config.json").is_file()  # merged into the published layout
+
+
+@pytest.mark.slow
+def test_qlora_under_zero2_gives_the_one_process_numbers(runs) -> None:
+    """bitsandbytes' 4-bit LLM stays whole and frozen on each rank; only adapters and projector shard."""
+    # no LoRA dropout: its random masks differ between one process and two ranks
+    qlora = ("experiment=qlora", "module.image_size=null", "data=synthetic", "finetune.lora.dropout=0")
+    one = runs("one_qlora", "trainer=cpu", *qlora)
+    two = runs("zero2_qlora", "trainer=ddp_sim", "strategy=deepspeed_zero2", *qlora)
+    assert max(abs(a - b) for a, b in zip(step_losses(one), step_losses(two), strict=True)) < LOSS_TOL
+    assert max_diff(exported(one), exported(two)) < WEIGHT_TOL

@@ -73,3 +73,16 @@ def test_resuming_zero_shards_on_another_number_of_ranks_is_one_line(tmp_path: P
         f"ckpt_path={folder} holds the optimizer shards of 2 ranks, this run has 1; "
         "resume with 2 processes (trainer.devices x trainer.num_nodes)"
     )
+
+
+def test_resuming_reads_deepspeed_shards_weights_only(tmp_path: Path) -> None:
+    """DeepSpeed's own engine would unpickle; the one the strategy installs refuses a pickled object."""
+    from yivl.training.deepspeed_engine import WeightsOnlyCheckpointEngine
+
+    shard = tmp_path / "zero_pp_rank_0_mp_rank_00_optim_states.pt"
+    torch.save({"payload": Payload()}, shard)
+    with pytest.raises(YivlError, match=r"cannot be read with torch.load\(weights_only=True\)"):
+        WeightsOnlyCheckpointEngine(None).load(str(shard), map_location=lambda storage, loc: storage)
+    torch.save({"weights": torch.ones(2)}, shard)
+    loaded = WeightsOnlyCheckpointEngine(None).load(str(shard), map_location=lambda storage, loc: storage)
+    assert torch.equal(loaded["weights"], torch.ones(2))

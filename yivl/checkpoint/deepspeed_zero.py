@@ -29,14 +29,15 @@ DEEPSPEED_KEYS = (
 """Entries of a model-states file that are DeepSpeed's, not Lightning's client state."""
 
 
-def _safe_load(path: Path) -> dict:
+def safe_load(path: Path, map_location: object = "cpu", mmap: bool = True) -> dict:
+    """``torch.load(weights_only=True)`` of one DeepSpeed file; YivlError naming the file otherwise."""
     from deepspeed.runtime.fp16.loss_scaler import LossScaler
     from deepspeed.runtime.zero.config import ZeroStageEnum
     from deepspeed.utils.tensor_fragment import fragment_address
 
     try:
         with torch.serialization.safe_globals([LossScaler, ZeroStageEnum, fragment_address]):
-            return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+            return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except Exception as err:  # unpickling errors come in many types
         raise YivlError(
             f"{path} cannot be read with torch.load(weights_only=True) ({type(err).__name__}: "
@@ -70,7 +71,7 @@ def zero_run_state(folder: Path) -> tuple[dict | None, int]:
     from deepspeed.utils import zero_to_fp32 as z
 
     first = Path(z.get_model_state_files(str(_tag_dir(folder)))[0])
-    state = _safe_load(first)
+    state = safe_load(first)
     return state.get("yivl"), int(state["dp_world_size"])
 
 
@@ -84,8 +85,8 @@ def read_zero_checkpoint(folder: Path) -> dict:
     tag_dir = _tag_dir(folder)
     model_files = [Path(f) for f in z.get_model_state_files(str(tag_dir))]
     optim_files = [Path(f) for f in z.get_optim_files(str(tag_dir))]
-    models = [_safe_load(f) for f in model_files]
-    optims = [_safe_load(f)["optimizer_state_dict"] for f in optim_files]
+    models = [safe_load(f) for f in model_files]
+    optims = [safe_load(f)["optimizer_state_dict"] for f in optim_files]
     stage, world = int(optims[0]["zero_stage"]), optims[0]["partition_count"]
     world = max(world) if isinstance(world, list) else int(world)
     if world != len(optims):

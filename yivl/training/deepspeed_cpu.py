@@ -6,12 +6,16 @@ Lightning's CUDA check and its check that device indices match local ranks (CPU 
 and hands DeepSpeed ``device_rank=-1`` (its "no device index") instead of ``None``. Everything else
 (engine, sharding, checkpoints) is Lightning's and DeepSpeed's own; on GPUs it is the parent class.
 It is for tests and small CPU runs, not for speed.
+
+On every device, resuming reads DeepSpeed's shards with ``torch.load(weights_only=True)``
+(``WeightsOnlyCheckpointEngine``): DeepSpeed's own checkpoint engine unpickles them.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+from typing import Any
 
 import torch
 from lightning.fabric.utilities.seed import reset_seed
@@ -63,3 +67,9 @@ class CPUDeepSpeedStrategy(DeepSpeedStrategy):
             dist_init_required=False,
         )
         return engine, ds_optimizer
+
+    def load_checkpoint(self, checkpoint_path: Any, weights_only: bool | None = None) -> dict[str, Any]:
+        from yivl.training.deepspeed_engine import use_weights_only_loading
+
+        use_weights_only_loading(self.deepspeed_engine)
+        return super().load_checkpoint(checkpoint_path, weights_only)

@@ -241,8 +241,8 @@ def test_a_folder_that_is_no_checkpoint_is_one_line(tmp_path: Path, capsys) -> N
 
 
 def test_a_deepspeed_folder_is_still_converted(tiny_checkpoint: Path, tmp_path: Path, monkeypatch) -> None:
-    """A folder with ``latest`` + ``checkpoint/`` goes through Lightning's ZeRO conversion, as before."""
-    import lightning.pytorch.utilities.deepspeed as zero
+    """A folder with ``latest`` + ``checkpoint/`` goes through the (pickle-free) ZeRO reader, as before."""
+    import yivl.checkpoint.deepspeed_zero as zero
 
     folder = tmp_path / "last.ckpt"
     (folder / "checkpoint").mkdir(parents=True)
@@ -254,11 +254,11 @@ def test_a_deepspeed_folder_is_still_converted(tiny_checkpoint: Path, tmp_path: 
     trained = {f"model.mm_projector.{k}": v + 1 for k, v in projector.items()}
     calls = []
 
-    def convert(src: str, dst: str) -> None:  # stands in for gathering ZeRO shards
-        calls.append(src)
-        torch.save({"hyper_parameters": plan, "state_dict": trained}, dst)
+    def read(src: Path) -> dict:  # stands in for gathering ZeRO shards
+        calls.append(str(src))
+        return {"hyper_parameters": plan, "state_dict": trained}
 
-    monkeypatch.setattr(zero, "convert_zero_checkpoint_to_fp32_state_dict", convert)
+    monkeypatch.setattr(zero, "read_zero_checkpoint", read)
     assert export.main([str(folder), str(tmp_path / "out"), "--dtype", "float32"]) == 0
     assert calls == [str(folder)]
     merged = load_pretrained(tmp_path / "out").model.mm_projector.state_dict()

@@ -8,6 +8,7 @@ export (``yivl.checkpoint.exporter``) and evaluation of ``.ckpt`` files both sta
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from collections.abc import Mapping
 from pathlib import Path
@@ -87,14 +88,12 @@ def _load_checkpoint(source: Path) -> dict:
             f"{source} is neither a DeepSpeed checkpoint (no latest, no checkpoint/), an adapter export (no "
             f"{ADAPTER_META}) nor a peft adapter (no adapter_config.json); pass a .ckpt file or one of those"
         )
-    if source.is_dir():  # DeepSpeed: one folder of shards; gather the trainable fp32 tensors first
-        try:
-            from lightning.pytorch.utilities.deepspeed import convert_zero_checkpoint_to_fp32_state_dict
-        except ImportError as err:  # pragma: no cover - needs deepspeed
-            raise YivlError(f"{source} is a DeepSpeed checkpoint; install deepspeed to read it") from err
-        merged = source.with_suffix(".fp32.ckpt")
-        convert_zero_checkpoint_to_fp32_state_dict(str(source), str(merged))
-        source = merged
+    if source.is_dir():  # DeepSpeed: one folder of shards; gather the trainable fp32 tensors, safely
+        if importlib.util.find_spec("deepspeed") is None:
+            raise YivlError(f"{source} is a DeepSpeed checkpoint; install deepspeed to read it")
+        from yivl.checkpoint.deepspeed_zero import read_zero_checkpoint
+
+        return read_zero_checkpoint(source)
     if not source.is_file():
         raise YivlError(f"checkpoint not found: {source}")
     return torch.load(source, map_location="cpu", weights_only=True)

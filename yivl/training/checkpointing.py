@@ -72,7 +72,11 @@ def check_state_keys(
 
 
 def peek_meta(path: Path) -> dict | None:
-    """The ``yivl`` entry of a checkpoint file without reading its tensors into memory."""
+    """The ``yivl`` entry of a checkpoint file (or DeepSpeed folder) without reading its tensors."""
+    if path.is_dir():
+        from yivl.checkpoint.deepspeed_zero import zero_run_state
+
+        return zero_run_state(path)[0]
     ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     return ckpt.get(META_KEY) if isinstance(ckpt, dict) else None
 

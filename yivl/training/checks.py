@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import importlib.util
 from collections.abc import Mapping
+from pathlib import Path
 
+from yivl.checkpoint.trained import is_deepspeed_folder
 from yivl.config.schema import check
 from yivl.config.schemas import TRAIN
 from yivl.errors import YivlError
@@ -61,7 +63,8 @@ def check_demo_model(stage: str, model: str) -> None:
 
 
 def check_strategy(strategy: Mapping, accelerator: str) -> None:
-    """DeepSpeed needs its package; DeepSpeed and FSDP need CUDA GPUs (Lightning refuses the CPU)."""
+    """DeepSpeed needs its package; FSDP needs CUDA GPUs (Lightning refuses the CPU). DeepSpeed runs on
+    CPU processes too (yivl.training.deepspeed_cpu)."""
     if strategy["name"] == "fsdp" and accelerator != "gpu":
         raise YivlError(
             "strategy=fsdp runs only on CUDA GPUs; use trainer=gpu or trainer=multi_gpu (or strategy=ddp)"
@@ -73,10 +76,6 @@ def check_strategy(strategy: Mapping, accelerator: str) -> None:
     )
     if importlib.util.find_spec("deepspeed") is None:
         raise YivlError(f"{label} needs the deepspeed package: pip install 'yivl[deepspeed]'")
-    if accelerator != "gpu":
-        raise YivlError(
-            f"{label} runs only on CUDA GPUs; use trainer=gpu or trainer=multi_gpu (or strategy=ddp)"
-        )
 
 
 def check_val_generation(val_generation: Mapping, strategy: Mapping) -> None:
@@ -113,3 +112,30 @@ def check_qlora(finetune: Mapping, strategy: Mapping, precision: str) -> None:
             f"dtype: set finetune.quant.storage_dtype={compute} (it is {storage}), "
             "or use strategy=deepspeed_zero2"
         )
+
+
+def check_resume_kind(path: Path, strategy: Mapping, world_size: int) -> None:
+    """A checkpoint resumes under the kind of strategy that wrote it: a DeepSpeed folder under DeepSpeed
+    with as many ranks as wrote it (its optimizer shards are per rank), a file under the others."""
+    ds = strategy["name"] == "deepspeed"
+    if path.is_dir() and not is_deepspeed_folder(path):
+        raise YivlError(f"ckpt_path={path} is a folder but not a DeepSpeed checkpoint; give a .ckpt file")
+    if path.is_dir() and not ds:
+        raise YivlError(
+            f"ckpt_path={path} is a DeepSpeed checkpoint folder; resume it with the strategy that wrote it "
+            "(strategy=deepspeed_zero2 or deepspeed_zero3), or export it and start from the export"
+        )
+    if path.is_file() and ds:
+        raise YivlError(
+            f"ckpt_path={path} is a single-file checkpoint, which DeepSpeed cannot resume; resume it with "
+            "the strategy that wrote it (strategy=ddp or auto)"
+        )
+    if path.is_dir():
+        from yivl.checkpoint.deepspeed_zero import zero_run_state
+
+        ranks = zero_run_state(path)[1]
+        if ranks != world_size:
+            raise YivlError(
+                f"ckpt_path={path} holds the optimizer shards of {ranks} ranks, this run has {world_size}; "
+                f"resume with {ranks} processes (trainer.devices x trainer.num_nodes)"
+            )

@@ -26,7 +26,7 @@ from yivl.errors import YivlError
 from yivl.evaluation.val_generation import ValGeneration, ValidationGeneration, parse_val_generation
 from yivl.models.config import YiVLConfig
 from yivl.training.checkpointing import check_same_run, peek_meta, run_meta
-from yivl.training.checks import check_config
+from yivl.training.checks import check_config, check_resume_kind
 from yivl.training.data import ModelInputs, build_datamodule, model_inputs
 from yivl.training.export import check_export_dir, export_checkpoint, export_trained
 from yivl.training.interrupt import LastCheckpoint, hydra_resume_command
@@ -105,7 +105,7 @@ def train(cfg: DictConfig) -> Trained:
     last = LastCheckpoint(Path(plain["paths"]["output_dir"]) / "checkpoints", hydra_resume_command())
     callbacks = [*val_callbacks(val_task, inputs, base, has_val), last]
     trainer = build_trainer(plain, accelerator, precision, callbacks)
-    ckpt_path = resolve_ckpt_path(plain, run_meta(plan, config))
+    ckpt_path = resolve_ckpt_path(plain, run_meta(plan, config), trainer.num_devices * trainer.num_nodes)
     module = YiVLModule(plan)
     try:
         trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
@@ -187,7 +187,7 @@ def module_plan(plain: dict, base: Path, config: YiVLConfig, precision: str) -> 
     )
 
 
-def resolve_ckpt_path(plain: dict, meta: dict) -> str | None:
+def resolve_ckpt_path(plain: dict, meta: dict, world_size: int) -> str | None:
     """``ckpt_path``: None, "last" (this run directory's last.ckpt) or a path; checked against this run."""
     raw = plain["ckpt_path"]
     if raw is None:
@@ -203,14 +203,14 @@ def resolve_ckpt_path(plain: dict, meta: dict) -> str | None:
         path = Path(raw).expanduser()
         if not path.exists():
             raise YivlError(f"ckpt_path={raw} not found; give a .ckpt file from a run's checkpoints/ folder")
-    if path.is_file():
-        try:
-            saved = peek_meta(path)
-        except Exception as err:  # unpickling errors come in many types
-            raise YivlError(
-                f"ckpt_path={path} cannot be read as a checkpoint ({type(err).__name__})"
-            ) from None
-        check_same_run(str(path), saved, meta)
+    check_resume_kind(path, plain["strategy"], world_size)
+    try:
+        saved = peek_meta(path)
+    except YivlError:
+        raise
+    except Exception as err:  # unpickling errors come in many types
+        raise YivlError(f"ckpt_path={path} cannot be read as a checkpoint ({type(err).__name__})") from None
+    check_same_run(str(path), saved, meta)
     return str(path)
 
 

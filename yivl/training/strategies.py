@@ -9,9 +9,10 @@ from __future__ import annotations
 import copy
 from collections.abc import Mapping
 
-from lightning.pytorch.strategies import DDPStrategy, DeepSpeedStrategy, FSDPStrategy, Strategy
+from lightning.pytorch.strategies import DDPStrategy, FSDPStrategy, Strategy
 
 from yivl.errors import YivlError
+from yivl.training.deepspeed_cpu import CPUDeepSpeedStrategy
 
 SHARDING = ("deepspeed", "fsdp")
 
@@ -66,7 +67,7 @@ def build_strategy(strategy: Mapping, micro_batch_size: int) -> Strategy | str:
     if name == "ddp":
         return DDPStrategy(find_unused_parameters=bool(strategy["find_unused_parameters"]))
     if name == "deepspeed":
-        return DeepSpeedStrategy(
+        return CPUDeepSpeedStrategy(
             config=deepspeed_config(strategy, micro_batch_size),
             exclude_frozen_parameters=bool(strategy["exclude_frozen_parameters"]),
         )

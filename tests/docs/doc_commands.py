@@ -58,7 +58,7 @@ SKIP_KINDS: dict[str, tuple[str, Callable[[str], bool]]] = {
     "cuda": ("4-bit QLoRA needs CUDA (bitsandbytes)", lambda c: "experiment=qlora" in c),
     "launcher": (
         "a cluster launcher (torchrun, srun, sbatch)",
-        lambda c: re.match(r"^(\w+=\$\()?(torchrun|srun|sbatch) ", c) is not None,
+        lambda c: re.match(r"^(\w+=\S+ )*(\w+=\$\()?(torchrun|srun|sbatch) ", c) is not None,
     ),
     "scheduler": ("a SLURM batch script, run by sbatch on a cluster", lambda c: "#SBATCH --job-name=" in c),
     "bench": (
@@ -112,6 +112,8 @@ SKIPPED: dict[str, str] = {
     "bench/gpu_wheels.sh 3.11": "bench",
     "bench/gpu_suite.sh --workdir /scratch/yivl-suite": "bench",
     "bench/gpu_suite.sh --smoke": "bench",
+    "DS_ACCELERATOR=cpu torchrun --standalone --nproc-per-node 2 train.py trainer=ddp_sim "
+    "strategy=deepspeed_zero2 hydra.run.dir=logs/train/zero2-cpu": "launcher",
     "#!/bin/bash script, #SBATCH --job-name=convert-mix665k": "scheduler",
     "jobid=$(sbatch --parsable convert.sbatch)": "launcher",
     'sbatch --dependency=afterok:"$jobid" --job-name=merge-mix665k --output=logs/merge-%j.out --wrap '

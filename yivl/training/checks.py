@@ -114,7 +114,7 @@ def check_qlora(finetune: Mapping, strategy: Mapping, precision: str) -> None:
     storage = str(finetune["quant"]["storage_dtype"])
     if shards_params and storage != compute:
         raise YivlError(
-            "strategy=deepspeed_zero3 shards 4-bit weights by their storage dtype, which must equal the compute "
-            f"dtype: set finetune.quant.storage_dtype={compute} (it is {storage}), "
+            "strategy=deepspeed_zero3 shards 4-bit weights by their storage dtype, which must equal the "
+            f"compute dtype: set finetune.quant.storage_dtype={compute} (it is {storage}), "
             "or use strategy=deepspeed_zero2"
         )

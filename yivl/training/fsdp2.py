@@ -21,7 +21,11 @@ import torch
 import torch.distributed as dist
 from lightning.pytorch.strategies import ModelParallelStrategy
 from torch import nn
-from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict, set_model_state_dict
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_model_state_dict,
+    set_model_state_dict,
+)
 from torch.distributed.device_mesh import DeviceMesh
 from torch.distributed.fsdp import fully_shard
 
@@ -33,7 +37,7 @@ from yivl.training.build import Dtypes, build_model, prepare_model
 
 
 class FSDP2Strategy(ModelParallelStrategy):
-    """Data-parallel FSDP2 over every process (no tensor parallelism); gathered, trainable-only checkpoints."""
+    """FSDP2 data parallel over all processes (no tensor parallel); gathered trainable-only checkpoints."""
 
     def __init__(self) -> None:
         super().__init__(save_distributed_checkpoint=False)

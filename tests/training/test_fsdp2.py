@@ -24,7 +24,9 @@ from yivl.checkpoint.load import load_pretrained
 from yivl.checkpoint.shards import find_weights, iter_tensors
 
 ROOT = Path(__file__).resolve().parents[2]
-TOL = 1e-5  # fp32: the largest difference measured was below 2e-6 (see docs/training.md)
+# fp32, 6 steps (docs/training.md): losses differed by at most 4.8e-7, weights by 1.2e-5 (Adam turns
+# reduction-order noise in near-zero gradients into steps of up to the learning rate's size)
+LOSS_TOL, WEIGHT_TOL = 1e-5, 1e-4
 LORA = ["experiment=lora", "finetune.lora.r=4", "finetune.lora.alpha=8", "module.image_size=null"]
 TIMEOUT = 600
 
@@ -36,6 +38,7 @@ def command(tiny: Path, data: Path, run: Path, *extra: str) -> list[str]:
         f"model.path={tiny}",
         "model.build_if_missing=false",
         f"paths.data_dir={data}",
+        "data=synthetic",
         f"hydra.run.dir={run}",
         "data.batch_size=2",
         "global_batch_size=4",
@@ -115,8 +118,11 @@ def test_two_processes_give_the_losses_and_weights_of_one(runs, strategy: str, f
     two = runs(f"{strategy}-{finetune}", "trainer=ddp_sim", f"strategy={strategy}", *SETUPS[finetune])
     want, got = step_losses(one), step_losses(two)
     assert len(want) == len(got) == 6
-    assert max(abs(a - b) for a, b in zip(want, got, strict=True)) < TOL
-    assert max_diff(saved(one / "checkpoints" / "last.ckpt"), saved(two / "checkpoints" / "last.ckpt")) < TOL
+    assert max(abs(a - b) for a, b in zip(want, got, strict=True)) < LOSS_TOL
+    assert (
+        max_diff(saved(one / "checkpoints" / "last.ckpt"), saved(two / "checkpoints" / "last.ckpt"))
+        < WEIGHT_TOL
+    )
     (rank0, rank1), (single,) = probes(two), probes(one)
     assert rank0["trainable"] == rank1["trainable"] == single["trainable"]
     if strategy == "fsdp":  # each rank holds about half, the two halves all (up to dim-0 padding)
@@ -132,7 +138,9 @@ def test_fsdp2_export_is_the_gathered_model_in_the_published_layout(runs) -> Non
     one = runs("one-lora", *LORA)
     two = runs("fsdp-lora", "trainer=ddp_sim", "strategy=fsdp", *LORA)
     want, got = exported(one / "export"), exported(two / "export")
-    assert max_diff(want, got) < TOL  # every tensor whole: a rank's shard would not even match in shape
+    assert (
+        max_diff(want, got) < WEIGHT_TOL
+    )  # every tensor whole: a rank's shard would not even match in shape
     model_one = load_pretrained(one / "export", dtype=torch.float32).model
     model_two = load_pretrained(two / "export", dtype=torch.float32).model
     ids = torch.tensor([[1, 5, 9, 12, 7]])
@@ -196,4 +204,4 @@ def test_fsdp2_sigkill_then_ckpt_path_last_gives_the_uninterrupted_weights(
     assert not (run / "checkpoints" / "step0000006.ckpt").exists() and not (run / "export").exists()
     train_py([*args, "ckpt_path=last"])
     got, want = saved(run / "checkpoints" / "last.ckpt"), saved(straight / "checkpoints" / "last.ckpt")
-    assert max_diff(got, want) < TOL
+    assert max_diff(got, want) < WEIGHT_TOL

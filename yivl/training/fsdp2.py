@@ -19,15 +19,19 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
+from lightning.pytorch.core.optimizer import LightningOptimizer
 from lightning.pytorch.strategies import ModelParallelStrategy
 from torch import nn
 from torch.distributed.checkpoint.state_dict import (
     StateDictOptions,
     get_model_state_dict,
+    get_optimizer_state_dict,
     set_model_state_dict,
+    set_optimizer_state_dict,
 )
 from torch.distributed.device_mesh import DeviceMesh
 from torch.distributed.fsdp import fully_shard
+from torch.optim import Optimizer
 
 from yivl.checkpoint.layout import read_config
 from yivl.checkpoint.plan import RunPlan
@@ -52,6 +56,28 @@ class FSDP2Strategy(ModelParallelStrategy):
         """The trainable parameters, gathered in full on rank 0 (frozen ones are never gathered)."""
         options = StateDictOptions(full_state_dict=True, cpu_offload=True, ignore_frozen_params=True)
         return get_model_state_dict(self.model, options=options)
+
+    def optimizer_state(self, optimizer: Optimizer) -> dict[str, Any]:
+        """The optimizer state gathered on rank 0, keyed by parameter name."""
+        optimizer = optimizer._optimizer if isinstance(optimizer, LightningOptimizer) else optimizer
+        options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+        return get_optimizer_state_dict(self.model, optimizer, options=options)
+
+    def load_checkpoint(
+        self, checkpoint_path: str | Path, weights_only: bool | None = None
+    ) -> dict[str, Any]:
+        """Read a checkpoint written by this strategy (``weights_only``), hand each rank its shards.
+
+        Lightning's loader sets each parameter through its own submodule, which leaves FSDP2-sharded
+        LoRA weights unrestored; one ``set_model_state_dict`` over the whole module (as at start-up) does.
+        """
+        path = Path(self.broadcast(checkpoint_path))
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        options = StateDictOptions(full_state_dict=True, broadcast_from_rank0=True, strict=False)
+        set_model_state_dict(self.model, checkpoint.pop("state_dict"), options=options)
+        for optimizer, state in zip(self.optimizers, checkpoint["optimizer_states"], strict=True):
+            set_optimizer_state_dict(self.model, optimizer, state, options=options)
+        return checkpoint
 
 
 def shard_model(model: YiVL, mesh: DeviceMesh) -> YiVL:

@@ -91,6 +91,7 @@ def run(name: str, steps: int, work: Path) -> list[dict]:
         "trainer=ddp_sim",
         f"strategy={name}",
         "data.batch_size=2",
+        "data.train.0.num_train=48",  # as the tests: every batch holds an image (DDP needs the tower used)
         "global_batch_size=4",
         f"trainer.max_steps={steps}",
         "trainer.limit_val_batches=0",

@@ -63,21 +63,34 @@ class FSDP2Strategy(ModelParallelStrategy):
         options = StateDictOptions(full_state_dict=True, cpu_offload=True)
         return get_optimizer_state_dict(self.model, optimizer, options=options)
 
+    @property
+    def restore_checkpoint_after_setup(self) -> bool:
+        # The model is sharded in configure_model, so its weights can be restored before setup. Restoring
+        # after setup (Lightning's choice) would restore the datamodule's position only after
+        # configure_optimizers built the train loader (estimated_stepping_batches): a resumed run would
+        # start its epoch over.
+        return False
+
+    @property
+    def lightning_restore_optimizer(self) -> bool:
+        return True
+
     def load_checkpoint(
         self, checkpoint_path: str | Path, weights_only: bool | None = None
     ) -> dict[str, Any]:
-        """Read a checkpoint written by this strategy (``weights_only``), hand each rank its shards.
-
-        Lightning's loader sets each parameter through its own submodule, which leaves FSDP2-sharded
-        LoRA weights unrestored; one ``set_model_state_dict`` over the whole module (as at start-up) does.
-        """
+        """Read a checkpoint written by this strategy (``weights_only``) and hand each rank its shards."""
         path = Path(self.broadcast(checkpoint_path))
         checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        options = StateDictOptions(full_state_dict=True, broadcast_from_rank0=True, strict=False)
-        set_model_state_dict(self.model, checkpoint.pop("state_dict"), options=options)
-        for optimizer, state in zip(self.optimizers, checkpoint["optimizer_states"], strict=True):
-            set_optimizer_state_dict(self.model, optimizer, state, options=options)
+        set_model_state_dict(self.model, checkpoint.pop("state_dict"), options=LOAD_OPTIONS)
         return checkpoint
+
+    def load_optimizer_state_dict(self, checkpoint: dict[str, Any]) -> None:
+        for optimizer, state in zip(self.optimizers, checkpoint["optimizer_states"], strict=True):
+            set_optimizer_state_dict(self.model, optimizer, state, options=LOAD_OPTIONS)
+
+
+LOAD_OPTIONS = StateDictOptions(full_state_dict=True, broadcast_from_rank0=True, strict=False)
+"""Full tensors (read on every rank, rank 0's broadcast) to shards; checkpoints hold only what trains."""
 
 
 def shard_model(model: YiVL, mesh: DeviceMesh) -> YiVL:

@@ -6,7 +6,7 @@ bytes of the parameters this rank holds (ZeRO-3: its partition), the bytes of th
 holds (AdamW moments, plus DeepSpeed's fp32 master partitions where they are separate tensors), and the
 process's peak RSS. One table row per strategy; step time is the median after ``--warmup`` steps.
 
-    python bench/sharded_train.py [--strategies ddp,deepspeed_zero2,deepspeed_zero3] [--steps 10]
+    python bench/sharded_train.py [--strategies ddp,fsdp,deepspeed_zero2,deepspeed_zero3] [--steps 10]
         [--warmup 3] [--markdown]
 """
 
@@ -31,11 +31,14 @@ MiB = 2**20
 
 
 def _bytes(tensors) -> int:
-    return sum(t.numel() * t.element_size() for t in tensors)
+    """Bytes this rank holds of ``tensors``; an FSDP2 ``DTensor`` counts its local shard only."""
+    local = (t.to_local() if hasattr(t, "to_local") else t for t in tensors)
+    return sum(t.numel() * t.element_size() for t in local)
 
 
 def local_param_bytes(module: torch.nn.Module) -> int:
-    """Bytes of the parameters this rank holds: ZeRO-3 keeps only its partition (``ds_tensor``)."""
+    """Bytes of the parameters this rank holds: ZeRO-3 keeps only its partition (``ds_tensor``), FSDP2
+    its shard of each ``DTensor``."""
     return _bytes(p.ds_tensor if hasattr(p, "ds_tensor") else p for p in module.parameters())
 
 
@@ -130,7 +133,7 @@ HEADER = [
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--strategies", default="ddp,deepspeed_zero2,deepspeed_zero3")
+    parser.add_argument("--strategies", default="ddp,fsdp,deepspeed_zero2,deepspeed_zero3")
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=3, help="steps left out of the median")
     parser.add_argument("--markdown", action="store_true")

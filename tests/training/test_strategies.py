@@ -7,12 +7,13 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-from lightning.pytorch.strategies import DDPStrategy, DeepSpeedStrategy, FSDPStrategy
+from lightning.pytorch.strategies import DDPStrategy, DeepSpeedStrategy, ModelParallelStrategy
 from omegaconf import OmegaConf
 
 from tests.training.conftest import compose_train
+from yivl.training.fsdp2 import FSDP2Strategy
 from yivl.training.launch import job_subprocess_command
-from yivl.training.strategies import build_strategy, deepspeed_config, fsdp_kwargs, offloads_optimizer
+from yivl.training.strategies import build_strategy, deepspeed_config, offloads_optimizer
 from yivl.training.trainer import accumulation
 
 
@@ -53,15 +54,10 @@ def test_deepspeed_configs(name: str, stage: int, offload: bool) -> None:
     assert "fp16" not in final
 
 
-def test_fsdp_wraps_decoder_and_encoder_layers() -> None:
-    from transformers.models.clip.modeling_clip import CLIPEncoderLayer
-    from transformers.models.llama.modeling_llama import LlamaDecoderLayer
-
-    kwargs = fsdp_kwargs(strategy("fsdp"))
-    assert kwargs["auto_wrap_policy"] == {LlamaDecoderLayer, CLIPEncoderLayer}
-    assert kwargs["use_orig_params"] is True  # frozen and trainable parameters in one unit
-    assert kwargs["state_dict_type"] == "full"
-    assert isinstance(build_strategy(strategy("fsdp"), 2), FSDPStrategy)
+def test_fsdp_is_fsdp2_over_all_processes_with_gathered_checkpoints() -> None:
+    built = build_strategy(strategy("fsdp"), 2)
+    assert isinstance(built, FSDP2Strategy) and isinstance(built, ModelParallelStrategy)
+    assert built._save_distributed_checkpoint is False  # one file, torch.load(weights_only=True)
 
 
 def test_ddp_and_auto() -> None:

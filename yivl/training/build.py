@@ -53,8 +53,13 @@ class Dtypes:
 def build_model(plan: RunPlan, dtypes: Dtypes, device: torch.device | str = "cpu") -> YiVL:
     """The YiVL model of ``plan``, ready to train."""
     model = load_pretrained(plan.model.path, dtype=dtypes.param, device=device).model
+    return prepare_model(model, plan, dtypes, torch.device(device))
+
+
+def prepare_model(model: YiVL, plan: RunPlan, dtypes: Dtypes, device: torch.device) -> YiVL:
+    """Resolution, what trains, activation checkpointing and train mode for a built ``model``."""
     set_image_size(model, plan.image_size)
-    apply_trainable(model, plan, dtypes, torch.device(device))
+    apply_trainable(model, plan, dtypes, device)
     enable_checkpointing(model, plan.gradient_checkpointing)
     return model.train()  # loaded in eval mode; Lightning keeps each submodule's mode as it finds it
 

@@ -20,6 +20,7 @@ def check_config(cfg: Mapping, accelerator: str, precision: str) -> None:
     module, finetune, strategy = cfg["module"], cfg["finetune"], cfg["strategy"]
     check_finetune(module["stage"], module["train"]["llm"], finetune["method"])
     check_demo_model(module["stage"], cfg["model"]["name"])
+    check_fsdp(strategy, finetune["method"])
     check_strategy(strategy, accelerator)
     check_precision(precision, accelerator)
     if finetune["method"] == "qlora":
@@ -62,13 +63,17 @@ def check_demo_model(stage: str, model: str) -> None:
         )
 
 
-def check_strategy(strategy: Mapping, accelerator: str) -> None:
-    """DeepSpeed needs its package; FSDP needs CUDA GPUs (Lightning refuses the CPU). DeepSpeed runs on
-    CPU processes too (yivl.training.deepspeed_cpu)."""
-    if strategy["name"] == "fsdp" and accelerator != "gpu":
+def check_fsdp(strategy: Mapping, method: str) -> None:
+    """FSDP2 all-gathers bitsandbytes' Params4bit into plain tensors, losing their quantization state."""
+    if strategy["name"] == "fsdp" and method == "qlora":
         raise YivlError(
-            "strategy=fsdp runs only on CUDA GPUs; use trainer=gpu or trainer=multi_gpu (or strategy=ddp)"
+            "finetune=qlora with strategy=fsdp: FSDP2 cannot shard 4-bit bitsandbytes weights; "
+            "use strategy=ddp or strategy=deepspeed_zero2 for QLoRA, or finetune=lora with strategy=fsdp"
         )
+
+
+def check_strategy(strategy: Mapping, accelerator: str) -> None:
+    """DeepSpeed needs its package; it runs on CUDA GPUs and on CPU processes (yivl.training.deepspeed_cpu)."""
     if strategy["name"] != "deepspeed":
         return
     label = f"strategy=deepspeed_zero{zero_stage(strategy)}" + (
@@ -100,16 +105,15 @@ def check_qlora(finetune: Mapping, strategy: Mapping, precision: str) -> None:
         raise YivlError(
             "finetune=qlora cannot offload 4-bit weights to the CPU; use strategy=deepspeed_zero2 or ddp"
         )
-    shards_params = zero_stage(strategy) == 3 or strategy["name"] == "fsdp"
+    shards_params = zero_stage(strategy) == 3
     compute = (
         "bfloat16" if precision.startswith("bf16") else "float16" if precision.startswith("16") else "float32"
     )
     storage = str(finetune["quant"]["storage_dtype"])
     if shards_params and storage != compute:
-        name = "fsdp" if strategy["name"] == "fsdp" else "deepspeed_zero3"
         raise YivlError(
-            f"strategy={name} shards 4-bit weights by their storage dtype, which must equal the compute "
-            f"dtype: set finetune.quant.storage_dtype={compute} (it is {storage}), "
+            "strategy=deepspeed_zero3 shards 4-bit weights by their storage dtype, which must equal the "
+            f"compute dtype: set finetune.quant.storage_dtype={compute} (it is {storage}), "
             "or use strategy=deepspeed_zero2"
         )
 

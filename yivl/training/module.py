@@ -13,7 +13,7 @@ from collections.abc import Mapping
 
 import lightning as L
 import torch
-from lightning.pytorch.strategies import DeepSpeedStrategy, FSDPStrategy
+from lightning.pytorch.strategies import DeepSpeedStrategy, ModelParallelStrategy
 from torch.optim.lr_scheduler import LambdaLR
 
 from yivl.checkpoint.plan import RunPlan
@@ -56,19 +56,25 @@ class YiVLModule(L.LightningModule):
     def configure_model(self) -> None:
         if self.model is not None:
             return
+        dtypes = Dtypes.for_precision(self.plan.precision)
+        if self._trainer is not None and isinstance(self.trainer.strategy, ModelParallelStrategy):
+            from yivl.training.fsdp2 import build_sharded  # FSDP2: shard while loading
+
+            root = self.trainer.strategy.root_device
+            self.model = build_sharded(self.plan, dtypes, self.device_mesh["data_parallel"], root)
+            self.meta = run_meta(self.plan, self.model.config)
+            return
         device = (
             torch.device("cpu")
             if self._trainer is None or self._sharded()
             else self.trainer.strategy.root_device
         )
-        self.model = build_model(self.plan, Dtypes.for_precision(self.plan.precision), device)
+        self.model = build_model(self.plan, dtypes, device)
         self.meta = run_meta(self.plan, self.model.config)
 
     def _sharded(self) -> bool:
-        """True under a strategy that distributes the weights itself (they are read on the CPU first)."""
-        return self._trainer is not None and isinstance(
-            self.trainer.strategy, DeepSpeedStrategy | FSDPStrategy
-        )
+        """True under DeepSpeed, which distributes the weights itself (they are read on the CPU first)."""
+        return self._trainer is not None and isinstance(self.trainer.strategy, DeepSpeedStrategy)
 
     def forward(self, batch: Mapping[str, torch.Tensor]) -> YiVLOutput:
         """``batch``: input_ids/labels/attention_mask [B, T], pixel_values [N, 3, S, S]."""

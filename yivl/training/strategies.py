@@ -1,7 +1,7 @@
-"""Distributed strategies from the ``strategy`` config group: DDP, DeepSpeed ZeRO 2/3/offload, FSDP.
+"""Distributed strategies from the ``strategy`` config group: DDP, DeepSpeed ZeRO 2/3/offload, FSDP2.
 
-``deepspeed_config`` and ``fsdp_kwargs`` return the plain configuration each strategy receives, so it can
-be checked without the hardware; ``build_strategy`` hands it to Lightning.
+``deepspeed_config`` returns the plain configuration DeepSpeed receives, so it can be checked without
+the hardware; ``build_strategy`` hands it to Lightning. FSDP2 lives in ``yivl.training.fsdp2``.
 """
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from __future__ import annotations
 import copy
 from collections.abc import Mapping
 
-from lightning.pytorch.strategies import DDPStrategy, FSDPStrategy, Strategy
+from lightning.pytorch.strategies import DDPStrategy, Strategy
 
 from yivl.errors import YivlError
 from yivl.training.deepspeed_cpu import CPUDeepSpeedStrategy
@@ -44,21 +44,6 @@ def zero_stage(strategy: Mapping) -> int:
     return int(strategy["config"].get("zero_optimization", {}).get("stage", 0))
 
 
-def fsdp_kwargs(strategy: Mapping) -> dict:
-    """FSDPStrategy arguments: one FSDP unit per LLM decoder layer and per ViT encoder layer."""
-    from transformers.models.clip.modeling_clip import CLIPEncoderLayer
-    from transformers.models.llama.modeling_llama import LlamaDecoderLayer
-
-    return {
-        "auto_wrap_policy": {LlamaDecoderLayer, CLIPEncoderLayer},
-        "sharding_strategy": str(strategy["sharding_strategy"]),
-        "cpu_offload": bool(strategy["cpu_offload"]),
-        "state_dict_type": str(strategy["state_dict_type"]),
-        "limit_all_gathers": bool(strategy["limit_all_gathers"]),
-        "use_orig_params": bool(strategy["use_orig_params"]),
-    }
-
-
 def build_strategy(strategy: Mapping, micro_batch_size: int) -> Strategy | str:
     """The Lightning strategy object (or ``"auto"``) for the ``strategy`` config group."""
     name = strategy["name"]
@@ -72,7 +57,9 @@ def build_strategy(strategy: Mapping, micro_batch_size: int) -> Strategy | str:
             exclude_frozen_parameters=bool(strategy["exclude_frozen_parameters"]),
         )
     if name == "fsdp":
-        return FSDPStrategy(**fsdp_kwargs(strategy))
+        from yivl.training.fsdp2 import FSDP2Strategy
+
+        return FSDP2Strategy()
     raise YivlError(
         f"unknown strategy name {name!r} in the strategy config; use auto, ddp, deepspeed or fsdp"
     )

@@ -73,7 +73,7 @@ def check_fsdp(strategy: Mapping, method: str) -> None:
 
 
 def check_strategy(strategy: Mapping, accelerator: str) -> None:
-    """DeepSpeed needs its package; it runs on CUDA GPUs and on CPU processes (yivl.training.deepspeed_cpu)."""
+    """DeepSpeed needs its package; it runs on GPUs and on CPU processes (yivl.training.deepspeed_cpu)."""
     if strategy["name"] != "deepspeed":
         return
     label = f"strategy=deepspeed_zero{zero_stage(strategy)}" + (

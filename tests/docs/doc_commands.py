@@ -31,7 +31,11 @@ SHELL_BLOCKS = {"bash", "sh", "console", "shell"}
 REWRITES: list[tuple[str, str, str]] = [
     (r"^model=yi_vl_(6b|34b)$", "model=tiny", "the 6B/34B presets check the model's shape"),
     (r"^trainer=(gpu|multi_gpu)$", "trainer=cpu", "no GPU in CI"),
-    (r"^strategy=\w+$", "strategy=auto", "one CPU process (tests/training runs the strategies with gloo)"),
+    (
+        r"^strategy=\w+$",
+        "strategy=auto",
+        "the strategies run in 2 CPU processes in tests/training (test_fsdp2.py, test_deepspeed_train.py)",
+    ),
     (r"^model\.path=\.\.\.$", "model.path=/models/Yi-VL-6B", "`...` stands for your model: the docs' own"),
     # the docs' absolute paths: /models/Yi-VL-6B and -34B hold the tiny model, /data/ the generated files
     (r"(?<![\w.])/(models|data)/", r"{root}/\1/", "the docs' absolute paths, inside the test's folder"),
@@ -113,7 +117,7 @@ SKIPPED: dict[str, str] = {
     "bench/gpu_suite.sh --workdir /scratch/yivl-suite": "bench",
     "bench/gpu_suite.sh --smoke": "bench",
     "DS_ACCELERATOR=cpu torchrun --standalone --nproc-per-node 2 train.py trainer=ddp_sim "
-    "strategy=deepspeed_zero2 hydra.run.dir=logs/train/zero2-cpu": "launcher",
+    "strategy=deepspeed_zero2 data.batch_size=4 hydra.run.dir=logs/train/zero2-cpu": "launcher",
     "#!/bin/bash script, #SBATCH --job-name=convert-mix665k": "scheduler",
     "jobid=$(sbatch --parsable convert.sbatch)": "launcher",
     'sbatch --dependency=afterok:"$jobid" --job-name=merge-mix665k --output=logs/merge-%j.out --wrap '

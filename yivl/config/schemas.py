@@ -9,11 +9,8 @@ from __future__ import annotations
 from typing import Any
 
 from yivl.config.schema import BOOL, COUNT, OPTIONAL_TEXT, TEXT, Choice, Field, Fraction, Int, Number, check
-from yivl.config.vocabulary import apply_old_keys
+from yivl.config.vocabulary import DTYPES, apply_old_keys
 
-DTYPE_ALIASES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
-"""Short dtype names and the torch dtype each stands for (yivl.models.device maps them to torch)."""
-DTYPES = ("auto", "float32", "fp32", "bfloat16", "bf16", "float16", "fp16")
 DEVICE = Choice("auto", "cpu", "cuda", "cuda:N", "mps", pattern=r"cuda:\d+")
 NO_LIMIT = "(or -1 for no limit)"
 LLM_MODES = ("full", "lora", "frozen")

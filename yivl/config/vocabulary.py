@@ -29,15 +29,12 @@ OLD_FLAGS = {"--model": "--model-path", "--base-model": "--model-base", "--out":
 # train.py speaks evaluate.py's names too: device= and dtype= pick the trainer's accelerator and
 # precision, output_dir= the run folder (Hydra's, since Hydra creates it before the run starts).
 ACCELERATORS = {"auto": "auto", "cpu": "cpu", "cuda": "gpu", "gpu": "gpu", "mps": "mps"}
-DTYPE_PRECISIONS = {
-    "auto": "auto",
-    "float32": "32-true",
-    "fp32": "32-true",
-    "bfloat16": "bf16-mixed",
-    "bf16": "bf16-mixed",
-    "float16": "16-mixed",
-    "fp16": "16-mixed",
-}
+DTYPE_ALIASES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
+"""Short dtype names and the dtype each stands for (yivl.models.device maps them to torch)."""
+DTYPES = ("auto", "float32", "fp32", "bfloat16", "bf16", "float16", "fp16")
+"""``dtype=`` of every tool."""
+_PRECISIONS = {"auto": "auto", "float32": "32-true", "bfloat16": "bf16-mixed", "float16": "16-mixed"}
+DTYPE_PRECISIONS = {name: _PRECISIONS[DTYPE_ALIASES.get(name, name)] for name in DTYPES}
 
 
 def train_output_dir(value: str, multirun: bool) -> list[str]:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from yivl.config.schemas import DTYPE_ALIASES
-from yivl.config.schemas import DTYPES as DTYPE_NAMES
+from yivl.config.vocabulary import DTYPE_ALIASES
+from yivl.config.vocabulary import DTYPES as DTYPE_NAMES
 from yivl.errors import YivlError
 
 

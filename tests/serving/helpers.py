@@ -134,3 +134,21 @@ class ScriptedEngine:
         finally:
             with self._lock:
                 self.active -= 1
+
+
+def client_port(response: object) -> int:
+    """The client-side port of the connection an httpx response came on (same port: same connection)."""
+    return response.extensions["network_stream"].get_extra_info("client_addr")[1]
+
+
+def answered_on_one_connection(client: object, url: str, bad: dict | bytes, good: dict) -> object:
+    """POST ``bad`` then ``good`` on one keep-alive httpx client; the bad response, after checking the good
+    one came back 200 on the same connection."""
+    kwargs = (
+        {"content": bad, "headers": {"Content-Type": "application/json"}} if isinstance(bad, bytes) else {}
+    )
+    refused = client.post(f"{url}/v1/chat/completions", **(kwargs or {"json": bad}))
+    answered = client.post(f"{url}/v1/chat/completions", json=good)
+    assert answered.status_code == 200, answered.text
+    assert client_port(answered) == client_port(refused), "the server closed the connection"
+    return refused

@@ -191,7 +191,8 @@ def test_oversized_body_is_refused_before_it_is_read(api_url: str):
 
 def test_oversized_chunked_body_is_refused(api_url: str):
     chunks = (b"x" * 50_000 for _ in range(MAX_REQUEST_BYTES // 50_000 + 2))  # no Content-Length
-    response = httpx.post(f"{api_url}/v1/chat/completions", content=chunks, timeout=60)
+    headers = {"Content-Type": "application/json"}
+    response = httpx.post(f"{api_url}/v1/chat/completions", content=chunks, headers=headers, timeout=60)
     check_error(response, 413, "request_too_large", None)
 
 

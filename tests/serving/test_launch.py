@@ -89,3 +89,46 @@ def test_a_missing_server_package_names_the_install_command():
 def test_a_bad_port_is_a_one_line_error(engine: Engine):
     with pytest.raises(YivlError, match=r"api\.port"):
         launch.run_api(infer_config("api.port=70000"), engine, GenerationSettings())
+
+
+def test_the_security_keys_reach_the_api_settings(tmp_path: Path):
+    cfg = infer_config(
+        f"api.allowed_local_media_path=[{tmp_path}]",
+        "api.allowed_hosts=[vl.internal]",
+        "api.cors_origins=[https://app.example]",
+        "api.remote_allowed_networks=[10.0.0.0/8]",
+        "api.unsupported_fields=warn",
+        "api.max_queue=3",
+        "api.host=0.0.0.0",
+    )
+    settings = launch.api_settings(cfg, GenerationSettings())
+    assert settings.images.allowed_local_media_path == (str(tmp_path.resolve()),)
+    assert settings.images.remote_allowed_networks == ("10.0.0.0/8",)
+    assert (settings.allowed_hosts, settings.cors_origins) == (("vl.internal",), ("https://app.example",))
+    assert (settings.unsupported_fields, settings.max_parsing, settings.host) == ("warn", 3, "0.0.0.0")
+
+
+def test_local_files_cors_and_extra_hosts_are_off_by_default():
+    settings = launch.api_settings(infer_config(), GenerationSettings())
+    assert settings.images.allowed_local_media_path == () and settings.images.remote_allowed_networks == ()
+    assert (settings.allowed_hosts, settings.cors_origins, settings.unsupported_fields) == ((), (), "error")
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        (
+            "api.allowed_local_media_path=[/no/such/dir]",
+            r"^api\.allowed_local_media_path: /no/such/dir is not a directory; name existing image folders$",
+        ),
+        (
+            "api.remote_allowed_networks=[10.0.0.300/8]",
+            r"^api\.remote_allowed_networks: .*; give CIDR blocks such as \[10\.0\.0\.0/8\]$",
+        ),
+        ("api.unsupported_fields=ignore", r"^api\.unsupported_fields=ignore; use one of error, warn$"),
+        ("api.cors_origins=https://a.example", r"^api\.cors_origins=https://a\.example: expected a list"),
+    ],
+)
+def test_bad_security_keys_are_one_line_errors(override: str, message: str):
+    with pytest.raises(YivlError, match=message):
+        launch.api_settings(infer_config(override), GenerationSettings())

@@ -8,7 +8,7 @@ composed config does not have (e.g. ``finetune.lora.r`` under ``finetune=full``)
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,7 +22,7 @@ class Field:
     """One key's type and range. ``message`` (with ``{key}`` and ``{value}``) replaces the default
     text of any refusal, for checks whose wording users and tests already know."""
 
-    kind: str  # int | number | bool | str | choice
+    kind: str  # int | number | bool | str | choice | strings
     low: float | None = None  # smallest value accepted (inclusive)
     above: float | None = None  # values must be greater than this (exclusive)
     high: float | None = None  # largest value accepted (inclusive)
@@ -43,6 +43,10 @@ class Field:
             return None if fits else f"use one of {', '.join(self.choices)}"
         if self.kind == "bool":
             return None if isinstance(value, bool) else "expected true or false"
+        if self.kind == "strings":
+            fits = isinstance(value, Sequence) and not isinstance(value, str)
+            fits = fits and all(isinstance(v, str) and v.strip() for v in value)
+            return None if fits else "expected a list of non-empty strings, e.g. [a,b] (or [] for none)"
         if self.kind == "str":
             if not isinstance(value, (str, int, float)) or isinstance(value, bool):
                 return "expected a string"
@@ -87,6 +91,7 @@ def Choice(*choices: str, **kw: Any) -> Field:
 BOOL = Field("bool")
 TEXT = Field("str")
 OPTIONAL_TEXT = Field("str", null=True)
+STRINGS = Field("strings")  # a list of strings, e.g. [a,b]; [] for none
 COUNT = Int(1)  # a size or count of at least one
 
 

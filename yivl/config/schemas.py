@@ -8,7 +8,19 @@ from __future__ import annotations
 
 from typing import Any
 
-from yivl.config.schema import BOOL, COUNT, OPTIONAL_TEXT, TEXT, Choice, Field, Fraction, Int, Number, check
+from yivl.config.schema import (
+    BOOL,
+    COUNT,
+    OPTIONAL_TEXT,
+    STRINGS,
+    TEXT,
+    Choice,
+    Field,
+    Fraction,
+    Int,
+    Number,
+    check,
+)
 from yivl.config.vocabulary import DTYPES, apply_old_keys
 
 DEVICE = Choice("auto", "cpu", "cuda", "cuda:N", "mps", pattern=r"cuda:\d+")
@@ -190,10 +202,15 @@ _SERVERS = {
     "api.port": PORT,
     "api.model_name": Field("str", non_empty=True),
     "api.api_key": OPTIONAL_TEXT,
-    "api.allow_file_urls": BOOL,
+    "api.allowed_hosts": STRINGS,
+    "api.cors_origins": STRINGS,
+    "api.allowed_local_media_path": STRINGS,
     "api.allow_remote_images": BOOL,
     "api.remote_timeout_s": POSITIVE,
+    "api.remote_max_redirects": Int(0),
+    "api.remote_allowed_networks": STRINGS,
     "api.max_request_bytes": COUNT,
+    "api.max_decodes": COUNT,
     "api.max_image_bytes": COUNT,
     "api.max_n": COUNT,
     "api.max_queue": COUNT,
@@ -201,6 +218,9 @@ _SERVERS = {
     "api.stream_interval_s": Number(0),
     "api.system_messages": Choice(
         "use", "ignore", "reject", message="api.system_messages={value}; use one of use, ignore, reject"
+    ),
+    "api.unsupported_fields": Choice(
+        "error", "warn", message="api.unsupported_fields={value}; use one of error, warn"
     ),
     "api.log_level": Choice("critical", "error", "warning", "info", "debug", "trace"),
 }

@@ -238,9 +238,15 @@ class ImageProcessor:
 
     def __call__(self, img: Image.Image, pad: bool = True) -> torch.Tensor:
         """Pixels ``[3, size, size]`` float32: RGB, pad to square (if ``pad``), resize, crop, normalize."""
+        return self._normalize(self.geometry(img, pad))
+
+    def geometry(self, img: Image.Image, pad: bool = True) -> Image.Image:
+        """The ``size`` x ``size`` RGB image :meth:`__call__` normalizes. When ``resize_size == size``,
+        calling this processor on the result gives the same pixels as on ``img`` (a square of the target
+        size is neither resized nor cropped), so a server can keep this small image instead of ``img``."""
         img = to_rgb(img)
         img = self._pad_and_resize(img) if pad else self._resize(img)
-        return self._normalize(self._center_crop(img))
+        return self._center_crop(img)
 
     def _pad_and_resize(self, img: Image.Image) -> Image.Image:
         """``_resize(expand_to_square(img))``, pixel for pixel, without resizing the padding rows.

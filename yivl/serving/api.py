@@ -9,19 +9,23 @@ queue instead of corrupting each other. Bad requests get an OpenAI-style error b
 from __future__ import annotations
 
 import asyncio
-import hmac
 import logging
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
+from PIL import Image
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.middleware.cors import CORSMiddleware
 
 from yivl.constants import STOP_STRING
 from yivl.errors import YivlError
 from yivl.models.generation import Generation, GenerationSettings
 from yivl.serving.api_errors import ApiError, as_api_error, bad_request
+from yivl.serving.api_guard import HostCheck, Slots, check_json, check_key
 from yivl.serving.api_stream import Prepared, completion_body, sse_chunks
 from yivl.serving.engine import Engine
 from yivl.serving.engine import Request as EngineRequest
@@ -29,10 +33,12 @@ from yivl.serving.image_urls import ImagePolicy, fetch_image
 from yivl.serving.openai_format import (
     ChatRequest,
     SystemPolicy,
+    UnsupportedPolicy,
     model_not_found,
     parse_request,
     to_conversation,
 )
+from yivl.serving.prompt_bound import check_text_fits, too_long
 from yivl.serving.worker import AsyncEventStream, GenerationWorker, WorkerBusy
 
 log = logging.getLogger(__name__)
@@ -40,14 +46,25 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class ApiSettings:
-    """Server policy; ``defaults`` fill what a request leaves out (temperature, top_p, max_tokens)."""
+    """Server policy; ``defaults`` fill what a request leaves out (temperature, top_p, max_tokens).
+
+    ``host`` is the bind address the ``Host`` header is checked against (``allowed_hosts`` adds names,
+    ``*`` turns the check off); ``cors_origins`` are the web origins allowed to call (none: CORS off);
+    ``max_parsing`` requests are read and parsed at once, ``max_decodes`` images decoded at once.
+    """
 
     model_name: str = "yi-vl"
     api_key: str | None = None
+    host: str = "127.0.0.1"
+    allowed_hosts: tuple[str, ...] = ()
+    cors_origins: tuple[str, ...] = ()
     max_request_bytes: int = 30_000_000
+    max_parsing: int = 16
+    max_decodes: int = 2
     max_n: int = 4
     request_timeout_s: float = 600.0
     system_messages: SystemPolicy = "use"
+    unsupported_fields: UnsupportedPolicy = "error"
     images: ImagePolicy = field(default_factory=ImagePolicy)
     defaults: GenerationSettings = field(default_factory=GenerationSettings)
 
@@ -56,6 +73,16 @@ def create_app(engine: Engine, worker: GenerationWorker, settings: ApiSettings) 
     """The FastAPI app; ``worker`` must wrap ``engine``."""
     app = FastAPI(title="Yi-VL OpenAI-compatible API", docs_url=None, redoc_url=None, openapi_url=None)
     _install_error_handlers(app)
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=list(settings.cors_origins),
+            allow_methods=["GET", "POST"],
+            allow_headers=["Authorization", "Content-Type"],
+        )
+    app.add_middleware(HostCheck, bind=settings.host, allowed=settings.allowed_hosts)  # outermost
+    parsing = Slots(settings.max_parsing)
+    decoding = threading.BoundedSemaphore(settings.max_decodes)
 
     @app.get("/health")
     async def health() -> dict:
@@ -63,23 +90,26 @@ def create_app(engine: Engine, worker: GenerationWorker, settings: ApiSettings) 
 
     @app.get("/v1/models")
     async def list_models(request: Request) -> dict:
-        _check_key(request, settings)
+        check_key(request, settings.api_key)
         return {"object": "list", "data": [_model_card(settings)]}
 
     @app.get("/v1/models/{name}")
     async def get_model(name: str, request: Request) -> dict:
-        _check_key(request, settings)
+        check_key(request, settings.api_key)
         if name != settings.model_name:
             raise model_not_found(name, settings.model_name)
         return _model_card(settings)
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request) -> Response:
-        _check_key(request, settings)
-        body = await _read_body(request, settings.max_request_bytes)
-        # JSON parsing, image decoding and tokenizing run in a thread: they must not stall the event loop
-        prepared = await run_in_threadpool(lambda: prepare(engine, settings, parse_request(body)))
-        events = _open_stream(worker, prepared, settings)
+        check_key(request, settings.api_key)
+        check_json(request)
+        with parsing:  # at most max_parsing bodies in memory before the worker's queue takes over
+            body = await _read_body(request, settings.max_request_bytes)
+            # JSON parsing, image decoding, tokenizing run in a thread: they must not stall the event loop
+            prepared = await run_in_threadpool(_parse_and_prepare, engine, settings, body, decoding)
+            del body
+            events = _open_stream(worker, prepared, settings)
         if prepared.chat.stream:
             return StreamingResponse(
                 sse_chunks(events, prepared, settings.model_name),
@@ -96,19 +126,6 @@ def create_app(engine: Engine, worker: GenerationWorker, settings: ApiSettings) 
 
 def _model_card(settings: ApiSettings) -> dict:
     return {"id": settings.model_name, "object": "model", "created": 0, "owned_by": "yivl"}
-
-
-def _check_key(request: Request, settings: ApiSettings) -> None:
-    """HTTP 401 unless the ``Authorization: Bearer KEY`` header matches (when a key is configured)."""
-    if not settings.api_key:
-        return
-    scheme, _, given = request.headers.get("authorization", "").partition(" ")
-    if scheme.lower() != "bearer" or not hmac.compare_digest(
-        given.strip().encode(), settings.api_key.encode()
-    ):
-        raise ApiError(
-            401, "missing or wrong API key; send Authorization: Bearer <key>", code="invalid_api_key"
-        )
 
 
 async def _read_body(request: Request, limit: int) -> bytes:
@@ -133,15 +150,31 @@ def _body_too_large(size: int, limit: int) -> ApiError:
     )
 
 
-def prepare(engine: Engine, settings: ApiSettings, chat: ChatRequest) -> Prepared:
-    """Check the model name, the conversation, the image and the prompt length; HTTP 4xx if any is wrong."""
+def _parse_and_prepare(
+    engine: Engine, settings: ApiSettings, body: bytes, decoding: threading.BoundedSemaphore
+) -> Prepared:
+    return prepare(engine, settings, parse_request(body, settings.unsupported_fields), decoding)
+
+
+def prepare(
+    engine: Engine,
+    settings: ApiSettings,
+    chat: ChatRequest,
+    decoding: threading.BoundedSemaphore | None = None,
+) -> Prepared:
+    """Check the model name, the conversation, the image and the prompt length; HTTP 4xx if any is wrong.
+
+    The text is bounded before it is tokenized and the image fetched only then, decoded while holding
+    ``decoding`` (at most ``max_decodes`` images in the decoder at once).
+    """
     if chat.model != settings.model_name:
         raise model_not_found(chat.model, settings.model_name)
     if chat.n > settings.max_n:
         raise bad_request(f"n={chat.n}; this server answers at most {settings.max_n} choices", param="n")
     conversation = to_conversation(chat.messages, settings.system_messages)
+    check_text_fits(engine, conversation)
     ref = conversation.image
-    image = None if ref is None else fetch_image(ref, settings.images)
+    image = None if ref is None else fetch_image(ref, settings.images, decoding, model_sized(engine))
     try:
         ids = engine.prompt_ids(conversation.turns, image is not None, conversation.system)
         gen = generation_settings(chat, settings.defaults)
@@ -149,14 +182,20 @@ def prepare(engine: Engine, settings: ApiSettings, chat: ChatRequest) -> Prepare
         raise bad_request(str(exc)) from None
     prompt_tokens = engine.prompt_length(ids)
     if prompt_tokens >= engine.context_length:
-        raise bad_request(
-            f"the conversation is {prompt_tokens} tokens (image features included) but the model's context "
-            f"is {engine.context_length}; shorten it",
-            param="messages",
-            code="context_length_exceeded",
-        )
+        raise too_long(str(prompt_tokens), engine.context_length)
     requests = [EngineRequest(conversation.turns, image, conversation.system) for _ in range(chat.n)]
     return Prepared(chat, requests, gen, prompt_tokens)
+
+
+def model_sized(engine: Engine) -> Callable[[Image.Image], Image.Image] | None:
+    """What shrinks a decoded image to the square the model sees, the same pixels as the engine would make
+    of the original; None when the processor crops after resizing (then only the original gives them).
+    A queued request then holds a 448 px image, not a 64-megapixel one."""
+    processor = engine.image_processor
+    if processor.resize_size != processor.size:
+        return None
+    pad = engine.loaded.config.image_aspect_ratio == "pad"
+    return lambda image: processor.geometry(image, pad)
 
 
 def generation_settings(chat: ChatRequest, defaults: GenerationSettings) -> GenerationSettings:

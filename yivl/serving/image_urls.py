@@ -1,56 +1,59 @@
-"""image_url parts -> images: data URLs, local file URLs, and remote URLs only when the server allows them."""
+"""image_url parts -> images: data URLs; local files and remote URLs only as far as the server allows.
+
+Local files: see :mod:`yivl.serving.local_media`; remote URLs: :mod:`yivl.serving.remote_fetch`.
+An image's pixel count is read from its header and checked before anything is decoded.
+"""
 
 from __future__ import annotations
 
 import base64
 import binascii
-import urllib.error
-import urllib.request
-from dataclasses import dataclass
-from pathlib import Path
-from urllib.parse import unquote, urlparse
-from urllib.request import url2pathname
+import threading
+from collections.abc import Callable
+from contextlib import nullcontext
 
 from PIL import Image
 
-from yivl.data.image_files import read_image_file
-from yivl.data.images import DEFAULT_MAX_PIXELS, load_image
-from yivl.data.reasons import SampleRejected
+from yivl.data.images import load_image
 from yivl.errors import YivlError
 from yivl.serving.api_errors import ApiError, bad_request
+from yivl.serving.image_policy import ImagePolicy
+from yivl.serving.local_media import local_image_bytes
 from yivl.serving.openai_format import ImageRef
+from yivl.serving.remote_fetch import download
 
 
-@dataclass(frozen=True)
-class ImagePolicy:
-    """What the API accepts as an image and how big it may be."""
+def fetch_image(
+    ref: ImageRef,
+    policy: ImagePolicy,
+    decoding: threading.BoundedSemaphore | None = None,
+    fit: Callable[[Image.Image], Image.Image] | None = None,
+) -> Image.Image:
+    """Decode the image behind ``ref`` (RGB); HTTP 400/413 naming ``ref.param`` when it cannot be used.
 
-    max_image_bytes: int = 20_000_000
-    max_pixels: int = DEFAULT_MAX_PIXELS
-    allow_file_urls: bool = True
-    allow_remote: bool = False
-    remote_timeout_s: float = 10.0
-
-
-def fetch_image(ref: ImageRef, policy: ImagePolicy) -> Image.Image:
-    """Decode the image behind ``ref`` (RGB); HTTP 400/413 naming ``ref.param`` when it cannot be used."""
-    scheme = urlparse(ref.url).scheme.lower()
+    The decode, and ``fit`` (which may shrink the decoded image to what the model needs), hold
+    ``decoding`` when given: it bounds how many images are in the decoder at once.
+    """
+    scheme = ref.url.partition(":")[0].lower() if ":" in ref.url.split("/", 1)[0] else ""
     if scheme == "data":
         data = _data_url_bytes(ref, policy)
-    elif scheme == "file":
-        data = _file_bytes(ref, policy)
+    elif scheme in ("file", ""):
+        data = local_image_bytes(ref.url, ref.param, policy.allowed_local_media_path, policy.max_image_bytes)
     elif scheme in ("http", "https"):
         data = _remote_bytes(ref, policy)
     else:
         raise bad_request(
-            f"{ref.param}: unsupported URL scheme '{scheme or ref.url[:20]}'; use a data: or file: URL",
+            f"{ref.param}: unsupported URL scheme '{scheme[:20]}'; use a data: URL",
             param=ref.param,
             code="invalid_image_url",
         )
-    try:
-        return load_image(data, max_pixels=policy.max_pixels)
-    except YivlError as exc:
-        raise bad_request(f"{ref.param}: {exc}", param=ref.param, code="invalid_image") from None
+    with decoding if decoding is not None else nullcontext():
+        try:
+            image = load_image(data, max_pixels=policy.max_pixels)
+            del data
+            return image if fit is None else fit(image)
+        except YivlError as exc:
+            raise bad_request(f"{ref.param}: {exc}", param=ref.param, code="invalid_image") from None
 
 
 def _too_large(ref: ImageRef, size: int, policy: ImagePolicy) -> ApiError:
@@ -81,30 +84,6 @@ def _data_url_bytes(ref: ImageRef, policy: ImagePolicy) -> bytes:
         ) from None
 
 
-def _file_bytes(ref: ImageRef, policy: ImagePolicy) -> bytes:
-    """``file:///abs/path.png`` on this machine (only when the server allows file URLs)."""
-    if not policy.allow_file_urls:
-        raise bad_request(
-            f"{ref.param}: file URLs are disabled here (api.allow_file_urls=false); send a data URL",
-            param=ref.param,
-            code="file_urls_disabled",
-        )
-    parsed = urlparse(ref.url)
-    if parsed.netloc not in ("", "localhost"):
-        raise bad_request(f"{ref.param}: file URLs must name a local file", param=ref.param)
-    path = Path(url2pathname(unquote(parsed.path)))
-    if not path.is_file():
-        raise bad_request(f"{ref.param}: no such file: {path}", param=ref.param, code="invalid_image")
-    size = path.stat().st_size
-    if size > policy.max_image_bytes:
-        raise _too_large(ref, size, policy)
-    try:  # regular files only, opened non-blocking, read bounded (the file may change after the checks)
-        return read_image_file(path, ref.param, policy.max_image_bytes)
-    except SampleRejected as exc:
-        status = 413 if exc.reason == "image_file_too_large" else 400
-        raise ApiError(status, exc.detail, param=ref.param, code="invalid_image") from None
-
-
 def _remote_bytes(ref: ImageRef, policy: ImagePolicy) -> bytes:
     """Download an http(s) image, at most ``max_image_bytes``, only when remote images are enabled."""
     if not policy.allow_remote:
@@ -114,14 +93,4 @@ def _remote_bytes(ref: ImageRef, policy: ImagePolicy) -> bytes:
             param=ref.param,
             code="remote_images_disabled",
         )
-    request = urllib.request.Request(ref.url, headers={"User-Agent": "yivl"})
-    try:
-        with urllib.request.urlopen(request, timeout=policy.remote_timeout_s) as response:
-            data = response.read(policy.max_image_bytes + 1)
-    except (urllib.error.URLError, OSError, ValueError) as exc:
-        raise bad_request(
-            f"{ref.param}: could not download the image: {exc}", param=ref.param, code="invalid_image_url"
-        ) from None
-    if len(data) > policy.max_image_bytes:
-        raise _too_large(ref, len(data), policy)
-    return data
+    return download(ref.url, ref.param, policy)

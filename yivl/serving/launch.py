@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import ipaddress
 import logging
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from omegaconf import DictConfig
@@ -14,6 +15,7 @@ from yivl.config.schemas import INFER
 from yivl.errors import YivlError
 from yivl.models.generation import GenerationSettings
 from yivl.serving.engine import Engine
+from yivl.serving.memory import return_big_blocks_to_the_os
 from yivl.serving.worker import GenerationWorker
 
 if TYPE_CHECKING:
@@ -87,6 +89,7 @@ def run_api(cfg: DictConfig, engine: Engine, settings: GenerationSettings) -> No
             "api.host=%s without api.api_key: anyone who can reach the port can use the model", api.host
         )
     app_settings = api_settings(cfg, settings)
+    return_big_blocks_to_the_os()
     worker = GenerationWorker(engine, int(api.max_queue), float(api.stream_interval_s))
     app = create_app(engine, worker, app_settings)
     print(
@@ -100,23 +103,49 @@ def api_settings(cfg: DictConfig, defaults: GenerationSettings) -> ApiSettings:
     """``cfg.api`` (plus ``cfg.max_image_pixels``) -> :class:`yivl.serving.api.ApiSettings`."""
     from yivl.serving.api import ApiSettings  # FastAPI is imported only for mode=api
     from yivl.serving.image_urls import ImagePolicy
+    from yivl.serving.local_media import resolve_roots
+    from yivl.serving.remote_fetch import networks
 
     api = cfg.api
     check(cfg, INFER, section="api")
+    try:
+        networks(api.remote_allowed_networks)
+    except ValueError as exc:
+        raise YivlError(
+            f"api.remote_allowed_networks: {exc}; give CIDR blocks such as [10.0.0.0/8]"
+        ) from None
     policy = ImagePolicy(
         max_image_bytes=int(api.max_image_bytes),
         max_pixels=int(cfg.max_image_pixels),
-        allow_file_urls=bool(api.allow_file_urls),
+        allowed_local_media_path=resolve_roots(_directories(api.allowed_local_media_path)),
         allow_remote=bool(api.allow_remote_images),
         remote_timeout_s=float(api.remote_timeout_s),
+        remote_max_redirects=int(api.remote_max_redirects),
+        remote_allowed_networks=tuple(api.remote_allowed_networks),
     )
     return ApiSettings(
         model_name=str(api.model_name),
         api_key=str(api.api_key) if api.api_key else None,
+        host=str(api.host),
+        allowed_hosts=tuple(api.allowed_hosts),
+        cors_origins=tuple(api.cors_origins),
         max_request_bytes=int(api.max_request_bytes),
+        max_parsing=int(api.max_queue),
+        max_decodes=int(api.max_decodes),
         max_n=int(api.max_n),
         request_timeout_s=float(api.request_timeout_s),
         system_messages=api.system_messages,
+        unsupported_fields=api.unsupported_fields,
         images=policy,
         defaults=defaults,
     )
+
+
+def _directories(paths: list[str]) -> list[str]:
+    """``api.allowed_local_media_path`` entries, each an existing directory (else a one-line error)."""
+    for path in paths:
+        if not Path(path).expanduser().is_dir():
+            raise YivlError(
+                f"api.allowed_local_media_path: {path} is not a directory; name existing image folders"
+            )
+    return list(paths)

@@ -7,9 +7,9 @@ onto that and refuse what does not fit.
 
 from __future__ import annotations
 
-import json
+import logging
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -21,36 +21,52 @@ MAX_STOP_STRINGS = 4
 ROLES = {"user": "human", "assistant": "assistant"}
 SYSTEM_ROLES = {"system", "developer"}
 SystemPolicy = Literal["use", "ignore", "reject"]
+UnsupportedPolicy = Literal["error", "warn"]
+SEED_RANGE = (-(2**63), 2**63)
+"""OpenAI's seed is a signed 64-bit integer; torch's generator takes every value in it."""
+
+PASSED_THROUGH = frozenset({"logprobs", "top_logprobs", "top_k", "frequency_penalty", "presence_penalty"})
+"""Request fields accepted here though this module does not read them (the generation settings do)."""
+NO_EFFECT = frozenset({"user", "metadata", "store", "service_tier"})
+"""Bookkeeping fields that change nothing in an answer: accepted and ignored, as a local server may."""
+MESSAGE_FIELDS = frozenset({"role", "content", "name"})
+
+log = logging.getLogger(__name__)
+
+
+STRICT = ConfigDict(extra="allow", strict=True)
+"""No coercion: ``"max_tokens": "5"`` and ``"stream": "yes"`` are refused, not guessed at."""
 
 
 class ImageURL(BaseModel):
-    model_config = ConfigDict(extra="allow")
+    model_config = STRICT
     url: str
     detail: str | None = None
 
 
 class ContentPart(BaseModel):
-    model_config = ConfigDict(extra="allow")
+    model_config = STRICT
     type: str
     text: str | None = None
     image_url: ImageURL | None = None
 
 
 class ChatMessage(BaseModel):
-    model_config = ConfigDict(extra="allow")
+    model_config = STRICT
     role: str
     content: str | list[ContentPart] | None = None
 
 
 class StreamOptions(BaseModel):
-    model_config = ConfigDict(extra="allow")
+    model_config = STRICT
     include_usage: bool = False
 
 
 class ChatRequest(BaseModel):
-    """The fields of ``POST /v1/chat/completions`` that this server uses; others are accepted and ignored."""
+    """The fields of ``POST /v1/chat/completions`` that this server uses; :func:`unsupported_fields`
+    names the others."""
 
-    model_config = ConfigDict(extra="allow")
+    model_config = STRICT
     model: str
     messages: list[ChatMessage] = Field(min_length=1)
     temperature: float | None = Field(default=None, ge=0, le=2)
@@ -61,7 +77,7 @@ class ChatRequest(BaseModel):
     stream: bool = False
     stream_options: StreamOptions | None = None
     n: int = Field(default=1, ge=1)
-    seed: int | None = None
+    seed: int | None = Field(default=None, ge=SEED_RANGE[0], lt=SEED_RANGE[1])
 
     def stop_strings(self) -> tuple[str, ...]:
         """The caller's stop strings (at most four, as OpenAI allows), empty ones dropped."""
@@ -79,20 +95,61 @@ class ImageRef:
     param: str
 
 
-def parse_request(body: bytes) -> ChatRequest:
-    """Raw body -> :class:`ChatRequest`; malformed JSON or fields -> HTTP 400 naming the field."""
+def parse_request(body: bytes, unsupported: UnsupportedPolicy = "error") -> ChatRequest:
+    """Raw body -> :class:`ChatRequest`; malformed JSON or fields -> HTTP 400 naming the field.
+
+    pydantic's own JSON parser reads the body: it refuses invalid UTF-8, lone surrogates (``"\\ud800"``)
+    and nesting deeper than its recursion limit, wherever they are, before any of it reaches Python.
+    A field this server does not implement is HTTP 400 ``unsupported_parameter`` (``warn``: a log line).
+    """
     try:
-        payload: Any = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise bad_request(f"the request body is not valid JSON: {exc}", code="invalid_json") from None
-    if not isinstance(payload, dict):
-        raise bad_request("the request body must be a JSON object", code="invalid_json")
-    try:
-        return ChatRequest.model_validate(payload)
+        chat = ChatRequest.model_validate_json(body)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        param = _param_name(first["loc"])
-        raise bad_request(f"{param}: {first['msg']}", param=param, code="invalid_value") from None
+        raise _invalid(exc) from None
+    for param in unsupported_fields(chat):
+        if unsupported == "warn":
+            log.warning("ignoring %s: this server does not implement it (api.unsupported_fields=warn)", param)
+            continue
+        raise ApiError(
+            400,
+            f"{param} is not supported by this server; remove it (or start the server with "
+            "api.unsupported_fields=warn to have it ignored)",
+            param=param,
+            code="unsupported_parameter",
+        )
+    return chat
+
+
+def unsupported_fields(chat: ChatRequest) -> list[str]:
+    """The fields of ``chat`` (top level and per message) that nothing here implements, in request order.
+
+    A field sent as null, ``[]`` or ``{}`` asks for nothing and is let through: clients that echo an
+    assistant message back send ``"tool_calls": null``.
+    """
+    names = _set_extras(chat, PASSED_THROUGH | NO_EFFECT, "")
+    for i, message in enumerate(chat.messages):
+        names += _set_extras(message, MESSAGE_FIELDS, f"messages[{i}].")
+    return names
+
+
+def _set_extras(model: BaseModel, known: frozenset[str], prefix: str) -> list[str]:
+    extra = model.model_extra or {}
+    return [
+        f"{prefix}{name}"
+        for name, value in extra.items()
+        if name not in known and value not in (None, [], {})
+    ]
+
+
+def _invalid(exc: ValidationError) -> ApiError:
+    first = exc.errors(include_input=False, include_url=False)[0]
+    if first["type"] == "json_invalid":
+        reason = first["ctx"]["error"] if "ctx" in first else first["msg"]
+        return bad_request(f"the request body is not valid JSON: {reason}", code="invalid_json")
+    if not first["loc"]:
+        return bad_request("the request body must be a JSON object", code="invalid_json")
+    param = _param_name(first["loc"])
+    return bad_request(f"{param}: {first['msg']}", param=param, code="invalid_value")
 
 
 def _param_name(loc: tuple) -> str:

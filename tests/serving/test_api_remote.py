@@ -1,0 +1,160 @@
+"""Remote images: public addresses only (checked after DNS and on every redirect, connected to as checked),
+one deadline for the whole download and a size cap. The servers here listen on 127.0.0.1, which a
+default server refuses; the tests that download allow it with api.remote_allowed_networks."""
+
+from __future__ import annotations
+
+import http.server
+import ipaddress
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+
+import httpx
+import pytest
+
+from yivl.serving import remote_fetch
+from yivl.serving.api import create_app
+from yivl.serving.engine import Engine
+from yivl.serving.worker import GenerationWorker
+
+from .conftest import MAX_IMAGE_BYTES, api_settings
+from .helpers import answered_on_one_connection, image_message, png_bytes, serve
+from .test_api_errors import body, check_error
+
+PNG = png_bytes()
+
+
+class Handler(http.server.BaseHTTPRequestHandler):
+    """/image.png, /big.png, /drip.png (1 byte/s), /to/<url> (302 to url), /loop (302 to itself)."""
+
+    def do_GET(self) -> None:
+        if self.path.startswith("/to/"):
+            return self._redirect(self.path[len("/to/") :])
+        if self.path == "/loop":
+            return self._redirect("/loop")
+        data = b"\0" * (MAX_IMAGE_BYTES + 1) if self.path == "/big.png" else PNG
+        self.send_response(200)
+        self.send_header("Content-Type", "image/png")
+        if self.path != "/drip.png":
+            self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        if self.path == "/drip.png":
+            return self._drip(data)
+        self.wfile.write(data)
+
+    def _redirect(self, location: str) -> None:
+        self.send_response(302)
+        self.send_header("Location", location)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def _drip(self, data: bytes) -> None:
+        try:
+            for byte in data:
+                self.wfile.write(bytes([byte]))
+                self.wfile.flush()
+                time.sleep(1.0)
+        except OSError:  # the downloader hung up, as it should
+            pass
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture(scope="module")
+def images() -> Iterator[str]:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_port}"
+    server.shutdown()
+
+
+@pytest.fixture(scope="module")
+def open_api(engine: Engine, worker: GenerationWorker) -> Iterator[str]:
+    """Remote images on, 127.0.0.1 allowed (test-only), a 2 s download deadline."""
+    with serve(create_app(engine, worker, api_settings(allow_remote=True, remote_timeout_s=2.0))) as url:
+        yield url
+
+
+def ask(url: str, image: str) -> httpx.Response:
+    with httpx.Client(timeout=60) as client:
+        return answered_on_one_connection(client, url, body(messages=[image_message(image)]), body())
+
+
+def test_a_default_server_refuses_loopback(engine: Engine, worker: GenerationWorker, images: str):
+    with serve(create_app(engine, worker, api_settings(allow_remote=True, networks=()))) as url:
+        for image in (f"{images}/image.png", images.replace("127.0.0.1", "localhost") + "/image.png"):
+            error = check_error(ask(url, image), 400, "remote_address_refused", None)
+            assert "a loopback, private, link-local or reserved address" in error["message"]
+
+
+def test_an_allowed_network_downloads(open_api: str, images: str):
+    assert ask(open_api, f"{images}/image.png").status_code == 200
+
+
+@pytest.mark.parametrize(
+    "target", ["http://10.1.2.3/x.png", "http://169.254.169.254/latest/meta-data/", "http://[::1]:9/x.png"]
+)
+def test_a_redirect_to_a_refused_address_is_refused(open_api: str, images: str, target: str):
+    check_error(ask(open_api, f"{images}/to/{target}"), 400, "remote_address_refused", None)
+
+
+def test_redirects_are_bounded(open_api: str, images: str):
+    error = check_error(ask(open_api, f"{images}/loop"), 400, "invalid_image_url", None)
+    assert "more than 5 redirects (api.remote_max_redirects)" in error["message"]
+
+
+def test_a_slow_drip_hits_the_total_deadline(open_api: str, images: str):
+    start = time.monotonic()
+    error = check_error(ask(open_api, f"{images}/drip.png"), 400, "invalid_image_url", None)
+    assert time.monotonic() - start < 4.5  # 2 s deadline; a per-read timeout would wait 60+ s
+    assert "no complete answer within api.remote_timeout_s" in error["message"]
+
+
+def test_a_big_download_is_413(open_api: str, images: str):
+    check_error(ask(open_api, f"{images}/big.png"), 413, "image_too_large", None)
+
+
+@pytest.mark.parametrize(
+    ("address", "refused"),
+    [
+        ("127.0.0.1", True),
+        ("10.0.0.1", True),
+        ("172.16.0.1", True),
+        ("192.168.1.1", True),
+        ("169.254.169.254", True),
+        ("100.100.100.200", True),
+        ("0.0.0.0", True),
+        ("224.0.0.1", True),
+        ("240.0.0.1", True),
+        ("::1", True),
+        ("fe80::1", True),
+        ("fd00:ec2::254", True),
+        ("::ffff:127.0.0.1", True),
+        ("8.8.8.8", False),
+        ("2606:4700:4700::1111", False),
+    ],
+)
+def test_address_rules(address: str, refused: bool):
+    assert remote_fetch.refused(ipaddress.ip_address(address), []) is refused
+
+
+def test_the_connection_goes_to_the_address_that_was_checked(monkeypatch: pytest.MonkeyPatch, images: str):
+    """DNS rebinding: the name answers 127.0.0.1 (allowed here) once, then a refused address; the download
+    resolves once and connects to what it checked."""
+    port = int(images.rsplit(":", 1)[1])
+    answers = iter(["127.0.0.1", "10.9.9.9", "10.9.9.9"])
+    real: Callable = socket.getaddrinfo
+
+    def rebinding(host: str, *args: object, **kwargs: object) -> list:
+        if host != "images.test":
+            return real(host, *args, **kwargs)
+        return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", (next(answers), port))]
+
+    monkeypatch.setattr(socket, "getaddrinfo", rebinding)
+    policy = api_settings(allow_remote=True).images
+    assert remote_fetch.download(f"http://images.test:{port}/image.png", "image", policy) == PNG
+    assert next(answers) == "10.9.9.9"  # only the first answer was used

@@ -7,6 +7,8 @@ from __future__ import annotations
 import http.server
 import ipaddress
 import socket
+import ssl
+import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -16,6 +18,7 @@ import pytest
 
 from yivl.serving import remote_fetch
 from yivl.serving.api import create_app
+from yivl.serving.api_errors import ApiError
 from yivl.serving.engine import Engine
 from yivl.serving.worker import GenerationWorker
 
@@ -158,3 +161,50 @@ def test_the_connection_goes_to_the_address_that_was_checked(monkeypatch: pytest
     policy = api_settings(allow_remote=True).images
     assert remote_fetch.download(f"http://images.test:{port}/image.png", "image", policy) == PNG
     assert next(answers) == "10.9.9.9"  # only the first answer was used
+
+
+@pytest.fixture(scope="module")
+def tls_images(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[int, str]]:
+    """An HTTPS image server on 127.0.0.1 with a self-signed certificate for images.test; yields its
+    port and the certificate file."""
+    folder = tmp_path_factory.mktemp("tls")
+    cert, key = folder / "cert.pem", folder / "key.pem"
+    command = ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1"]
+    command += ["-subj", "/CN=images.test", "-addext", "subjectAltName=DNS:images.test"]
+    subprocess.run(
+        [*command, "-keyout", str(key), "-out", str(cert)],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield server.server_port, str(cert)
+    server.shutdown()
+
+
+@pytest.mark.parametrize(("name", "works"), [("images.test", True), ("other.test", False)])
+def test_https_checks_the_certificate_against_the_url_name(
+    monkeypatch: pytest.MonkeyPatch, tls_images: tuple[int, str], name: str, works: bool
+):
+    port, cert = tls_images
+    real_getaddrinfo, real_context = socket.getaddrinfo, ssl.create_default_context
+
+    def local(host: str, *args: object, **kwargs: object) -> list:
+        if host.endswith(".test"):
+            return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", ("127.0.0.1", port))]
+        return real_getaddrinfo(host, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", local)
+    monkeypatch.setattr(ssl, "create_default_context", lambda: real_context(cafile=cert))
+    policy = api_settings(allow_remote=True).images
+    url = f"https://{name}:{port}/image.png"
+    if works:
+        assert remote_fetch.download(url, "image", policy) == PNG
+        return
+    with pytest.raises(ApiError) as info:
+        remote_fetch.download(url, "image", policy)
+    assert info.value.code == "invalid_image_url" and "certificate verify failed" in info.value.message

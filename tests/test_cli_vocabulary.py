@@ -55,6 +55,11 @@ BAD = [  # (command line, the one line on stderr after "error: ")
     ),
     ("infer.py generation.top_p=2", "generation.top_p=2 must be in (0, 1] or null"),
     ("infer.py api.port=http", "api.port=http is not a TCP port; use 1-65535"),
+    (
+        "infer.py mode=api api.allow_file_urls=true",
+        "api.allow_file_urls was removed: local image files are off unless "
+        "api.allowed_local_media_path=[DIR] names the folders they may come from",
+    ),
 ]
 
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from yivl.config.vocabulary import OLD_KEYS
+from yivl.config.vocabulary import OLD_KEYS, REMOVED_KEYS
 from yivl.errors import YivlError
 
 _SWEEP_FUNCTION = re.compile(r"^\w+\(")  # choice(...), range(...), glob(...): leave to Hydra
@@ -148,6 +148,9 @@ def unknown_key(args: Sequence[str], entry: EntryPoint) -> str | None:
         return None
     for key in values:
         if _has_key(tree, key.split(".")) is False:
+            removed = REMOVED_KEYS.get(entry.config_name, {}).get(key)
+            if removed is not None:
+                return f"{key} was removed: {removed}"
             return _unknown_message(key, tree, OLD_KEYS.get(entry.config_name, {}), entry.script)
     return None
 

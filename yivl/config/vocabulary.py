@@ -23,6 +23,14 @@ OLD_KEYS: dict[str, dict[str, str]] = {
     "infer": {"model_path": "model.path", "base_model": "model.base"},
 }
 
+# Keys that are gone, with what replaces them: named in the unknown-key error instead of a guess.
+REMOVED_KEYS: dict[str, dict[str, str]] = {
+    "infer": {
+        "api.allow_file_urls": "local image files are off unless api.allowed_local_media_path=[DIR] "
+        "names the folders they may come from",
+    },
+}
+
 # Command-line flags of data_tools, the export CLI and the tiny builder: old -> new.
 OLD_FLAGS = {"--model": "--model-path", "--base-model": "--model-base", "--out": "--output-dir"}
 

@@ -140,3 +140,20 @@ def test_token_logprob_lists_the_best_alternatives_first() -> None:
     expected = torch.tensor([1.0, 3.0, 2.0]).log_softmax(-1)
     assert entry.token == 2 and abs(entry.logprob - float(expected[2])) < 1e-6
     assert [t for t, _ in entry.top] == [1, 2]
+
+
+def test_rows_come_back_in_prompt_order_when_prefixes_differ(tiny_model, images) -> None:
+    prompts, imgs = _prompts(images)
+    tok = IdTokenizer()
+    solo = [
+        generate_full(tiny_model, tok, [p], [im], GREEDY)[0].text for p, im in zip(prompts, imgs, strict=True)
+    ]
+    decoder = BatchDecoder(tiny_model, tok, PrefixCache())
+    # prompts 1 and 3 without a cached prefix: the prefill groups are {0, 2} and {1, 3}
+    made = [
+        Prompt(p, im, GREEDY, prefix=20 * (i % 2 == 0))
+        for i, (p, im) in enumerate(zip(prompts, imgs, strict=True))
+    ]
+    rows = decoder.add(made)
+    done = _run(decoder, {})
+    assert [done[row.key].result().text for row in rows] == solo

@@ -112,20 +112,22 @@ class BatchDecoder:
 
     @torch.inference_mode()
     def add(self, prompts: Sequence[Prompt]) -> list[Row]:
-        """Prefill ``prompts`` (grouped by cached prefix) and append them to the batch; their rows."""
-        groups: dict[tuple[int, ...], list[Prompt]] = {}
-        for prompt in prompts:
-            groups.setdefault(tuple(prompt.ids[: prompt.prefix]), []).append(prompt)
-        added: list[Row] = []
-        for prefix, group in groups.items():
+        """Prefill ``prompts`` (grouped by cached prefix) and append them to the batch; their rows, in
+        the order of ``prompts``."""
+        groups: dict[tuple[int, ...], list[int]] = {}
+        for i, prompt in enumerate(prompts):
+            groups.setdefault(tuple(prompt.ids[: prompt.prefix]), []).append(i)
+        added: dict[int, Row] = {}
+        for prefix, members in groups.items():
+            group = [prompts[i] for i in members]
             new = self._prefill(list(prefix), group)
-            rows = [Row(self._next_key + i, p, self.device) for i, p in enumerate(group)]
+            rows = [Row(self._next_key + j, p, self.device) for j, p in enumerate(group)]
             self._next_key += len(group)
             new.rows = torch.tensor([r.key for r in rows], device=self.device)
             self.state = new if self.state is None else merge(self.state, new)
             self.rows.update({r.key: r for r in rows})
-            added.extend(rows)
-        return added
+            added.update(zip(members, rows, strict=True))
+        return [added[i] for i in range(len(prompts))]
 
     def _prefill(self, prefix: list[int], group: list[Prompt]) -> Decoder:
         suffixes = [p.ids[len(prefix) :] for p in group]

@@ -162,3 +162,10 @@ def test_concurrent_api_clients_get_the_answers_they_get_one_at_a_time(engine: E
     assert [together[k] for k in range(len(calls))] == sequential
     assert all(sequential) and worker.metrics.peak_running >= 2
     worker.close()
+
+
+def test_a_job_without_requests_is_answered_at_once(engine: Engine):
+    worker = GenerationWorker(engine, max_queue=8)
+    events = list(EventStream(worker, [], greedy(5), timeout=10))
+    assert [(e.kind, e.generations) for e in events] == [("done", [])]
+    worker.close()

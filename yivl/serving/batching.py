@@ -79,6 +79,9 @@ class BatchRunner:
             except Exception as exc:
                 self._fail(run, exc)
                 continue
+            if not made:  # nothing to generate: answered at once, as generate_full answers []
+                self._end(run, Event("done"))
+                continue
             prompts.extend(made)
             runs.extend([run] * len(made))
         if not prompts:

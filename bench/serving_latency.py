@@ -1,17 +1,17 @@
-"""Time to first token and tokens/s of the OpenAI-compatible API against the engine called in-process.
+"""Aggregate tokens/s and time to first token of the OpenAI-compatible API (continuous batching)
+against the same requests run one at a time by the engine in-process.
 
 Builds the tiny random Yi-VL, starts ``python infer.py mode=api`` on 127.0.0.1 (a free port) in a
-subprocess, and streams the same greedy question about an image, with one client and with four at
-once, through two clients: ``http``, a bare httpx client that reads the event stream line by line (what
-the server itself adds), and ``openai``, the official client (the server plus that library's own
-request building and per-chunk parsing, which any OpenAI-compatible server costs its users). The
-baseline is the engine's generation called in this process (four clients: four threads taking turns
-first come, first served, as the server's single worker queue does). One client sends the three paths'
-requests interleaved one by one and the table gives medians, so a drift in machine load hits every
-path alike; four clients run the paths in alternating rounds and report total tokens over wall time.
-Overhead target: <= 10%.
+subprocess, and streams the same greedy question about an image. ``direct`` is the engine's generation
+called in this process, one request at a time (several clients: threads taking turns first come, first
+served): the same requests with no batching and no server. ``http`` is the server through a bare httpx
+client that reads the event stream line by line; ``openai`` (one client only) the official client. One
+client: the three paths interleaved request by request (so a drift in machine load hits every path
+alike), per-request overhead against ``direct``. 4 and 8 clients: ``direct`` and ``http`` in
+alternating rounds, total tokens over wall time, TTFT p50/p95. Targets on CPU: >= 3x aggregate tokens/s
+at 8 clients, TTFT p50 at 8 clients <= 3x the one-client TTFT, overhead <= 10% at one client.
 
-    python bench/serving_latency.py [--tokens 64] [--requests 6] [--rounds 3] [--markdown]
+    python bench/serving_latency.py [--tokens 64] [--requests 10] [--rounds 3] [--clients 4 8] [--markdown]
 """
 
 from __future__ import annotations
@@ -61,14 +61,10 @@ class Sample:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tokens", type=int, default=64, help="max_tokens per answer (greedy)")
-    parser.add_argument("--requests", type=int, default=6, help="requests per client")
-    parser.add_argument("--clients", type=int, default=4, help="clients in the concurrent runs")
-    parser.add_argument(
-        "--rounds",
-        type=int,
-        default=3,
-        help="one client: requests x rounds each; several: alternating rounds",
-    )
+    parser.add_argument("--requests", type=int, default=10, help="one client: requests per path")
+    parser.add_argument("--per-client", type=int, default=2, help="several clients: requests per client")
+    parser.add_argument("--clients", type=int, nargs="+", default=[4, 8], help="concurrent client counts")
+    parser.add_argument("--rounds", type=int, default=3, help="several clients: alternating rounds")
     parser.add_argument(
         "--threads",
         type=int,
@@ -227,69 +223,75 @@ def run_interleaved(paths: dict[str, Callable[[], Sample]], requests: int) -> di
     return samples
 
 
-def summarize(name: str, clients: int, samples: list[Sample], wall: float | None) -> dict:
-    """Medians of one path; ``tok_s`` is the median request's rate for one client (``wall`` None) and
-    all tokens over the wall time for several."""
-    rate = (
-        statistics.median(s.tokens / s.total for s in samples)
-        if wall is None
-        else sum(s.tokens for s in samples) / wall
-    )
+def percentile(values: list[float], q: float) -> float:
+    """The ``q`` quantile (0..1) by linear interpolation."""
+    ordered = sorted(values)
+    at = q * (len(ordered) - 1)
+    low = int(at)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (at - low)
+
+
+def summarize(name: str, clients: int, samples: list[Sample], wall: float) -> dict:
+    """One path at one client count: TTFT p50/p95, median latency, and all tokens over ``wall``."""
+    ttft = [s.ttft for s in samples]
     return {
         "path": name,
         "clients": clients,
         "requests": len(samples),
         "tokens": statistics.median(s.tokens for s in samples),
-        "ttft_ms": 1000 * statistics.median(s.ttft for s in samples),
+        "ttft_p50": 1000 * percentile(ttft, 0.5),
+        "ttft_p95": 1000 * percentile(ttft, 0.95),
         "latency_ms": 1000 * statistics.median(s.total for s in samples),
-        "tok_s": rate,
+        "tok_s": sum(s.tokens for s in samples) / wall,
     }
 
 
 def measure(engine: Engine, url: str, args: argparse.Namespace) -> list[dict]:
-    """One client: the paths interleaved request by request. Several clients: the paths take turns in
-    rounds. Either way drifting machine load hits every path alike."""
+    """One client: the paths interleaved request by request. Several clients: ``direct`` and ``http``
+    take turns in rounds. Either way drifting machine load hits every path alike."""
     client = openai.OpenAI(base_url=url, api_key="none", max_retries=0, timeout=300)
-    # enough pooled connections that four clients never wait for one
-    http = httpx.Client(timeout=300, limits=httpx.Limits(max_connections=args.clients + 1))
+    # enough pooled connections that no client waits for one
+    http = httpx.Client(timeout=300, limits=httpx.Limits(max_connections=max(args.clients) + 1))
     paths = {
         "direct": partial(direct_once, engine, args.tokens, FifoLock()),
         "http": partial(http_once, http, url, args.tokens),
         "openai": partial(api_once, client, args.tokens),
     }
     run_interleaved(paths, 2)  # warm-up
-    singles = run_interleaved(paths, args.requests * args.rounds)
-    rows = [summarize(name, 1, singles[name], None) for name in paths]
-    runs: dict[str, tuple[list[Sample], float]] = {name: ([], 0.0) for name in paths}
-    for _ in range(args.rounds):
-        for name, once in paths.items():
-            samples, wall = run_clients(once, args.clients, max(1, args.requests // 2))
-            runs[name] = (runs[name][0] + samples, runs[name][1] + wall)
-    rows += [summarize(name, args.clients, *runs[name]) for name in paths]
+    singles = run_interleaved(paths, args.requests)
+    rows = [summarize(name, 1, singles[name], sum(s.total for s in singles[name])) for name in paths]
+    for clients in args.clients:
+        runs: dict[str, tuple[list[Sample], float]] = {name: ([], 0.0) for name in ("direct", "http")}
+        for _ in range(args.rounds):
+            for name in runs:
+                samples, wall = run_clients(paths[name], clients, args.per_client)
+                runs[name] = (runs[name][0] + samples, runs[name][1] + wall)
+        rows += [summarize(name, clients, *runs[name]) for name in runs]
     http.close()
     return rows
 
 
 def print_table(rows: list[dict], markdown: bool) -> None:
-    """Medians per path; the API rows add the difference to ``direct`` (ms) and the throughput change."""
-    headers = ["path", "clients", "requests", "tokens", "TTFT ms", "latency ms", "tok/s"]
-    keys = ["path", "clients", "requests", "tokens", "ttft_ms", "latency_ms", "tok_s"]
-    baseline = {r["clients"]: r for r in rows if r["path"] == "direct"}
+    """One row per path and client count; ``vs direct``: tok/s against the same requests one at a
+    time; ``TTFT vs 1``: TTFT p50 against the same path with one client."""
+    headers = ["path", "clients", "requests", "tokens", "TTFT p50 ms", "TTFT p95 ms", "latency ms"]
+    headers += ["tok/s", "vs direct", "TTFT vs 1"]
+    direct = {r["clients"]: r for r in rows if r["path"] == "direct"}
+    alone = {r["path"]: r for r in rows if r["clients"] == 1}
     cells = []
     for row in rows:
-        base = baseline[row["clients"]]
-        fmt = [f"{row[k]:.1f}" if isinstance(row[k], float) else str(row[k]) for k in keys]
-        if row["path"] != "direct":
-            fmt[4] += f" ({row['ttft_ms'] - base['ttft_ms']:+.1f})"
-            fmt[5] += f" ({row['latency_ms'] - base['latency_ms']:+.1f})"
-            fmt[6] += f" ({row['tok_s'] / base['tok_s'] - 1:+.1%})"
+        fmt = [row["path"], str(row["clients"]), str(row["requests"]), f"{row['tokens']:.0f}"]
+        fmt += [f"{row[k]:.1f}" for k in ("ttft_p50", "ttft_p95", "latency_ms", "tok_s")]
+        fmt.append(f"{row['tok_s'] / direct[row['clients']]['tok_s']:.2f}x")
+        fmt.append(f"{row['ttft_p50'] / alone[row['path']]['ttft_p50']:.2f}x")
         cells.append(fmt)
     if markdown:
         print("| " + " | ".join(headers) + " |\n|" + "---|" * len(headers))
         for c in cells:
             print("| " + " | ".join(c) + " |")
         return
-    table = Table(title="Serving latency, tiny model, CPU: API vs the engine in-process (medians)")
+    table = Table(title="Serving, tiny model, CPU: the API (batched) vs the engine one request at a time")
     for h in headers:
         table.add_column(h, justify="right")
     for c in cells:

@@ -136,6 +136,7 @@ def test_requests_beyond_the_parsing_slots_get_503(engine: Engine, worker: Gener
                     error["message"]
                     == "1 requests are already being read; try again in a moment (api.max_queue)"
                 )
+                assert busy.headers["Retry-After"] == "1"
                 slow.sendall(payload[10:])
                 assert slow.recv(12) == b"HTTP/1.1 200"
                 assert client.post(f"{url}{CHAT}", json=body()).status_code == 200

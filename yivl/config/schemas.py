@@ -195,6 +195,7 @@ _SERVERS = {
     "web.max_new_tokens_limit": COUNT,
     "web.max_upload_bytes": COUNT,
     "web.queue_size": COUNT,
+    "web.max_batch_size": COUNT,
     "web.request_timeout_s": POSITIVE,
     "web.render_markdown": BOOL,
     "web.stream_interval_s": Number(0),
@@ -214,6 +215,7 @@ _SERVERS = {
     "api.max_image_bytes": COUNT,
     "api.max_n": COUNT,
     "api.max_queue": COUNT,
+    "api.max_batch_size": COUNT,
     "api.request_timeout_s": POSITIVE,
     "api.stream_interval_s": Number(0),
     "api.system_messages": Choice(

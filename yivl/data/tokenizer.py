@@ -177,6 +177,12 @@ class YiTokenizer:
         out.append(self._sp.decode(run))
         return "".join(out)
 
+    def token_bytes(self, token: int) -> bytes:
+        """The bytes one token stands for: a byte-fallback piece (``<0xE4>``) is that byte, not U+FFFD."""
+        if 0 <= token < self.vocab_size and token not in self.special_ids and self._sp.IsByte(token):
+            return bytes([int(self._sp.IdToPiece(token)[3:5], 16)])
+        return self.decode([token]).encode()
+
     def save(self, out_dir: str | Path) -> None:
         """Write ``tokenizer.model`` and the three JSON side files (the loaded ones, else release-style)."""
         out_dir = Path(out_dir)

@@ -12,7 +12,7 @@ from transformers import DynamicCache
 
 from yivl.constants import IMAGE_TOKEN_INDEX, STOP_STRING
 from yivl.errors import YivlError
-from yivl.models.sampling import next_tokens
+from yivl.models.sampling import TokenLogprob, next_tokens
 from yivl.models.splice import Spliced
 from yivl.models.text_stream import TextStream
 from yivl.models.yivl import YiVL
@@ -27,13 +27,18 @@ class TokenizerLike(Protocol):
     def decode(self, ids: Sequence[int], skip_special_tokens: bool = True) -> str: ...
 
 
+MAX_TOP_LOGPROBS = 20  # OpenAI's limit
+
+
 @dataclass
 class GenerationSettings:
     """Decoding settings; the defaults are the original release's.
 
     ``temperature`` 0 is greedy. ``top_k`` 50 is the transformers ``generate`` default that the original
     scripts' sampling used; None disables it. ``top_p`` None disables nucleus filtering. ``seed`` makes
-    sampling repeatable for the same batch.
+    sampling repeatable for the same batch. ``frequency_penalty`` / ``presence_penalty`` (OpenAI's, -2..2)
+    and ``logprobs`` / ``top_logprobs`` (0..20) are applied by the serving batch decoder
+    (:mod:`yivl.models.batch_decoder`) only.
     """
 
     temperature: float = 0.2
@@ -42,6 +47,10 @@ class GenerationSettings:
     max_new_tokens: int = 1024
     stop: tuple[str, ...] = (STOP_STRING,)
     seed: int | None = None
+    frequency_penalty: float = 0.0
+    presence_penalty: float = 0.0
+    logprobs: bool = False
+    top_logprobs: int = 0
 
     def __post_init__(self) -> None:
         if self.temperature < 0:
@@ -52,7 +61,18 @@ class GenerationSettings:
             raise YivlError(f"top_k must be >= 1 or null, got {self.top_k}")
         if self.max_new_tokens < 1:
             raise YivlError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        penalties = {"frequency_penalty": self.frequency_penalty, "presence_penalty": self.presence_penalty}
+        for name, value in penalties.items():
+            if not -2 <= value <= 2:
+                raise YivlError(f"{name} must be in [-2, 2], got {value}")
+        if not 0 <= self.top_logprobs <= MAX_TOP_LOGPROBS:
+            raise YivlError(f"top_logprobs must be in [0, {MAX_TOP_LOGPROBS}], got {self.top_logprobs}")
         self.stop = tuple(self.stop)
+
+    @property
+    def per_token_extras(self) -> bool:
+        """True when penalties or logprobs are asked for (the serving batch decoder applies them)."""
+        return bool(self.frequency_penalty or self.presence_penalty or self.logprobs)
 
 
 def left_pad(
@@ -158,7 +178,7 @@ class PrefixCache:
         return cache
 
 
-class _Decoder:
+class Decoder:
     """The KV cache and per-row state of the samples still being generated (rows drop out when done)."""
 
     def __init__(self, model: YiVL, spliced: Spliced, cache: DynamicCache | None = None) -> None:
@@ -204,11 +224,13 @@ class _Decoder:
 @dataclass
 class Generation:
     """One answer: its text, how many tokens were generated for it (eos included) and why it ended:
-    ``"stop"`` (eos or a stop string) or ``"length"`` (``max_new_tokens`` or a full context)."""
+    ``"stop"`` (eos or a stop string) or ``"length"`` (``max_new_tokens`` or a full context); with
+    ``settings.logprobs``, each generated token's log-probability (see :class:`TokenLogprob`)."""
 
     text: str
     num_tokens: int
     finish_reason: str
+    logprobs: list[TokenLogprob] | None = None  # one per generated token but eos, when asked for
 
 
 def generate(
@@ -243,6 +265,11 @@ def generate_full(
 ) -> list[Generation]:
     """:func:`generate`, with each answer's generated-token count and finish reason."""
     settings = settings or GenerationSettings()
+    if settings.per_token_extras:
+        raise YivlError(
+            "frequency_penalty, presence_penalty and logprobs are applied by the server's batch decoder "
+            "(mode=api); leave them unset here"
+        )
     if not prompts:
         return []
     device = model.llm.get_input_embeddings().weight.device
@@ -263,14 +290,14 @@ def generate_full(
 
     streams = [TextStream(i, settings.stop, on_text) for i in range(len(prompts))]
     counts, stopped = [0] * len(prompts), [False] * len(prompts)
-    decoder = _Decoder(model, spliced, cache)
+    decoder = Decoder(model, spliced, cache)
     for step in range(settings.max_new_tokens):
         s = settings
         tokens = next_tokens(decoder.logits, s.temperature, s.top_k, s.top_p, generator)
         done = []
         for i, t in zip(decoder.rows.tolist(), tokens.tolist(), strict=True):
             counts[i] += 1
-            stopped[i] = _advance(streams[i], t, tokenizer)
+            stopped[i] = advance(streams[i], t, tokenizer)
             done.append(stopped[i])
         room = decoder.positions[:, 0] + 2 < limit  # the new token sits at +1; is there a place after it?
         keep = room & ~torch.tensor(done, dtype=torch.bool, device=device)
@@ -283,7 +310,7 @@ def generate_full(
     ]
 
 
-def _advance(stream: TextStream, token: int, tokenizer: TokenizerLike) -> bool:
+def advance(stream: TextStream, token: int, tokenizer: TokenizerLike) -> bool:
     """Add one generated token to a sample; True when the sample is finished."""
     if token == tokenizer.eos_token_id:
         stream.finish()

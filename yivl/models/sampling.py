@@ -1,8 +1,42 @@
-"""Choosing the next token from logits: greedy, or temperature / top-k / top-p sampling."""
+"""Choosing the next token from logits: greedy, or temperature / top-k / top-p sampling; OpenAI's
+frequency / presence penalties; the chosen token's log-probability."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from dataclasses import dataclass
+
 import torch
+
+
+@dataclass(frozen=True)
+class TokenLogprob:
+    """A generated token's log-probability under the model (its raw logits, before penalties,
+    temperature or filters) and the ``top`` most likely tokens as (id, logprob), best first."""
+
+    token: int
+    logprob: float
+    top: tuple[tuple[int, float], ...] = ()
+
+
+def token_logprob(logits: torch.Tensor, token: int, top: int = 0) -> TokenLogprob:
+    """Logits [V] -> the :class:`TokenLogprob` of ``token`` with the ``top`` best alternatives."""
+    logprobs = logits.float().log_softmax(-1)
+    best = torch.topk(logprobs, top) if top else None
+    pairs = () if best is None else tuple(zip(best.indices.tolist(), best.values.tolist(), strict=True))
+    return TokenLogprob(token, float(logprobs[token]), pairs)
+
+
+def penalize(
+    logits: torch.Tensor, counts: Mapping[int, int], frequency: float, presence: float
+) -> torch.Tensor:
+    """OpenAI's penalties: logits [V] minus ``count * frequency + (count > 0) * presence`` for every
+    token already generated ``count`` times (``counts``: token id -> times)."""
+    if not counts or not (frequency or presence):
+        return logits
+    ids = torch.tensor(list(counts), dtype=torch.long, device=logits.device)
+    times = torch.tensor(list(counts.values()), dtype=logits.dtype, device=logits.device)
+    return logits.index_put((ids,), logits[ids] - times * frequency - presence)
 
 
 def next_tokens(

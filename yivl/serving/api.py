@@ -24,7 +24,7 @@ from starlette.middleware.cors import CORSMiddleware
 from yivl.constants import STOP_STRING
 from yivl.errors import YivlError
 from yivl.models.generation import Generation, GenerationSettings
-from yivl.serving.api_errors import ApiError, as_api_error, bad_request
+from yivl.serving.api_errors import ApiError, as_api_error, bad_request, server_busy
 from yivl.serving.api_guard import HostCheck, Slots, check_json, check_key
 from yivl.serving.api_stream import Prepared, completion_body, sse_chunks
 from yivl.serving.engine import Engine
@@ -87,6 +87,11 @@ def create_app(engine: Engine, worker: GenerationWorker, settings: ApiSettings) 
     @app.get("/health")
     async def health() -> dict:
         return {"status": "ok", "model": settings.model_name}
+
+    @app.get("/metrics")
+    async def metrics(request: Request) -> Response:
+        check_key(request, settings.api_key)
+        return Response(worker.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
 
     @app.get("/v1/models")
     async def list_models(request: Request) -> dict:
@@ -184,7 +189,7 @@ def prepare(
     if prompt_tokens >= engine.context_length:
         raise too_long(str(prompt_tokens), engine.context_length)
     requests = [EngineRequest(conversation.turns, image, conversation.system) for _ in range(chat.n)]
-    return Prepared(chat, requests, gen, prompt_tokens)
+    return Prepared(chat, requests, gen, prompt_tokens, engine.token_piece)
 
 
 def model_sized(engine: Engine) -> Callable[[Image.Image], Image.Image] | None:
@@ -199,26 +204,34 @@ def model_sized(engine: Engine) -> Callable[[Image.Image], Image.Image] | None:
 
 
 def generation_settings(chat: ChatRequest, defaults: GenerationSettings) -> GenerationSettings:
-    """Request fields over the server defaults; the caller's stop strings are added to Yi-VL's ``###``."""
+    """Request fields over the server defaults; the caller's stop strings are added to Yi-VL's ``###``;
+    ``top_k`` -1 or 0 turns top-k filtering off."""
 
     def pick(value, default):
         return default if value is None else value
 
+    if chat.top_logprobs is not None and not chat.logprobs:
+        raise bad_request("top_logprobs needs logprobs=true; set both", param="top_logprobs")
+    top_k = defaults.top_k if chat.top_k is None else (chat.top_k if chat.top_k > 0 else None)
     return GenerationSettings(
         temperature=pick(chat.temperature, defaults.temperature),
         top_p=pick(chat.top_p, defaults.top_p),
-        top_k=defaults.top_k,
+        top_k=top_k,
         max_new_tokens=pick(chat.max_completion_tokens, pick(chat.max_tokens, defaults.max_new_tokens)),
         stop=(STOP_STRING, *chat.stop_strings()),
         seed=pick(chat.seed, defaults.seed),
+        frequency_penalty=pick(chat.frequency_penalty, defaults.frequency_penalty),
+        presence_penalty=pick(chat.presence_penalty, defaults.presence_penalty),
+        logprobs=chat.logprobs,
+        top_logprobs=pick(chat.top_logprobs, 0),
     )
 
 
 def _open_stream(worker: GenerationWorker, prepared: Prepared, settings: ApiSettings) -> AsyncEventStream:
     try:
         return AsyncEventStream(worker, prepared.requests, prepared.settings, settings.request_timeout_s)
-    except WorkerBusy as exc:
-        raise ApiError(503, str(exc), code="server_busy") from None
+    except WorkerBusy as exc:  # a place in the queue frees within about a second on a busy server
+        raise server_busy(str(exc)) from None
 
 
 async def _collect(events: AsyncEventStream) -> list[Generation]:

@@ -19,8 +19,10 @@ class ApiError(Exception):
         param: str | None = None,
         code: str | None = None,
         kind: str | None = None,
+        headers: dict[str, str] | None = None,
     ) -> None:
         super().__init__(message)
+        self.headers = dict(headers or {})
         self.status = status
         self.message = message
         self.param = param
@@ -32,8 +34,8 @@ class ApiError(Exception):
         return {"error": {"message": self.message, "type": self.kind, "param": self.param, "code": self.code}}
 
     def response(self) -> JSONResponse:
-        headers = {"WWW-Authenticate": "Bearer"} if self.status == 401 else None
-        return JSONResponse(self.body(), status_code=self.status, headers=headers)
+        headers = {"WWW-Authenticate": "Bearer"} if self.status == 401 else {}
+        return JSONResponse(self.body(), status_code=self.status, headers={**headers, **self.headers})
 
 
 def error_type(status: int) -> str:
@@ -59,3 +61,12 @@ def as_api_error(error: BaseException | None) -> ApiError:
     if isinstance(error, Cancelled):
         return ApiError(499, "the request was cancelled", code="cancelled")
     return ApiError(500, f"generation failed: {type(error).__name__}: {error}", code="internal_error")
+
+
+RETRY_AFTER_S = "1"
+"""The ``Retry-After`` of a 503: the queue moves at the pace of generation steps, so soon."""
+
+
+def server_busy(message: str) -> ApiError:
+    """HTTP 503 ``server_busy`` with ``Retry-After``, for a full queue or full parsing slots."""
+    return ApiError(503, message, code="server_busy", headers={"Retry-After": RETRY_AFTER_S})

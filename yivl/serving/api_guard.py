@@ -17,7 +17,7 @@ from typing import Any
 
 from fastapi import Request
 
-from yivl.serving.api_errors import ApiError
+from yivl.serving.api_errors import ApiError, server_busy
 
 Scope = MutableMapping[str, Any]
 Asgi = Callable[[Scope, Callable, Callable], Awaitable[None]]
@@ -119,10 +119,8 @@ class Slots:
 
     def __enter__(self) -> Slots:
         if self.taken >= self.size:
-            raise ApiError(
-                503,
-                f"{self.size} requests are already being read; try again in a moment (api.max_queue)",
-                code="server_busy",
+            raise server_busy(
+                f"{self.size} requests are already being read; try again in a moment (api.max_queue)"
             )
         self.taken += 1
         return self

@@ -8,10 +8,11 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
 from yivl.models.generation import Generation, GenerationSettings
+from yivl.models.sampling import TokenLogprob
 from yivl.serving.api_errors import as_api_error
 from yivl.serving.engine import Request as EngineRequest
 from yivl.serving.openai_format import ChatRequest
@@ -26,6 +27,7 @@ class Prepared:
     requests: list[EngineRequest]
     settings: GenerationSettings
     prompt_tokens: int
+    token_piece: Callable[[int], tuple[str, bytes]]  # token id -> its text and bytes (for logprobs)
     id: str = field(default_factory=lambda: f"chatcmpl-{uuid.uuid4().hex}")
     created: int = field(default_factory=lambda: int(time.time()))
 
@@ -47,7 +49,7 @@ def completion_body(generations: list[Generation], prepared: Prepared, model: st
         {
             "index": i,
             "message": {"role": "assistant", "content": g.text},
-            "logprobs": None,
+            "logprobs": logprobs_body(g.logprobs, prepared.token_piece),
             "finish_reason": g.finish_reason,
         }
         for i, g in enumerate(generations)
@@ -74,8 +76,24 @@ def _chunk(prepared: Prepared, model: str, choices: list[dict], extra: dict | No
     return f"data: {json.dumps(body, ensure_ascii=False)}\n\n"
 
 
-def _delta(index: int, delta: dict, finish: str | None = None) -> dict:
-    return {"index": index, "delta": delta, "logprobs": None, "finish_reason": finish}
+def _delta(index: int, delta: dict, finish: str | None = None, logprobs: dict | None = None) -> dict:
+    return {"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": finish}
+
+
+def logprobs_body(
+    entries: list[TokenLogprob] | None, piece: Callable[[int], tuple[str, bytes]]
+) -> dict | None:
+    """OpenAI's ``choices[i].logprobs``: ``content`` holds token, logprob, bytes and top_logprobs per
+    generated token (None when the request did not ask for logprobs)."""
+    if entries is None:
+        return None
+
+    def one(token: int, logprob: float) -> dict:
+        text, raw = piece(token)
+        return {"token": text, "logprob": logprob, "bytes": list(raw)}
+
+    content = [{**one(e.token, e.logprob), "top_logprobs": [one(t, lp) for t, lp in e.top]} for e in entries]
+    return {"content": content, "refusal": None}
 
 
 async def sse_chunks(events: AsyncEventStream, prepared: Prepared, model: str) -> AsyncIterator[str]:
@@ -87,7 +105,10 @@ async def sse_chunks(events: AsyncEventStream, prepared: Prepared, model: str) -
         yield _chunk(prepared, model, [_delta(i, {"role": "assistant", "content": ""})])
     async for event in events:
         if event.kind == "text":
-            yield _chunk(prepared, model, [_delta(event.index, {"content": event.delta})])
+            logprobs = (
+                logprobs_body(event.logprobs, prepared.token_piece) if prepared.settings.logprobs else None
+            )
+            yield _chunk(prepared, model, [_delta(event.index, {"content": event.delta}, None, logprobs)])
         elif event.kind == "done":
             for i, generation in enumerate(event.generations):
                 yield _chunk(prepared, model, [_delta(i, {}, generation.finish_reason)])

@@ -16,6 +16,7 @@ from PIL import Image
 
 from yivl.checkpoint.load import LoadedModel
 from yivl.checkpoint.peft_adapter import load_model
+from yivl.constants import IMAGE_TOKEN_INDEX
 from yivl.data.chat import (
     SYSTEM_PROMPT,
     Turn,
@@ -26,8 +27,16 @@ from yivl.data.chat import (
 )
 from yivl.data.images import DEFAULT_MAX_PIXELS, load_image
 from yivl.errors import YivlError
+from yivl.models.batch_decoder import BatchDecoder, Prompt
 from yivl.models.device import pick_device, pick_dtype
-from yivl.models.generation import Generation, GenerationSettings, generate_full
+from yivl.models.generation import (
+    MIN_SHARED_PREFIX,
+    Generation,
+    GenerationSettings,
+    PrefixCache,
+    generate_full,
+    shared_prefix_length,
+)
 
 ImageInput = str | Path | bytes | Image.Image | None
 
@@ -51,6 +60,9 @@ class Engine:
         self.image_processor = loaded.image_processor
         self.max_image_pixels = max_image_pixels
         self.context_length = int(loaded.config.llm["max_position_embeddings"])
+        # weights never change while serving, so system-prompt caches live as long as the engine
+        self.prefixes = PrefixCache()
+        self._system_ids: dict[str, list[int]] = {}
 
     @classmethod
     def from_path(
@@ -110,20 +122,51 @@ class Engine:
         """:meth:`generate` with each answer's generated-token count and finish reason."""
         prompts, images = [], []
         for req in requests:
-            ids = self.prompt_ids(req.turns, req.image is not None, req.system)
-            length = self.prompt_length(ids)
-            if length >= self.context_length:
-                raise YivlError(
-                    f"the prompt is {length} tokens (image features included) but the model's context is "
-                    f"{self.context_length}; shorten the conversation or the question"
-                )
-            prompts.append(ids)
+            prompts.append(self._checked_ids(req))
             images.append(None if req.image is None else self.pixels(req.image))
         longest = max(self.prompt_length(p) for p in prompts)
         budget = min(settings.max_new_tokens, self.context_length - longest)
         capped = dataclasses.replace(settings, max_new_tokens=budget)
         with torch.inference_mode():
             return generate_full(self.model, self.tokenizer, prompts, images, capped, on_text=on_text)
+
+    def _checked_ids(self, req: Request) -> list[int]:
+        ids = self.prompt_ids(req.turns, req.image is not None, req.system)
+        length = self.prompt_length(ids)
+        if length >= self.context_length:
+            raise YivlError(
+                f"the prompt is {length} tokens (image features included) but the model's context is "
+                f"{self.context_length}; shorten the conversation or the question"
+            )
+        return ids
+
+    def prompt(
+        self, req: Request, settings: GenerationSettings, on_text: Callable[[str], None] | None = None
+    ) -> Prompt:
+        """One request as a row for :meth:`batch_decoder`: its budget capped by the context, and its
+        system prompt marked as the prefix whose KV cache is shared across requests."""
+        ids = self._checked_ids(req)
+        budget = min(settings.max_new_tokens, self.context_length - self.prompt_length(ids))
+        capped = dataclasses.replace(settings, max_new_tokens=budget)
+        image = None if req.image is None else self.pixels(req.image)
+        return Prompt(ids, image, capped, self._system_prefix(ids, req.system), on_text)
+
+    def _system_prefix(self, ids: list[int], system: str) -> int:
+        """How much of ``ids`` is the system prompt's tokens (0 when too short to be worth a cache)."""
+        if system not in self._system_ids:
+            if len(self._system_ids) >= self.prefixes.capacity:  # callers' own system prompts vary
+                self._system_ids.clear()
+            self._system_ids[system] = self.tokenizer.encode(system)
+        n = shared_prefix_length([ids, [*self._system_ids[system], IMAGE_TOKEN_INDEX]])
+        return n if n >= MIN_SHARED_PREFIX else 0
+
+    def token_piece(self, token: int) -> tuple[str, bytes]:
+        """A generated token as OpenAI's logprobs show it: its text and its bytes."""
+        return self.tokenizer.decode([token]), self.tokenizer.token_bytes(token)
+
+    def batch_decoder(self) -> BatchDecoder:
+        """A continuous-batching decoder on this model, sharing the engine's prefix caches."""
+        return BatchDecoder(self.model, self.tokenizer, self.prefixes)
 
 
 def _check_turns(turns: Sequence[Turn], has_image: bool) -> None:

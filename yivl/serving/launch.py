@@ -63,7 +63,9 @@ def run_web(cfg: DictConfig, engine: Engine, settings: GenerationSettings) -> No
         request_timeout_s=float(web.request_timeout_s),
         render_markdown=bool(web.render_markdown),
     )
-    worker = GenerationWorker(engine, int(web.queue_size), float(web.stream_interval_s))
+    worker = GenerationWorker(
+        engine, int(web.queue_size), float(web.stream_interval_s), int(web.max_batch_size)
+    )
     demo = build_demo(worker, demo_settings)
     print(f"Yi-VL web demo on http://{web.host}:{web.port} (Ctrl-C to stop)", flush=True)
     launch(
@@ -90,7 +92,9 @@ def run_api(cfg: DictConfig, engine: Engine, settings: GenerationSettings) -> No
         )
     app_settings = api_settings(cfg, settings)
     return_big_blocks_to_the_os()
-    worker = GenerationWorker(engine, int(api.max_queue), float(api.stream_interval_s))
+    worker = GenerationWorker(
+        engine, int(api.max_queue), float(api.stream_interval_s), int(api.max_batch_size)
+    )
     app = create_app(engine, worker, app_settings)
     print(
         f"Yi-VL OpenAI-compatible API on http://{api.host}:{api.port}/v1 as model '{api.model_name}'",

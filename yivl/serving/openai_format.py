@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from yivl.constants import IMAGE_PLACEHOLDER
 from yivl.data.chat import SYSTEM_PROMPT, Turn
+from yivl.models.generation import MAX_TOP_LOGPROBS
 from yivl.serving.api_errors import ApiError, bad_request
 
 MAX_STOP_STRINGS = 4
@@ -78,6 +79,11 @@ class ChatRequest(BaseModel):
     stream_options: StreamOptions | None = None
     n: int = Field(default=1, ge=1)
     seed: int | None = Field(default=None, ge=SEED_RANGE[0], lt=SEED_RANGE[1])
+    logprobs: bool = False
+    top_logprobs: int | None = Field(default=None, ge=0, le=MAX_TOP_LOGPROBS)
+    top_k: int | None = Field(default=None, ge=-1)  # extension (as vLLM's): -1 or 0 turns it off
+    frequency_penalty: float | None = Field(default=None, ge=-2, le=2)
+    presence_penalty: float | None = Field(default=None, ge=-2, le=2)
 
     def stop_strings(self) -> tuple[str, ...]:
         """The caller's stop strings (at most four, as OpenAI allows), empty ones dropped."""

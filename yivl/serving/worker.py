@@ -1,9 +1,11 @@
-"""One generation at a time: a single worker thread in front of the engine, shared by the web demo and API.
+"""A single worker thread in front of the engine, shared by the web demo and the API.
 
-Front ends submit a :class:`Job` and read its events (text deltas, then the answers or an error). The model
-never runs two generations at once, so concurrent clients cannot corrupt each other's KV caches or
-streams; waiting jobs queue up to a limit, and a job whose client went away is cancelled at its next
-token, freeing the worker.
+Front ends submit a :class:`Job` and read its events (text deltas, then the answers or an error). Only
+the worker thread touches the model, so concurrent clients cannot corrupt each other's KV caches or
+streams. With the real engine the worker batches continuously: jobs that arrive while others run join
+the running batch at the next decode step, up to ``max_batch_size`` rows (:mod:`yivl.serving.batching`);
+any other engine (a stand-in with only ``generate_full``) runs one job at a time. Waiting jobs queue up
+to a limit, and a job whose client went away is cancelled at its next token.
 """
 
 from __future__ import annotations
@@ -15,16 +17,18 @@ import threading
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
-from dataclasses import dataclass, field
-from typing import Literal, Protocol
+from typing import Protocol
 
 from yivl.errors import YivlError
 from yivl.models.generation import Generation, GenerationSettings
-from yivl.serving.engine import Request
+from yivl.serving.batching import BatchRunner
+from yivl.serving.engine import Engine, Request
+from yivl.serving.jobs import Cancelled, Event, EventKind, Job, TextBuffer, deliver
+from yivl.serving.metrics import ServingMetrics
+
+__all__ = ["AsyncEventStream", "Cancelled", "Event", "EventKind", "EventStream", "GenerationWorker", "Job"]
 
 log = logging.getLogger(__name__)
-
-EventKind = Literal["text", "done", "error"]
 
 
 class EngineLike(Protocol):
@@ -42,55 +46,38 @@ class WorkerBusy(YivlError):
     """The queue of waiting generations is full."""
 
 
-class Cancelled(Exception):
-    """Raised inside the engine's streaming callback to stop a job whose client has gone."""
-
-
-@dataclass
-class Event:
-    """``text``: ``delta`` of answer ``index``; ``done``: all ``generations`` (text, token count, finish
-    reason); ``error``: why it failed."""
-
-    kind: EventKind
-    index: int = 0
-    delta: str = ""
-    generations: list[Generation] = field(default_factory=list)
-    error: BaseException | None = None
-
-    @property
-    def answers(self) -> list[str]:
-        """The finished answers' texts."""
-        return [g.text for g in self.generations]
-
-
-@dataclass
-class Job:
-    """Requests answered together in one batched generation; ``sink`` receives events on the worker thread."""
-
-    requests: list[Request]
-    settings: GenerationSettings
-    sink: Callable[[Event], None]
-    cancelled: threading.Event = field(default_factory=threading.Event)
-
-    def cancel(self) -> None:
-        """Stop this job at its next token (or skip it if it has not started)."""
-        self.cancelled.set()
-
-
 class GenerationWorker:
-    """A daemon thread that runs jobs one after another; at most ``max_queue`` wait.
+    """A daemon thread that runs jobs, batched up to ``max_batch_size`` rows; at most ``max_queue`` wait.
 
-    Streamed text is handed over at most every ``stream_interval_s`` seconds (the first piece at once):
-    a fast model's tokens then travel in small bunches instead of costing a thread switch and a network
-    send each, while a human still sees the answer grow smoothly. 0 sends every piece on its own.
+    A job with more choices than ``max_batch_size`` runs when the batch is empty. Streamed text is handed
+    over at most every ``stream_interval_s`` seconds (the first piece at once): a fast model's tokens
+    then travel in small bunches instead of costing a thread switch and a network send each, while a
+    human still sees the answer grow smoothly. 0 sends every piece on its own.
     """
 
-    def __init__(self, engine: EngineLike, max_queue: int = 16, stream_interval_s: float = 0.02) -> None:
+    def __init__(
+        self,
+        engine: EngineLike,
+        max_queue: int = 16,
+        stream_interval_s: float = 0.02,
+        max_batch_size: int = 8,
+    ) -> None:
+        if max_batch_size < 1:
+            raise YivlError(f"max_batch_size must be >= 1, got {max_batch_size}")
         self.engine = engine
         self.stream_interval_s = stream_interval_s
+        self.max_batch_size = max_batch_size
         self._jobs: queue.Queue[Job | None] = queue.Queue(maxsize=max(1, max_queue))
-        self._thread = threading.Thread(target=self._loop, name="yivl-generation", daemon=True)
+        self._held: Job | None = None  # taken from the queue, waiting for room in the batch
+        self._closing = False
+        self.metrics = ServingMetrics(self.queue_depth)
+        loop = self._loop_batched if isinstance(engine, Engine) else self._loop
+        self._thread = threading.Thread(target=loop, name="yivl-generation", daemon=True)
         self._thread.start()
+
+    def queue_depth(self) -> int:
+        """Jobs waiting to start."""
+        return self._jobs.qsize() + (self._held is not None)
 
     def submit(self, requests: Sequence[Request], settings: GenerationSettings, sink: Callable) -> Job:
         """Queue a job; :class:`WorkerBusy` when ``max_queue`` jobs are already waiting."""
@@ -108,6 +95,40 @@ class GenerationWorker:
         self._jobs.put(None, timeout=timeout)
         self._thread.join(timeout)
 
+    def _loop_batched(self) -> None:
+        runner = BatchRunner(self.engine, self.metrics, self.stream_interval_s)
+        while True:
+            runner.admit(self._admissible(runner.size))
+            if runner.size == 0 and not runner.running:
+                if self._closing and self._held is None:
+                    return
+                continue
+            runner.step()
+
+    def _admissible(self, rows: int) -> list[Job]:
+        """The waiting jobs that fit in the batch now (blocks for the first one when the batch is empty)."""
+        jobs: list[Job] = []
+        while True:
+            if self._held is None:
+                if self._closing:
+                    return jobs
+                try:
+                    self._held = self._jobs.get(block=rows == 0 and not jobs)
+                except queue.Empty:
+                    return jobs
+                if self._held is None:
+                    self._closing = True
+                    continue
+            job = self._held
+            if job.cancelled.is_set():
+                self._held = None
+                continue
+            if (rows or jobs) and rows + len(job.requests) > self.max_batch_size:
+                return jobs
+            self._held = None
+            jobs.append(job)
+            rows += len(job.requests)
+
     def _loop(self) -> None:
         while True:
             job = self._jobs.get()
@@ -115,13 +136,19 @@ class GenerationWorker:
                 return
             if not job.cancelled.is_set():
                 self._run(job)
+                self.metrics.finished()
 
     def _run(self, job: Job) -> None:
-        pieces = _TextBuffer(job, self.stream_interval_s)
+        pieces = TextBuffer(job, self.stream_interval_s)
+        first = True
 
         def on_text(index: int, delta: str) -> None:
+            nonlocal first
             if job.cancelled.is_set():
                 raise Cancelled
+            if first:
+                first = False
+                self.metrics.first_token(time.monotonic() - job.submitted)
             pieces.add(index, delta)
 
         try:
@@ -129,44 +156,13 @@ class GenerationWorker:
             pieces.flush()
         except Cancelled:
             log.info("generation cancelled: the client went away")
-            _deliver(job, Event("error", error=Cancelled("cancelled")))
+            deliver(job, Event("error", error=Cancelled("cancelled")))
         except Exception as exc:  # the worker must survive anything one request does
             if not isinstance(exc, YivlError):
                 log.exception("generation failed")
-            _deliver(job, Event("error", error=exc))
+            deliver(job, Event("error", error=exc))
         else:
-            _deliver(job, Event("done", generations=generations))
-
-
-class _TextBuffer:
-    """Collects streamed text per answer and hands it on at most every ``interval`` seconds."""
-
-    def __init__(self, job: Job, interval: float) -> None:
-        self.job = job
-        self.interval = interval
-        self.pending: dict[int, str] = {}
-        self.last = float("-inf")
-
-    def add(self, index: int, delta: str) -> None:
-        self.pending[index] = self.pending.get(index, "") + delta
-        if time.monotonic() - self.last >= self.interval:
-            self.flush()
-
-    def flush(self) -> None:
-        for index, text in self.pending.items():
-            _deliver(self.job, Event("text", index=index, delta=text))
-        self.pending.clear()
-        self.last = time.monotonic()
-
-
-def _deliver(job: Job, event: Event) -> None:
-    """Hand ``event`` to the job's consumer; a consumer that can no longer take it (its event loop has
-    closed) cancels the job instead of killing the worker thread."""
-    try:
-        job.sink(event)
-    except Exception:
-        log.warning("dropping a generation whose client is gone", exc_info=True)
-        job.cancel()
+            deliver(job, Event("done", generations=generations))
 
 
 class EventStream:
@@ -254,7 +250,8 @@ def _coalesce(event: Event, events: queue.Queue | asyncio.Queue, pending: deque[
     while event.kind == "text" and not pending and not events.empty():
         following = events.get_nowait()
         if following.kind == "text" and following.index == event.index:
-            event = Event("text", index=event.index, delta=event.delta + following.delta)
+            logprobs = event.logprobs + following.logprobs
+            event = Event("text", index=event.index, delta=event.delta + following.delta, logprobs=logprobs)
         else:
             pending.append(following)
     return event

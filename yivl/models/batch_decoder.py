@@ -1,0 +1,218 @@
+"""Continuous batching: prompts join a running batch between decode steps and leave it when done.
+
+Each newcomer group is prefilled on its own (after its cached shared prefix, if any), then its KV rows
+are appended to the running batch's cache: both are left-padded to the same width, the attention mask
+hides the padding, and every row keeps its own position ids, so a row's tokens are the ones it gets
+alone. Every row has its own settings (temperature, top_p, top_k, seed, penalties, logprobs), stop
+strings and token budget; finished and removed rows leave the batch at once.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from transformers import DynamicCache
+
+from yivl.models.generation import (
+    Decoder,
+    Generation,
+    GenerationSettings,
+    PrefixCache,
+    TokenizerLike,
+    advance,
+    left_pad,
+    stack_images,
+)
+from yivl.models.sampling import TokenLogprob, next_tokens, penalize, token_logprob
+from yivl.models.text_stream import TextStream
+from yivl.models.yivl import YiVL
+
+
+@dataclass
+class Prompt:
+    """One row to generate: token ids (-200 where the image goes), its image ([3, S, S] or None), the
+    length of its text prefix worth caching across requests (0: none), settings and a text callback."""
+
+    ids: list[int]
+    image: torch.Tensor | None
+    settings: GenerationSettings
+    prefix: int = 0
+    on_text: Callable[[str], None] | None = None
+
+
+class Row:
+    """A row's decoding state: its stream, sampling generator, token counts and logprobs."""
+
+    def __init__(self, key: int, prompt: Prompt, device: torch.device) -> None:
+        self.key = key
+        self.settings = prompt.settings
+        on_text = prompt.on_text
+        self.stream = TextStream(
+            key, prompt.settings.stop, None if on_text is None else lambda _i, d: on_text(d)
+        )
+        self.generator = None
+        if self.settings.seed is not None and self.settings.temperature > 0:
+            self.generator = torch.Generator(device=device).manual_seed(self.settings.seed)
+        self.counts: Counter[int] = Counter()
+        self.num_tokens = 0
+        self.logprobs: list[TokenLogprob] = []
+        self.finish_reason: str | None = None
+
+    def choose(self, logits: torch.Tensor) -> int:
+        """Logits [V] -> the next token, after this row's penalties and sampling settings."""
+        s = self.settings
+        scores = penalize(logits, self.counts, s.frequency_penalty, s.presence_penalty)
+        token = int(next_tokens(scores[None], s.temperature, s.top_k, s.top_p, self.generator)[0])
+        if s.logprobs:
+            self.logprobs.append(token_logprob(logits, token, s.top_logprobs))
+        return token
+
+    def advance(self, token: int, tokenizer: TokenizerLike, room: bool) -> bool:
+        """Take the chosen token; True when the row is finished (``room``: a place after it)."""
+        self.num_tokens += 1
+        if token == tokenizer.eos_token_id:
+            if self.settings.logprobs:
+                self.logprobs.pop()  # eos is no text: OpenAI lists no entry for it
+        else:
+            self.counts[token] += 1
+        if advance(self.stream, token, tokenizer):
+            self.finish_reason = "stop"
+        elif self.num_tokens >= self.settings.max_new_tokens or not room:
+            self.finish_reason = "length"
+            self.stream.finish()
+        return self.finish_reason is not None
+
+    def result(self) -> Generation:
+        """The finished row's answer."""
+        logprobs = list(self.logprobs) if self.settings.logprobs else None
+        return Generation(self.stream.finish(), self.num_tokens, self.finish_reason or "length", logprobs)
+
+
+class BatchDecoder:
+    """The running batch of one model; call :meth:`add` and :meth:`remove` between :meth:`step` calls."""
+
+    def __init__(self, model: YiVL, tokenizer: TokenizerLike, prefixes: PrefixCache) -> None:
+        self.model = model
+        self.tokenizer = tokenizer
+        self.prefixes = prefixes
+        self.device = model.llm.get_input_embeddings().weight.device
+        self.limit = int(model.config.llm["max_position_embeddings"])
+        self.rows: dict[int, Row] = {}
+        self.state: Decoder | None = None
+        self._next_key = 0
+
+    @property
+    def size(self) -> int:
+        """Rows in the running batch."""
+        return len(self.rows)
+
+    @torch.inference_mode()
+    def add(self, prompts: Sequence[Prompt]) -> list[Row]:
+        """Prefill ``prompts`` (grouped by cached prefix) and append them to the batch; their rows, in
+        the order of ``prompts``."""
+        groups: dict[tuple[int, ...], list[int]] = {}
+        for i, prompt in enumerate(prompts):
+            groups.setdefault(tuple(prompt.ids[: prompt.prefix]), []).append(i)
+        added: dict[int, Row] = {}
+        for prefix, members in groups.items():
+            group = [prompts[i] for i in members]
+            new = self._prefill(list(prefix), group)
+            rows = [Row(self._next_key + j, p, self.device) for j, p in enumerate(group)]
+            self._next_key += len(group)
+            new.rows = torch.tensor([r.key for r in rows], device=self.device)
+            self.state = new if self.state is None else merge(self.state, new)
+            self.rows.update({r.key: r for r in rows})
+            added.update(zip(members, rows, strict=True))
+        return [added[i] for i in range(len(prompts))]
+
+    def _prefill(self, prefix: list[int], group: list[Prompt]) -> Decoder:
+        suffixes = [p.ids[len(prefix) :] for p in group]
+        pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        ids, mask = left_pad(suffixes, pad_id, self.device)
+        pixels = stack_images(suffixes, [p.image for p in group])
+        spliced = self.model.splice(ids, mask, pixel_values=pixels, padding_side="left")
+        cache = self.prefixes.get(self.model, prefix, len(group), self.device) if prefix else None
+        return Decoder(self.model, spliced, cache)
+
+    def remove(self, keys: set[int]) -> None:
+        """Drop rows (cancelled requests) from the batch."""
+        if self.state is None or not keys & self.rows.keys():
+            return
+        keep = torch.tensor([k not in keys for k in self.state.rows.tolist()], device=self.device)
+        for key in keys:
+            self.rows.pop(key, None)
+        self._select(keep)
+
+    @torch.inference_mode()
+    def step(self) -> list[Row]:
+        """Choose every row's next token and feed it; returns the rows that finished (now out)."""
+        state = self.state
+        if state is None:
+            return []
+        tokens, keep, finished = [], [], []
+        rooms = (state.positions[:, 0] + 2 < self.limit).tolist()
+        for j, key in enumerate(state.rows.tolist()):
+            row = self.rows[key]
+            token = row.choose(state.logits[j])
+            tokens.append(token)
+            done = row.advance(token, self.tokenizer, rooms[j])
+            keep.append(not done)
+            if done:
+                finished.append(self.rows.pop(key))
+        if not any(keep):
+            self.state = None
+            return finished
+        keep_t = torch.tensor(keep, device=self.device)
+        state.step(torch.tensor(tokens, device=self.device), keep_t)
+        if not keep_t.all():
+            trim(state)
+        return finished
+
+    def _select(self, keep: torch.Tensor) -> None:
+        state = self.state
+        if not keep.any():
+            self.state = None
+            return
+        index = keep.nonzero().squeeze(1)
+        state.cache.batch_select_indices(index)
+        state.rows, state.mask, state.positions = state.rows[keep], state.mask[keep], state.positions[keep]
+        state.logits = state.logits[keep]
+        trim(state)
+
+
+def merge(batch: Decoder, new: Decoder) -> Decoder:
+    """``batch`` with ``new``'s rows appended: both left-padded to one width (the mask hides the pads)."""
+    width = max(batch.mask.shape[1], new.mask.shape[1])
+
+    def pad(t: torch.Tensor) -> torch.Tensor:  # [b, H, T, D] or [b, T] -> width T on the left
+        shift = width - t.shape[-2 if t.dim() == 4 else -1]
+        return F.pad(t, (0, 0, shift, 0) if t.dim() == 4 else (shift, 0))
+
+    layers = list(zip(batch.cache.layers, new.cache.layers, strict=True))
+    cache = DynamicCache(config=batch.llm.config)
+    for index, (old, add) in enumerate(layers):
+        keys = torch.cat([pad(old.keys), pad(add.keys)])
+        values = torch.cat([pad(old.values), pad(add.values)])
+        cache.update(keys, values, index)
+    batch.cache = cache
+    batch.mask = torch.cat([pad(batch.mask), pad(new.mask)])
+    batch.positions = torch.cat([batch.positions, new.positions])
+    batch.rows = torch.cat([batch.rows, new.rows])
+    batch.logits = torch.cat([batch.logits, new.logits])
+    return batch
+
+
+def trim(state: Decoder) -> None:
+    """Cut the leading columns that are padding in every row (left by rows that went)."""
+    first = int(state.mask.argmax(1).min())
+    if first == 0:
+        return
+    cache = DynamicCache(config=state.llm.config)
+    for index, layer in enumerate(state.cache.layers):
+        cache.update(layer.keys[:, :, first:].clone(), layer.values[:, :, first:].clone(), index)
+    state.cache = cache
+    state.mask = state.mask[:, first:]

@@ -172,6 +172,8 @@ _BATCH = {
     },
 }
 
+_CHAT = {"chat.request_timeout_s": POSITIVE, "chat.history_file": OPTIONAL_TEXT}
+
 _SERVERS = {
     "web.host": TEXT,
     "web.port": PORT,
@@ -216,6 +218,7 @@ INFER: dict[str, Field] = {
     "max_image_pixels": COUNT,
     **_GENERATION,
     **_BATCH,
+    **_CHAT,
     **_SERVERS,
 }
 

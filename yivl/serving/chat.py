@@ -45,8 +45,11 @@ class ChatSettings:
     history_file: str | None = None
 
 
-def run_chat(cfg: DictConfig, engine: Engine, settings: GenerationSettings) -> None:
-    """Chat on this terminal about ``cfg.image`` (none: text only) until ``/exit`` or Ctrl-D."""
+def run_chat(
+    cfg: DictConfig, engine: Engine, settings: GenerationSettings, reader: LineReader | None = None
+) -> None:
+    """Chat on this terminal (or over ``reader``) about ``cfg.image`` (none: text only) until ``/exit``
+    or Ctrl-D."""
     chat_settings = ChatSettings(float(cfg.chat.request_timeout_s), cfg.chat.history_file)
     chat = Chat(engine, settings, chat_settings.request_timeout_s)
     try:
@@ -54,8 +57,11 @@ def run_chat(cfg: DictConfig, engine: Engine, settings: GenerationSettings) -> N
             chat.set_image(str(cfg.image))  # a bad image fails before the first question, not after it
         about = f" about {chat.image_name}" if chat.image_name else ""
         print(f"Chatting with {cfg.model.path}{about}. /help lists the commands; /exit or Ctrl-D quits.")
-        with terminal_reader(chat_settings.history_file) as reader:
+        if reader is not None:
             chat.loop(reader)
+            return
+        with terminal_reader(chat_settings.history_file) as terminal:
+            chat.loop(terminal)
     finally:
         chat.close()
 
@@ -145,8 +151,8 @@ class Chat:
         try:
             for event in stream:
                 if event.kind == "text":
+                    shown += event.delta  # first: a Ctrl-C during the print still keeps it
                     print(event.delta, end="", flush=True)
-                    shown += event.delta
                 elif event.kind == "done":
                     print()
                     self.turns = [*pending, Turn("assistant", event.answers[0])]
@@ -181,8 +187,8 @@ class Chat:
             return None
         if length >= context:
             print(
-                f"error: this message is {length} tokens (image included) but the model's context is "
-                f"{context}; shorten it (nothing was sent)"
+                f"error: this message is {length} tokens{' (image included)' if self.image else ''} but the "
+                f"model's context is {context}; shorten it (nothing was sent)"
             )
             return None
         if dropped:

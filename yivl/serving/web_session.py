@@ -110,14 +110,14 @@ def respond(
         return
     pending = [*session.turns, Turn("human", question)]
     shown = [*session.messages(), {"role": "user", "content": question}, {"role": "assistant", "content": ""}]
-    yield Update(session, list(shown), "Generating…")
     try:
         stream = EventStream(worker, [Request(pending, session.image)], settings, timeout)
     except YivlError as exc:  # the worker's queue is full
         yield _failed(session, question, exc)
         return
     if answering is not None:
-        answering.job = stream.job
+        answering.job = stream.job  # before the first update: Stop works from the moment it shows
+    yield Update(session, list(shown), "Generating…")
     try:
         for event in stream:
             if event.kind == "text":

@@ -274,6 +274,7 @@ def test_stop_cancels_the_streaming_answer_and_keeps_what_was_shown(
         page.fill("#question textarea", "Go on")
         page.press("#question textarea", "Enter")
         page.wait_for_function("document.querySelector('#chat .bot-row .message-content')?.innerText.trim()")
+        assert page.locator("#examples").is_hidden()  # no new image while the answer streams
         page.click("#stop")
         page.wait_for_function(
             "document.querySelector('#status').innerText.includes('Stopped')", timeout=5000
@@ -286,6 +287,7 @@ def test_stop_cancels_the_streaming_answer_and_keeps_what_was_shown(
     page.wait_for_function(
         "document.querySelector('#stop').disabled && !document.querySelector('#clear').disabled"
     )
+    page.locator("#examples").wait_for(state="visible")
     follow_up = ask(page, "And then?")  # the worker is free again, and the stopped turn is the context
     turns = [Turn("human", "Go on"), Turn("assistant", engines[1].requests[-1].turns[1].text)]
     assert normalize(turns[1].text) == partial

@@ -102,8 +102,8 @@ def build_demo(worker: GenerationWorker, settings: WebSettings) -> gr.Blocks:
                     clear = gr.Button("Clear conversation", elem_id="clear")
         view = (*state, chatbot, status, question)
         buttons = Buttons(send, stop, regenerate, clear)
-        _wire_image(settings, image, view)  # and the examples, below the row
-        _wire_chat(worker, settings, sliders, view, buttons, image)
+        examples = _wire_image(settings, image, view)  # and the examples, below the row
+        _wire_chat(worker, settings, sliders, view, buttons, [image, examples.dataset])
         _wire_controls(view, buttons)
     demo.queue(max_size=settings.queue_size, default_concurrency_limit=1)
     return demo
@@ -138,7 +138,7 @@ class Buttons:
     clear: gr.Button
 
 
-def _wire_image(settings: WebSettings, image: gr.Image, view: View) -> None:
+def _wire_image(settings: WebSettings, image: gr.Image, view: View) -> gr.Examples:
     """A new image (uploaded or an example's) starts a new conversation; an image gone (cleared, or
     an upload refused for its size, which empties the panel) leaves the session too."""
     session, _, chatbot, status, question = view
@@ -160,7 +160,7 @@ def _wire_image(settings: WebSettings, image: gr.Image, view: View) -> None:
     outputs = [session, chatbot, status, image]
     image.upload(on_image, [image], outputs, concurrency_limit=None)
     image.change(on_change, [image, session], outputs, concurrency_limit=None)
-    gr.Examples(
+    return gr.Examples(
         write_examples(_examples_folder()),
         [image, question],
         [session, chatbot, status, question],
@@ -178,12 +178,13 @@ def _wire_chat(
     sliders: list[gr.Slider],
     view: View,
     buttons: Buttons,
-    image: gr.Image,
+    inputs: list,
 ) -> None:
     """Send (and Enter) asks; Regenerate asks the last question again, in place of its answer.
 
-    While an answer streams, the image, Regenerate and Clear are locked (the finished turn is written
-    back into the tab's session and would otherwise overwrite a reset made meanwhile); Stop is open.
+    While an answer streams, the image, Regenerate and Clear are locked and the examples hidden (the
+    finished turn is written back into the tab's session and would otherwise overwrite a reset or a new
+    image chosen meanwhile); Stop is open. ``inputs`` is (image, examples' dataset).
     """
     session, answering, chatbot, status, question = view
 
@@ -208,7 +209,7 @@ def _wire_chat(
             return
         yield from answer(earlier, text, (temperature, top_p, max_tokens), running)
 
-    locked = [image, buttons.regenerate, buttons.clear, buttons.stop]
+    locked = [inputs[0], buttons.regenerate, buttons.clear, buttons.stop, inputs[1]]
     outputs = [session, chatbot, status, question, *locked]
     common = {"outputs": outputs, "concurrency_limit": 1, "concurrency_id": "generate"}
     ask = {"fn": on_ask, "inputs": [question, *sliders, session, answering], **common}
@@ -218,9 +219,10 @@ def _wire_chat(
 
 
 def _locks(streaming: bool) -> tuple:
-    """Updates of (image, Regenerate, Clear, Stop): Stop is usable only while an answer streams."""
+    """Updates of (image, Regenerate, Clear, Stop, examples): Stop is usable only while an answer
+    streams, the others only while none does."""
     others = gr.update(interactive=not streaming)
-    return others, others, others, gr.update(interactive=streaming)
+    return others, others, others, gr.update(interactive=streaming), gr.update(visible=not streaming)
 
 
 def _wire_controls(view: View, buttons: Buttons) -> None:

@@ -168,11 +168,12 @@ def greedy_answer(engine: Engine, turns: list[Turn], max_new_tokens: int) -> str
 
 
 @pytest.mark.slow
-def test_infer_chat_on_a_terminal(tiny_checkpoint: Path):
+def test_infer_chat_on_a_terminal(tiny_checkpoint: Path, tmp_path: Path):
     """Through ``infer.py mode=chat`` on a pty: help, pastes with blank lines, a lone Enter, Ctrl-C at
-    the prompt, a bad /image; ``exit`` quits with status 0."""
+    the prompt, a bad /image; ``exit`` quits with status 0 and readline's history is saved."""
+    history = tmp_path / "history"
     args = ["infer.py", "mode=chat", f"model.path={tiny_checkpoint}", "generation.max_new_tokens=4"]
-    session = PtySession([*args, "generation.temperature=0"])
+    session = PtySession([*args, "generation.temperature=0", f"chat.history_file={history}"])
     try:
         session.expect("/exit or Ctrl-D quits.", START_S)
         session.expect("Human: ")
@@ -196,6 +197,8 @@ def test_infer_chat_on_a_terminal(tiny_checkpoint: Path):
         assert "Traceback" not in session.output
     finally:
         session.close()
+    saved = history.read_text().splitlines()
+    assert saved[0] == "/help" and saved[-2:] == ["/image /no/such.png", "exit"]
 
 
 @pytest.mark.slow

@@ -10,7 +10,6 @@ prompt drops what was typed. How a message ends (pastes, ``\\``) is in :mod:`yiv
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 from pathlib import Path
 
 from omegaconf import DictConfig
@@ -37,21 +36,12 @@ COMMAND = re.compile(r"/[A-Za-z]+(\s.*)?", re.S)
 QUIT_HINT = "(/exit or Ctrl-D quits)"
 
 
-@dataclass
-class ChatSettings:
-    """``cfg.chat``: how long to wait for an answer, and where readline keeps the history (if at all)."""
-
-    request_timeout_s: float = 600.0
-    history_file: str | None = None
-
-
 def run_chat(
     cfg: DictConfig, engine: Engine, settings: GenerationSettings, reader: LineReader | None = None
 ) -> None:
     """Chat on this terminal (or over ``reader``) about ``cfg.image`` (none: text only) until ``/exit``
     or Ctrl-D."""
-    chat_settings = ChatSettings(float(cfg.chat.request_timeout_s), cfg.chat.history_file)
-    chat = Chat(engine, settings, chat_settings.request_timeout_s)
+    chat = Chat(engine, settings, float(cfg.chat.request_timeout_s))
     try:
         if cfg.image is not None:
             chat.set_image(str(cfg.image))  # a bad image fails before the first question, not after it
@@ -60,7 +50,7 @@ def run_chat(
         if reader is not None:
             chat.loop(reader)
             return
-        with terminal_reader(chat_settings.history_file) as terminal:
+        with terminal_reader(cfg.chat.history_file) as terminal:
             chat.loop(terminal)
     finally:
         chat.close()

@@ -40,6 +40,9 @@ def main(cfg: DictConfig) -> None:
 
 def _run(cfg: DictConfig) -> None:
     validate(cfg, "infer")  # before torch is imported: a bad value costs no start-up
+    from yivl.serving.preflight import preflight
+
+    preflight(cfg)  # likewise a busy port, a missing package or path (run() checks again: it is cheap)
     from yivl.serving.infer import run
 
     run(cfg)

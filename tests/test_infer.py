@@ -18,7 +18,7 @@ from yivl.data.chat import Turn, with_image_placeholder
 from yivl.errors import YivlError
 from yivl.models.generation import GenerationSettings
 from yivl.serving.engine import Engine, Request
-from yivl.serving.infer import generation_settings, run, run_batch, run_chat
+from yivl.serving.infer import run, run_batch
 
 ROOT = Path(__file__).resolve().parents[1]
 IMAGE = ROOT / "assets" / "shapes.png"
@@ -53,24 +53,6 @@ def test_single_question_streams_the_greedy_answer(tiny_checkpoint: Path, engine
     printed = capsys.readouterr().out.strip()
     expected = engine.generate([Request([Turn("human", "What is it?")], IMAGE)], GREEDY)[0]
     assert printed == expected.strip()
-
-
-def test_chat_keeps_history_and_puts_the_image_in_the_first_turn_only(engine: Engine, capsys) -> None:
-    cfg = infer_cfg(f"image={IMAGE}", "generation.temperature=0", "generation.max_new_tokens=4")
-    seen: list[list[Turn]] = []
-    original = engine.generate
-
-    def spy(requests, settings, on_text=None):
-        seen.append(list(requests[0].turns))
-        return original(requests, settings, on_text)
-
-    engine.generate = spy  # type: ignore[method-assign]
-    questions = iter(["first?", "second?", ""])
-    run_chat(cfg, engine, generation_settings(cfg.generation), read=lambda _prompt: next(questions))
-    assert [len(turns) for turns in seen] == [1, 3]
-    assert [t.role for t in seen[1]] == ["human", "assistant", "human"]
-    ids = engine.prompt_ids(seen[1], has_image=True)
-    assert ids.count(-200) == 1
 
 
 @pytest.fixture(scope="module")

@@ -169,3 +169,16 @@ def test_a_job_without_requests_is_answered_at_once(engine: Engine):
     events = list(EventStream(worker, [], greedy(5), timeout=10))
     assert [(e.kind, e.generations) for e in events] == [("done", [])]
     worker.close()
+
+
+def test_a_job_cancelled_while_it_waits_still_gets_its_last_event(engine: Engine):
+    long = (Request([Turn("human", QUESTIONS[1])]), greedy(200))
+    worker = GenerationWorker(engine, max_queue=8, max_batch_size=1, stream_interval_s=0)
+    running = iter(EventStream(worker, [long[0]], long[1], timeout=60))
+    assert next(running).kind == "text"
+    waiting = EventStream(worker, [long[0]], long[1], timeout=60)  # the batch is full: it waits
+    waiting.job.cancel()
+    running.close()
+    events = list(waiting)  # ends with the worker's event, not at the 60 s timeout
+    assert [e.kind for e in events] == ["error"] and str(events[0].error) == "cancelled before it started"
+    worker.close()

@@ -1,4 +1,5 @@
-"""The web demo in a real headless Chromium (Playwright): upload, ask, streamed answer, follow-up, clear.
+"""The web demo in a real headless Chromium (Playwright): upload, ask, streamed answer, follow-up, clear,
+refused uploads, Stop, Regenerate and the example images.
 
 Needs a Chromium binary: Debian's ``chromium`` package (found on PATH or via ``YIVL_CHROMIUM``) or one
 installed by ``python -m playwright install chromium``. Only 127.0.0.1 is contacted; every wait is bounded.
@@ -18,9 +19,10 @@ import pytest
 from yivl.data.chat import Turn
 from yivl.models.generation import GenerationSettings
 from yivl.serving.engine import Engine, Request
+from yivl.serving.web_examples import write_examples
 from yivl.serving.worker import GenerationWorker
 
-from .helpers import SlowEngine, png_bytes
+from .helpers import RecordingEngine, SlowEngine, png_bytes
 
 pytestmark = pytest.mark.slow
 playwright_api = pytest.importorskip("playwright.sync_api")
@@ -93,8 +95,15 @@ def browser() -> Iterator[object]:
 
 
 @pytest.fixture(scope="module")
-def demo_url(engine: Engine) -> Iterator[str]:
-    worker = GenerationWorker(SlowEngine(engine, delay=0.04))  # slow enough to watch the answer grow
+def engines(engine: Engine) -> tuple[SlowEngine, RecordingEngine]:
+    """The demo's engine: slow enough to watch the answer grow, and keeping every request it gets."""
+    recorder = RecordingEngine(engine)
+    return SlowEngine(recorder, delay=0.04), recorder
+
+
+@pytest.fixture(scope="module")
+def demo_url(engines: tuple[SlowEngine, RecordingEngine]) -> Iterator[str]:
+    worker = GenerationWorker(engines[0])
     with demo_server(worker) as url:
         yield url
     worker.close()
@@ -223,3 +232,73 @@ def test_two_tabs_at_once_get_their_own_answers(browser: object, demo_url: str, 
         answers.append(normalize(tab.locator("#chat .bot-row .message-content").last.inner_text()))
         tab.close()
     assert answers == [expected(engine, [Turn("human", q)], None) for q in questions]
+
+
+def test_a_refused_upload_drops_the_image_from_the_session(
+    page: object, tmp_path: Path, engine: Engine, engines: tuple[SlowEngine, RecordingEngine]
+):
+    upload(page, ASSET)
+    page.wait_for_function("document.querySelector('#status').innerText.includes('New image')")
+    big = tmp_path / "huge.png"
+    big.write_bytes(b"\0" * (MAX_UPLOAD + 1000))
+    upload(page, big)
+    page.get_by_text("exceed the maximum allowed size").first.wait_for()
+    page.wait_for_function("document.querySelector('#status').innerText.includes('text-only')")
+    assert page.locator("#image img").count() == 0
+    answer = ask(page, "Anything there?")
+    assert normalize(answer) == expected(engine, [Turn("human", "Anything there?")], None)
+    assert engines[1].requests[-1].image is None  # the earlier image is gone, not just hidden
+
+
+def test_regenerate_asks_the_last_question_again_in_place(
+    page: object, engine: Engine, engines: tuple[SlowEngine, RecordingEngine]
+):
+    first = ask(page, "Say something")
+    seen = len(engines[1].requests)
+    page.click("#regenerate")
+    page.wait_for_function("document.querySelector('#regenerate').disabled")
+    page.wait_for_function("!document.querySelector('#regenerate').disabled")
+    assert engines[1].requests[seen].turns == [Turn("human", "Say something")]  # not the old answer
+    assert page.locator("#chat .user-row").count() == 1 and page.locator("#chat .bot-row").count() == 1
+    again = page.locator("#chat .bot-row .message-content").last.inner_text()
+    assert normalize(again) == normalize(first) == expected(engine, [Turn("human", "Say something")], None)
+
+
+def test_stop_cancels_the_streaming_answer_and_keeps_what_was_shown(
+    page: object, engine: Engine, engines: tuple[SlowEngine, RecordingEngine]
+):
+    slow = engines[0]
+    full = expected(engine, [Turn("human", "Go on")], None)
+    slow.delay = 0.5  # 24 tokens: 12 s if nothing stops it
+    try:
+        page.fill("#question textarea", "Go on")
+        page.press("#question textarea", "Enter")
+        page.wait_for_function("document.querySelector('#chat .bot-row .message-content')?.innerText.trim()")
+        assert page.locator("#examples").is_hidden()  # no new image while the answer streams
+        page.click("#stop")
+        page.wait_for_function(
+            "document.querySelector('#status').innerText.includes('Stopped')", timeout=5000
+        )
+    finally:
+        slow.delay = 0.04
+    partial = normalize(page.locator("#chat .bot-row .message-content").last.inner_text())
+    assert partial and full.startswith(partial) and len(partial) < len(full)
+    # the controls unlock in the update after the last one (Stop closes, Clear opens)
+    page.wait_for_function(
+        "document.querySelector('#stop').disabled && !document.querySelector('#clear').disabled"
+    )
+    page.locator("#examples").wait_for(state="visible")
+    follow_up = ask(page, "And then?")  # the worker is free again, and the stopped turn is the context
+    turns = [Turn("human", "Go on"), Turn("assistant", engines[1].requests[-1].turns[1].text)]
+    assert normalize(turns[1].text) == partial
+    assert normalize(follow_up) == expected(engine, [*turns, Turn("human", "And then?")], None)
+
+
+def test_an_example_sets_the_image_and_the_question(page: object, tmp_path: Path, engine: Engine):
+    image, question = write_examples(tmp_path)[0]
+    page.locator("#examples").get_by_text(question).first.click()
+    page.wait_for_function("document.querySelector('#status').innerText.includes('New image (320×240)')")
+    assert page.input_value("#question textarea") == question
+    assert page.locator("#image img").count() == 1
+    answer = ask(page, question)
+    assert normalize(answer) == expected(engine, [Turn("human", question)], Path(image))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import itertools
 from pathlib import Path
 
@@ -11,7 +12,14 @@ from yivl.data.chat import Turn
 from yivl.errors import YivlError
 from yivl.models.generation import GenerationSettings
 from yivl.serving.engine import Engine, Request
-from yivl.serving.web_session import Session, generation_settings, new_image, respond
+from yivl.serving.web_session import (
+    Answering,
+    Session,
+    generation_settings,
+    last_question,
+    new_image,
+    respond,
+)
 from yivl.serving.worker import GenerationWorker
 
 from .helpers import ScriptedEngine, png_bytes
@@ -92,3 +100,60 @@ def test_slider_values_become_settings():
     settings = generation_settings(0.0, 1.0, 64.0)
     assert (settings.temperature, settings.top_p, settings.max_new_tokens) == (0.0, None, 64)
     assert generation_settings(0.2, 0.7, 512).top_p == 0.7
+
+
+def test_stop_ends_the_answer_at_once_and_keeps_the_part_shown():
+    engine = ScriptedEngine(["It ", "is ", "red ", "and ", "round."], delay=0.2)
+    worker = GenerationWorker(engine)
+    answering = Answering()
+    updates = []
+    for update in respond(worker, Session(), "What colour?", GREEDY, timeout=30, answering=answering):
+        updates.append(update)
+        if update.messages[-1]["content"] == "It ":
+            assert answering.stop()
+    last = updates[-1]
+    assert last.status == "Stopped." and last.question == ""
+    assert last.session.turns == [Turn("human", "What colour?"), Turn("assistant", "It ")]
+    assert answering.job is None and not answering.stop()  # nothing streams any more
+    worker.close()
+    assert engine.finished == 0  # the generation was cancelled, not run to its end
+
+
+def test_stop_before_the_answer_begins_puts_the_question_back():
+    engine = ScriptedEngine(["a"] * 20, delay=0.1)
+    worker = GenerationWorker(engine)
+    worker.submit([Request([Turn("human", "ahead")])], GREEDY, lambda _event: None)  # busy for 2 s
+    answering = Answering()
+    updates = []
+    for update in respond(worker, Session(), "mine?", GREEDY, timeout=30, answering=answering):
+        updates.append(update)
+        answering.stop()  # while it still waits in the queue
+    assert engine.finished == 0  # it ended without waiting for the job ahead
+    assert updates[-1].status == "⚠️ No answer: stopped" and updates[-1].question == "mine?"
+    assert updates[-1].session.turns == []
+    worker.close()
+    assert engine.calls == 1  # the stopped job never ran
+
+
+def test_regenerate_takes_back_the_last_exchange():
+    session = Session(
+        [Turn("human", "a"), Turn("assistant", "b"), Turn("human", "c"), Turn("assistant", "d")]
+    )
+    earlier, question = last_question(session)
+    assert earlier.turns == session.turns[:2] and question == "c"
+    with pytest.raises(YivlError, match=r"^nothing to regenerate yet: ask a question first$"):
+        last_question(Session())
+
+
+def test_each_tab_gets_its_own_answering_state():
+    first = Answering()
+    first.job = object()  # type: ignore[assignment]
+    assert copy.deepcopy(first).job is None
+
+
+def test_the_demo_lets_max_batch_size_answers_reach_the_worker_at_once(worker: GenerationWorker):
+    from yivl.serving import web
+
+    demo = web.build_demo(worker, web.WebSettings(concurrent_answers=3))
+    limits = {fn.concurrency_limit for fn in demo.fns.values() if fn.concurrency_id == "generate"}
+    assert limits == {3}  # Ask and Regenerate share one limit, so the worker can batch three tabs

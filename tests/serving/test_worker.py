@@ -95,6 +95,18 @@ def test_a_full_queue_refuses_new_jobs():
     worker.close()
 
 
+def test_a_job_cancelled_while_it_waits_still_gets_its_last_event():
+    worker = GenerationWorker(ScriptedEngine(["w"] * 100, delay=0.01), max_queue=2)
+    running = iter(EventStream(worker, REQUEST, SETTINGS, timeout=10))
+    next(running)
+    waiting = EventStream(worker, REQUEST, SETTINGS, timeout=10)
+    waiting.job.cancel()
+    running.close()
+    events = list(waiting)  # ends with the worker's event, not at the 10 s timeout
+    assert [e.kind for e in events] == ["error"] and str(events[0].error) == "cancelled before it started"
+    worker.close()
+
+
 def test_timeout_ends_the_stream_with_an_error():
     worker = GenerationWorker(ScriptedEngine(["w"] * 100, delay=0.05))
     events = list(EventStream(worker, REQUEST, SETTINGS, timeout=0.2))

@@ -184,6 +184,8 @@ _BATCH = {
     },
 }
 
+_CHAT = {"chat.request_timeout_s": POSITIVE, "chat.history_file": OPTIONAL_TEXT}
+
 _SERVERS = {
     "web.host": TEXT,
     "web.port": PORT,
@@ -238,6 +240,7 @@ INFER: dict[str, Field] = {
     "max_image_pixels": COUNT,
     **_GENERATION,
     **_BATCH,
+    **_CHAT,
     **_SERVERS,
 }
 

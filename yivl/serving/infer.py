@@ -13,13 +13,16 @@ from yivl.data.chat import Turn
 from yivl.errors import YivlError
 from yivl.models.generation import GenerationSettings
 from yivl.serving.batch import run_batch
+from yivl.serving.chat import run_chat
 from yivl.serving.engine import Engine, Request
 from yivl.serving.launch import run_api, run_web
+from yivl.serving.preflight import preflight
 
 
 def run(cfg: DictConfig) -> None:
     """Dispatch on ``cfg.mode``, after the old spellings are moved and every typed key is checked."""
     validate(cfg, "infer")
+    preflight(cfg)  # servers' packages, ports and paths: a problem costs no model load
     engine = load_engine(cfg)
     settings = generation_settings(cfg.generation)
     runners = {"single": run_single, "chat": run_chat, "batch": run_batch, "web": run_web, "api": run_api}
@@ -66,25 +69,3 @@ def run_single(cfg: DictConfig, engine: Engine, settings: GenerationSettings) ->
     request = Request([Turn("human", str(cfg.question))], image=cfg.image)
     answer = engine.generate([request], settings, on_text=_printer(cfg.generation.stream))[0]
     print() if cfg.generation.stream else print(answer)
-
-
-def run_chat(cfg: DictConfig, engine: Engine, settings: GenerationSettings, read: Callable = input) -> None:
-    """Multi-turn chat in the terminal (the original cli.py); an empty line or Ctrl-D ends it."""
-    image = cfg.image
-    if image is not None:
-        engine.pixels(image)  # fail on a bad image before the first question, not after it
-    print(f"Chatting with {cfg.model.path}" + (f" about {image}" if image else "") + ". Empty line to quit.")
-    turns: list[Turn] = []
-    while True:
-        try:
-            question = read("Human: ")
-        except EOFError:
-            print()
-            return
-        if not question.strip():
-            return
-        turns.append(Turn("human", question))
-        print("Assistant: ", end="", flush=True)
-        answer = engine.generate([Request(list(turns), image)], settings, on_text=_printer(True))[0]
-        print()
-        turns.append(Turn("assistant", answer))

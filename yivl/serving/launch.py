@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import ipaddress
 import logging
 from pathlib import Path
@@ -16,21 +15,13 @@ from yivl.errors import YivlError
 from yivl.models.generation import GenerationSettings
 from yivl.serving.engine import Engine
 from yivl.serving.memory import return_big_blocks_to_the_os
+from yivl.serving.preflight import check_port, require
 from yivl.serving.worker import GenerationWorker
 
 if TYPE_CHECKING:
     from yivl.serving.api import ApiSettings
 
 log = logging.getLogger(__name__)
-
-
-def require(mode: str, *modules: str) -> None:
-    """YivlError naming the install command when a server dependency is missing."""
-    missing = [m for m in modules if importlib.util.find_spec(m) is None]
-    if missing:
-        raise YivlError(
-            f"mode={mode} needs {', '.join(missing)}; install them with pip install 'yivl[serve]'"
-        )
 
 
 def is_loopback(host: str) -> bool:
@@ -62,20 +53,25 @@ def run_web(cfg: DictConfig, engine: Engine, settings: GenerationSettings) -> No
         queue_size=int(web.queue_size),
         request_timeout_s=float(web.request_timeout_s),
         render_markdown=bool(web.render_markdown),
+        concurrent_answers=int(web.max_batch_size),
     )
     worker = GenerationWorker(
         engine, int(web.queue_size), float(web.stream_interval_s), int(web.max_batch_size)
     )
     demo = build_demo(worker, demo_settings)
     print(f"Yi-VL web demo on http://{web.host}:{web.port} (Ctrl-C to stop)", flush=True)
-    launch(
-        demo,
-        web.host,
-        int(web.port),
-        bool(web.share),
-        int(web.max_upload_bytes),
-        inbrowser=bool(web.inbrowser),
-    )
+    try:
+        launch(
+            demo,
+            web.host,
+            int(web.port),
+            bool(web.share),
+            int(web.max_upload_bytes),
+            inbrowser=bool(web.inbrowser),
+        )
+    except OSError:
+        check_port("web", str(web.host), int(web.port))  # taken while the model loaded: say so in one line
+        raise
 
 
 def run_api(cfg: DictConfig, engine: Engine, settings: GenerationSettings) -> None:

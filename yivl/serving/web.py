@@ -8,22 +8,35 @@ one chat event at a time, so several tabs wait their turn instead of corrupting 
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
+import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # a local demo phones nowhere
 
 import gradio as gr
 
 from yivl.data.images import DEFAULT_MAX_PIXELS
-from yivl.serving.web_session import Session, Update, generation_settings, new_image, respond
+from yivl.errors import YivlError
+from yivl.serving.web_examples import write_examples
+from yivl.serving.web_session import (
+    Answering,
+    Session,
+    generation_settings,
+    last_question,
+    new_image,
+    respond,
+)
 from yivl.serving.worker import GenerationWorker
 
 TITLE = "Yi-VL"
 INTRO = (
-    "Upload an image and ask about it; a new image starts a new conversation. Without an image the chat "
-    "is text-only. The image is padded to a square, as in training."
+    "Upload an image (or pick an example) and ask about it; a new image starts a new conversation. "
+    "Without an image the chat is text-only. The image is padded to a square, as in training."
 )
 
 
@@ -40,6 +53,7 @@ class WebSettings:
     queue_size: int = 16
     request_timeout_s: float = 600.0
     render_markdown: bool = True
+    concurrent_answers: int = 8  # answers streamed at once: the worker batches them (web.max_batch_size)
 
 
 class UploadedImage(gr.Image):
@@ -55,9 +69,9 @@ class UploadedImage(gr.Image):
 
 
 def build_demo(worker: GenerationWorker, settings: WebSettings) -> gr.Blocks:
-    """The page: image and sliders on the left, the chat on the right."""
+    """The page: image, examples and sliders on the left, the chat and its buttons on the right."""
     with gr.Blocks(title=TITLE, analytics_enabled=False) as demo:
-        session = gr.State(Session())
+        state = (gr.State(Session()), gr.State(Answering()))
         gr.Markdown(f"# {TITLE}\n{INTRO}")
         with gr.Row():
             with gr.Column(scale=1):
@@ -84,10 +98,23 @@ def build_demo(worker: GenerationWorker, settings: WebSettings) -> gr.Blocks:
                 )
                 with gr.Row():
                     send = gr.Button("Send", variant="primary", elem_id="send")
+                    stop = gr.Button("Stop", elem_id="stop", interactive=False)
+                    regenerate = gr.Button("Regenerate", elem_id="regenerate")
                     clear = gr.Button("Clear conversation", elem_id="clear")
-        _wire(worker, settings, image, sliders, (session, chatbot, status, question), clear, send)
+        view = (*state, chatbot, status, question)
+        buttons = Buttons(send, stop, regenerate, clear)
+        examples = _wire_image(settings, image, view)  # and the examples, below the row
+        _wire_chat(worker, settings, sliders, view, buttons, [image, examples.dataset])
+        _wire_controls(view, buttons)
     demo.queue(max_size=settings.queue_size, default_concurrency_limit=1)
     return demo
+
+
+def _examples_folder() -> Path:
+    """A fresh temporary folder for the example images, removed when the process ends."""
+    folder = Path(tempfile.mkdtemp(prefix="yivl-web-examples-"))
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    return folder
 
 
 def _sliders(settings: WebSettings) -> list[gr.Slider]:
@@ -100,56 +127,124 @@ def _sliders(settings: WebSettings) -> list[gr.Slider]:
     ]
 
 
-def _wire(
-    worker: GenerationWorker,
-    settings: WebSettings,
-    image: gr.Image,
-    sliders: list[gr.Slider],
-    view: tuple[gr.State, gr.Chatbot, gr.Markdown, gr.Textbox],
-    clear: gr.Button,
-    send: gr.Button,
-) -> None:
-    """Connect the events; ``view`` is (session state, chatbot, status, question box)."""
-    session, chatbot, status, question = view
+View = tuple[gr.State, gr.State, gr.Chatbot, gr.Markdown, gr.Textbox]
+"""(session state, answering state, chatbot, status, question box)."""
+
+
+@dataclass
+class Buttons:
+    send: gr.Button
+    stop: gr.Button
+    regenerate: gr.Button
+    clear: gr.Button
+
+
+def _wire_image(settings: WebSettings, image: gr.Image, view: View) -> gr.Examples:
+    """A new image (uploaded or an example's) starts a new conversation; an image gone (cleared, or
+    an upload refused for its size, which empties the panel) leaves the session too."""
+    session, _, chatbot, status, question = view
 
     def on_image(path: str | None) -> tuple:
         fresh, message = new_image(path, settings.max_pixels, settings.max_upload_bytes)
         shown = gr.update() if fresh.image is not None or path is None else gr.update(value=None)
         return fresh, [], message, shown
 
+    def on_change(path: str | None, current: Session) -> tuple:
+        if path is not None or current.image is None:  # a new image is the upload event's
+            return gr.update(), gr.update(), gr.update(), gr.update()
+        return on_image(None)
+
+    def on_example(path: str, text: str) -> tuple:
+        fresh, chat, message, _ = on_image(path)
+        return fresh, chat, message, text
+
+    outputs = [session, chatbot, status, image]
+    image.upload(on_image, [image], outputs, concurrency_limit=None)
+    image.change(on_change, [image, session], outputs, concurrency_limit=None)
+    return gr.Examples(
+        write_examples(_examples_folder()),
+        [image, question],
+        [session, chatbot, status, question],
+        on_example,
+        cache_examples=False,
+        run_on_click=True,
+        label="Examples (click one)",
+        elem_id="examples",
+    )
+
+
+def _wire_chat(
+    worker: GenerationWorker,
+    settings: WebSettings,
+    sliders: list[gr.Slider],
+    view: View,
+    buttons: Buttons,
+    inputs: list,
+) -> None:
+    """Send (and Enter) asks; Regenerate asks the last question again, in place of its answer.
+
+    While an answer streams, the image, Regenerate and Clear are locked and the examples hidden (the
+    finished turn is written back into the tab's session and would otherwise overwrite a reset or a new
+    image chosen meanwhile); Stop is open. ``inputs`` is (image, examples' dataset).
+    """
+    session, answering, chatbot, status, question = view
+
+    def answer(current: Session, text: str, sliders_now: tuple, running: Answering) -> Iterator:
+        try:
+            gen = generation_settings(*sliders_now)
+        except Exception as exc:
+            yield current, current.messages(), f"⚠️ {exc}", text, *_locks(streaming=False)
+            return
+        for update in respond(worker, current, text, gen, settings.request_timeout_s, running):
+            yield update.session, update.messages, update.status, update.question, *_locks(streaming=True)
+        yield gr.update(), gr.update(), gr.update(), gr.update(), *_locks(streaming=False)
+
+    def on_ask(text: str, temperature: float, top_p: float, max_tokens: float, current, running) -> Iterator:
+        yield from answer(current, text, (temperature, top_p, max_tokens), running)
+
+    def on_regenerate(temperature: float, top_p: float, max_tokens: float, current, running) -> Iterator:
+        try:
+            earlier, text = last_question(current)
+        except YivlError as exc:
+            yield current, current.messages(), str(exc), gr.update(), *_locks(streaming=False)
+            return
+        yield from answer(earlier, text, (temperature, top_p, max_tokens), running)
+
+    locked = [inputs[0], buttons.regenerate, buttons.clear, buttons.stop, inputs[1]]
+    outputs = [session, chatbot, status, question, *locked]
+    common = {
+        "outputs": outputs,
+        "concurrency_limit": settings.concurrent_answers,
+        "concurrency_id": "generate",
+    }
+    ask = {"fn": on_ask, "inputs": [question, *sliders, session, answering], **common}
+    buttons.send.click(**ask)
+    question.submit(**ask)
+    buttons.regenerate.click(on_regenerate, [*sliders, session, answering], **common)
+
+
+def _locks(streaming: bool) -> tuple:
+    """Updates of (image, Regenerate, Clear, Stop, examples): Stop is usable only while an answer
+    streams, the others only while none does."""
+    others = gr.update(interactive=not streaming)
+    return others, others, others, gr.update(interactive=streaming), gr.update(visible=not streaming)
+
+
+def _wire_controls(view: View, buttons: Buttons) -> None:
+    """Clear forgets the turns (the image stays); Stop cancels the answer streaming in this tab."""
+    session, answering, chatbot, status, question = view
+
     def on_clear(current: Session) -> tuple:
         kept = Session(image=current.image, image_name=current.image_name)
         return kept, [], "Conversation cleared.", ""
 
-    def on_ask(text: str, temperature: float, top_p: float, max_tokens: float, current: Session) -> Iterator:
-        try:
-            gen = generation_settings(temperature, top_p, max_tokens)
-        except Exception as exc:
-            yield current, current.messages(), f"⚠️ {exc}", text, gr.update(), gr.update()
-            return
-        for update in respond(worker, current, text, gen, settings.request_timeout_s):
-            yield _outputs(update)
-        yield _outputs(None)  # generation over: unlock the image and the clear button
+    def on_stop(running: Answering) -> None:
+        running.stop()
 
-    image.upload(on_image, [image], [session, chatbot, status, image], concurrency_limit=None)
-    image.clear(lambda: on_image(None), None, [session, chatbot, status, image], concurrency_limit=None)
-    clear.click(on_clear, [session], [session, chatbot, status, question], concurrency_limit=None)
-    chatbot.clear(on_clear, [session], [session, chatbot, status, question], concurrency_limit=None)
-    # While an answer streams, the image and the clear button are locked: the finished turn is written
-    # back into the tab's session and would otherwise overwrite a reset made meanwhile.
-    outputs = [session, chatbot, status, question, image, clear]
-    ask = {"fn": on_ask, "inputs": [question, *sliders, session], "outputs": outputs}
-    send.click(**ask, concurrency_limit=1, concurrency_id="generate")
-    question.submit(**ask, concurrency_limit=1, concurrency_id="generate")
-
-
-def _outputs(update: Update | None) -> tuple:
-    """Chat-event outputs; ``None`` leaves the chat as it is and unlocks the controls."""
-    if update is None:
-        unlock = gr.update(interactive=True)
-        return gr.update(), gr.update(), gr.update(), gr.update(), unlock, unlock
-    lock = gr.update(interactive=False)
-    return update.session, update.messages, update.status, update.question, lock, lock
+    outputs = [session, chatbot, status, question]
+    buttons.clear.click(on_clear, [session], outputs, concurrency_limit=None)
+    chatbot.clear(on_clear, [session], outputs, concurrency_limit=None)
+    buttons.stop.click(on_stop, [answering], None, concurrency_limit=None)
 
 
 def launch(demo: gr.Blocks, host: str, port: int, share: bool, max_upload_bytes: int, **kwargs) -> None:

@@ -17,7 +17,7 @@ from yivl.data.images import load_image
 from yivl.errors import YivlError
 from yivl.models.generation import GenerationSettings
 from yivl.serving.engine import Request
-from yivl.serving.worker import Cancelled, EventStream, GenerationWorker
+from yivl.serving.worker import Cancelled, Event, EventStream, GenerationWorker, Job
 
 Message = dict[str, str]
 
@@ -45,6 +45,34 @@ class Update:
     question: str = ""
 
 
+class Answering:
+    """The tab's answer in progress, so that Stop (an event of its own) can cancel it in the worker."""
+
+    def __init__(self) -> None:
+        self.job: Job | None = None
+
+    def __deepcopy__(self, memo: dict) -> Answering:  # gradio copies a state's initial value per tab
+        return Answering()
+
+    def stop(self) -> bool:
+        """Cancel the answer streaming now (False: there is none); its stream ends at once, even if
+        the worker has not started it yet."""
+        job = self.job
+        if job is None:
+            return False
+        job.cancel()
+        job.sink(Event("error", error=Cancelled("stopped")))
+        return True
+
+
+def last_question(session: Session) -> tuple[Session, str]:
+    """``session`` without its last exchange, and that exchange's question (for Regenerate)."""
+    for i in range(len(session.turns) - 1, -1, -1):
+        if session.turns[i].role == "human":
+            return Session(session.turns[:i], session.image, session.image_name), session.turns[i].text
+    raise YivlError("nothing to regenerate yet: ask a question first")
+
+
 def new_image(path: str | Path | None, max_pixels: int, max_bytes: int) -> tuple[Session, str]:
     """A fresh session about the uploaded image (none: text-only); a bad file -> no image and why."""
     if path is None:
@@ -64,11 +92,17 @@ def new_image(path: str | Path | None, max_pixels: int, max_bytes: int) -> tuple
 
 
 def respond(
-    worker: GenerationWorker, session: Session, question: str, settings: GenerationSettings, timeout: float
+    worker: GenerationWorker,
+    session: Session,
+    question: str,
+    settings: GenerationSettings,
+    timeout: float,
+    answering: Answering | None = None,
 ) -> Iterator[Update]:
     """Ask ``question``: the question at once, then the answer as it grows, then the finished turn.
 
-    A failure leaves the session as it was, puts the question back in the text box and says why.
+    A failure leaves the session as it was, puts the question back in the text box and says why. An
+    answer stopped (``answering.stop()``) keeps the part shown, as the next question's context.
     """
     question = question.strip()
     if not question:
@@ -76,24 +110,37 @@ def respond(
         return
     pending = [*session.turns, Turn("human", question)]
     shown = [*session.messages(), {"role": "user", "content": question}, {"role": "assistant", "content": ""}]
+    try:
+        stream = EventStream(worker, [Request(pending, session.image)], settings, timeout)
+    except YivlError as exc:  # the worker's queue is full
+        yield _failed(session, question, exc)
+        return
+    if answering is not None:
+        answering.job = stream.job  # before the first update: Stop works from the moment it shows
     yield Update(session, list(shown), "Generating…")
     try:
-        for event in EventStream(worker, [Request(pending, session.image)], settings, timeout):
+        for event in stream:
             if event.kind == "text":
                 shown[-1] = {"role": "assistant", "content": shown[-1]["content"] + event.delta}
                 yield Update(session, list(shown), "Generating…")
             elif event.kind == "done":
-                answer = event.answers[0]
-                done = Session([*pending, Turn("assistant", answer)], session.image, session.image_name)
-                yield Update(done, done.messages(), "")
+                yield _finished(session, pending, event.answers[0], "")
+            elif isinstance(event.error, Cancelled) and shown[-1]["content"].strip():
+                yield _finished(session, pending, shown[-1]["content"], "Stopped.")
             else:
                 yield _failed(session, question, event.error)
-    except YivlError as exc:  # the worker's queue is full
-        yield _failed(session, question, exc)
+    finally:
+        if answering is not None and answering.job is stream.job:
+            answering.job = None
+
+
+def _finished(session: Session, pending: list[Turn], answer: str, status: str) -> Update:
+    done = Session([*pending, Turn("assistant", answer)], session.image, session.image_name)
+    return Update(done, done.messages(), status)
 
 
 def _failed(session: Session, question: str, error: BaseException | None) -> Update:
-    reason = "cancelled" if isinstance(error, Cancelled) else str(error)
+    reason = "stopped" if isinstance(error, Cancelled) else str(error)
     return Update(session, session.messages(), f"⚠️ No answer: {reason}", question)
 
 

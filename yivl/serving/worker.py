@@ -122,6 +122,7 @@ class GenerationWorker:
             job = self._held
             if job.cancelled.is_set():
                 self._held = None
+                _skip(job)
                 continue
             if (rows or jobs) and rows + len(job.requests) > self.max_batch_size:
                 return jobs
@@ -134,7 +135,9 @@ class GenerationWorker:
             job = self._jobs.get()
             if job is None:
                 return
-            if not job.cancelled.is_set():
+            if job.cancelled.is_set():
+                _skip(job)
+            else:
                 self._run(job)
                 self.metrics.finished()
 
@@ -163,6 +166,11 @@ class GenerationWorker:
             deliver(job, Event("error", error=exc))
         else:
             deliver(job, Event("done", generations=generations))
+
+
+def _skip(job: Job) -> None:
+    """End a job cancelled while it waited: its consumer still gets its one last event."""
+    deliver(job, Event("error", error=Cancelled("cancelled before it started")))
 
 
 class EventStream:

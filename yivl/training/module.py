@@ -56,21 +56,23 @@ class YiVLModule(L.LightningModule):
     def configure_model(self) -> None:
         if self.model is not None:
             return
-        dtypes = Dtypes.for_precision(self.plan.precision)
-        if self._trainer is not None and isinstance(self.trainer.strategy, ModelParallelStrategy):
+        self.model = self._build(Dtypes.for_precision(self.plan.precision))
+        self.meta = run_meta(self.plan, self.model.config)
+
+    def _build(self, dtypes: Dtypes) -> YiVL:
+        """The plan's model as the strategy wants it: whole on the device, or sharded while loading."""
+        if self._trainer is None:
+            return build_model(self.plan, dtypes, "cpu")
+        strategy = self.trainer.strategy
+        if isinstance(strategy, ModelParallelStrategy):
             from yivl.training.fsdp2 import build_sharded  # FSDP2: shard while loading
 
-            root = self.trainer.strategy.root_device
-            self.model = build_sharded(self.plan, dtypes, self.device_mesh["data_parallel"], root)
-            self.meta = run_meta(self.plan, self.model.config)
-            return
-        device = (
-            torch.device("cpu")
-            if self._trainer is None or self._sharded()
-            else self.trainer.strategy.root_device
-        )
-        self.model = build_model(self.plan, dtypes, device)
-        self.meta = run_meta(self.plan, self.model.config)
+            return build_sharded(self.plan, dtypes, self.device_mesh["data_parallel"], strategy.root_device)
+        if isinstance(strategy, DeepSpeedStrategy):
+            from yivl.training.zero3_init import build_for_deepspeed  # ZeRO-3: partition while loading
+
+            return build_for_deepspeed(self.plan, dtypes, strategy)
+        return build_model(self.plan, dtypes, strategy.root_device)
 
     def _sharded(self) -> bool:
         """True under DeepSpeed, which distributes the weights itself (they are read on the CPU first)."""

@@ -25,7 +25,8 @@ from yivl.training.checkpointing import (
     META_KEY,
     check_same_run,
     check_state_keys,
-    rng_state,
+    rng_entry,
+    rng_for_rank,
     run_meta,
     set_rng_state,
 )
@@ -150,7 +151,7 @@ class YiVLModule(L.LightningModule):
         keep = set(trainable_names(self))
         if "state_dict" in checkpoint:
             checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in keep}
-        checkpoint[META_KEY] = {**self.meta, "rng": rng_state()}
+        checkpoint[META_KEY] = {**self.meta, **rng_entry()}
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         where = str(self.trainer.ckpt_path) if self._trainer is not None else "checkpoint"
@@ -161,4 +162,5 @@ class YiVLModule(L.LightningModule):
             check_state_keys(
                 where, checkpoint["state_dict"], dict(zip(trainable_names(self), shapes, strict=True))
             )
-        self._pending_rng = saved.get("rng")
+        world, rank = (self.trainer.world_size, self.global_rank) if self._trainer is not None else (1, 0)
+        self._pending_rng = rng_for_rank(saved, rank, world)

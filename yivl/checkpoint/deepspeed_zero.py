@@ -75,6 +75,20 @@ def zero_run_state(folder: Path) -> tuple[dict | None, int]:
     return state.get("yivl"), int(state["dp_world_size"])
 
 
+def zero_client_state(folder: Path, rank: int) -> dict:
+    """Lightning's client state (loops, callbacks, data position, ``yivl``) as rank ``rank`` saved it.
+
+    ZeRO-3 ranks each write their own model-states file, ZeRO-1/2 only rank 0: this rank's file, else
+    rank 0's (the one DeepSpeed's ``load_checkpoint`` would read). Its weights are not kept.
+    """
+    tag_dir = _tag_dir(folder)
+    own = tag_dir / f"zero_pp_rank_{rank}_mp_rank_00_model_states.pt"
+    path = own if own.is_file() else tag_dir / "mp_rank_00_model_states.pt"
+    if not path.is_file():
+        raise YivlError(f"{tag_dir} holds no model states for rank {rank}; it is incomplete")
+    return {k: v for k, v in safe_load(path).items() if k not in DEEPSPEED_KEYS}
+
+
 def read_zero_checkpoint(folder: Path) -> dict:
     """Lightning's checkpoint dict (client state + gathered fp32 ``state_dict``) of a DeepSpeed folder.
 

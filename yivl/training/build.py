@@ -19,13 +19,16 @@ Trainable parameters are kept in fp32 (the master copy under bf16 autocast); fro
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import nn
 
+from yivl.checkpoint.layout import read_config
 from yivl.checkpoint.load import load_pretrained
 from yivl.checkpoint.plan import CheckpointFlags, RunPlan
 from yivl.errors import YivlError
+from yivl.models.empty_init import empty_init
 from yivl.models.lora import add_lora
 from yivl.models.resolution import set_image_size
 from yivl.models.yivl import YiVL
@@ -54,6 +57,17 @@ def build_model(plan: RunPlan, dtypes: Dtypes, device: torch.device | str = "cpu
     """The YiVL model of ``plan``, ready to train."""
     model = load_pretrained(plan.model.path, dtype=dtypes.param, device=device).model
     return prepare_model(model, plan, dtypes, torch.device(device))
+
+
+def empty_model(plan: RunPlan, dtypes: Dtypes) -> YiVL:
+    """The model :func:`yivl.training.build.build_model` returns, with parameters on the meta device."""
+    config, _ = read_config(Path(plan.model.path))
+    with empty_init():
+        model = YiVL(config)
+    for param in model.parameters():
+        if param.is_floating_point():
+            param.data = param.data.to(dtypes.param)
+    return prepare_model(model, plan, dtypes, torch.device("meta"))
 
 
 def prepare_model(model: YiVL, plan: RunPlan, dtypes: Dtypes, device: torch.device) -> YiVL:

@@ -3,7 +3,8 @@
 Checkpoints keep only trainable tensors (plus optimizer state, loops, schedulers, data position): a
 LoRA checkpoint of 34B is adapter-sized. A ``yivl`` entry records which run wrote it (model size, stage,
 fine-tune method, resolution) so that resuming with another model or stage is refused with the
-difference spelled out, and the global RNG state, restored right before the first resumed batch.
+difference spelled out, and the global RNG states of every rank, each restored on its own rank right
+before the first resumed batch (dropout masks then continue as in an uninterrupted run on every rank).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.distributed as dist
 
 from yivl.checkpoint.plan import RunPlan
 from yivl.errors import YivlError
@@ -101,3 +103,26 @@ def set_rng_state(state: Mapping) -> None:
     np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
     version, internal, gauss = state["python"]
     random.setstate((version, tuple(internal), gauss))
+
+
+def rng_entry() -> dict:
+    """``rng``: this rank's RNG states; ``rng_ranks``: every rank's, in rank order.
+
+    Collective when several processes train (every rank saves, only rank 0 may write the file), so it
+    runs on every rank, as Lightning's ``save_checkpoint`` does.
+    """
+    state = rng_state()
+    ranks = [state]
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        ranks = [None] * dist.get_world_size()
+        dist.all_gather_object(ranks, state)
+    return {"rng": state, "rng_ranks": ranks}
+
+
+def rng_for_rank(saved: Mapping, rank: int, world_size: int) -> Mapping | None:
+    """The RNG states rank ``rank`` resumes with: its own when the checkpoint holds one per rank of this
+    world size; otherwise the saved ``rng`` (rank 0's, or a checkpoint from before per-rank states)."""
+    ranks = saved.get("rng_ranks")
+    if ranks is not None and len(ranks) == world_size:
+        return ranks[rank]
+    return saved.get("rng")

@@ -9,24 +9,41 @@ It is for tests and small CPU runs, not for speed.
 
 On every device, resuming reads DeepSpeed's shards with ``torch.load(weights_only=True)``
 (``WeightsOnlyCheckpointEngine``): DeepSpeed's own checkpoint engine unpickles them.
+
+Resuming happens in two parts. Lightning restores a DeepSpeed checkpoint only after ``setup``, since the
+engine that reads the shards exists only then; but ``setup`` already builds the train loader (the
+schedule needs its length), so the data position would arrive too late and the resumed epoch would
+start over. Here Lightning's part of the checkpoint (loops, callbacks, data position, RNG) is read
+before ``setup``, like any other strategy's, and the engine reads its shards (weights, optimizer) at
+the end of ``setup``.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+from pathlib import Path
 from typing import Any
 
+import lightning as L
 import torch
+from lightning.fabric.strategies.deepspeed import _validate_checkpoint_directory
 from lightning.fabric.utilities.seed import reset_seed
 from lightning.pytorch.accelerators import CPUAccelerator
 from lightning.pytorch.strategies import DDPStrategy, DeepSpeedStrategy
+from lightning.pytorch.trainer.states import TrainerFn
+
+from yivl.errors import YivlError
 
 
 class CPUDeepSpeedStrategy(DeepSpeedStrategy):
     """``DeepSpeedStrategy`` that also runs on ``accelerator=cpu`` (DeepSpeed's CPU accelerator, gloo)."""
 
     strategy_name = "deepspeed_cpu"
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._pending_shards: Path | None = None  # a checkpoint folder whose shards setup() reads
 
     def setup_environment(self) -> None:
         if not isinstance(self.accelerator, CPUAccelerator):
@@ -68,8 +85,37 @@ class CPUDeepSpeedStrategy(DeepSpeedStrategy):
         )
         return engine, ds_optimizer
 
+    @property
+    def restore_checkpoint_after_setup(self) -> bool:
+        # a single full-weights file (load_full_weights) goes Lightning's way: gathered into the engine
+        return self.load_full_weights
+
     def load_checkpoint(self, checkpoint_path: Any, weights_only: bool | None = None) -> dict[str, Any]:
+        """Before ``setup``: this rank's client state; the shards are read by :meth:`setup`."""
+        if self.load_full_weights:
+            return super().load_checkpoint(checkpoint_path, weights_only)
+        from yivl.checkpoint.deepspeed_zero import zero_client_state
+
+        _validate_checkpoint_directory(checkpoint_path)
+        self._pending_shards = Path(checkpoint_path)
+        return zero_client_state(self._pending_shards, self.global_rank)
+
+    def setup(self, trainer: L.Trainer) -> None:
+        super().setup(trainer)
+        path, self._pending_shards = self._pending_shards, None
+        if path is not None:
+            self._load_shards(path, trainer.state.fn == TrainerFn.FITTING)
+
+    def _load_shards(self, path: Path, fitting: bool) -> None:
+        """The engine's part of a checkpoint (what Lightning's ``load_checkpoint`` reads), weights-only."""
         from yivl.training.deepspeed_engine import use_weights_only_loading
 
         use_weights_only_loading(self.deepspeed_engine)
-        return super().load_checkpoint(checkpoint_path, weights_only)
+        loaded, _ = self.deepspeed_engine.load_checkpoint(
+            str(path),
+            load_optimizer_states=fitting,
+            load_lr_scheduler_states=False,  # Lightning restores the schedule
+            load_module_strict=self.lightning_module.strict_loading,
+        )
+        if loaded is None:
+            raise YivlError(f"DeepSpeed could not read the shards of {path}; resume a folder train.py wrote")

@@ -33,11 +33,9 @@ from torch.distributed.device_mesh import DeviceMesh
 from torch.distributed.fsdp import fully_shard
 from torch.optim import Optimizer
 
-from yivl.checkpoint.layout import read_config
 from yivl.checkpoint.plan import RunPlan
-from yivl.models.empty_init import empty_init
 from yivl.models.yivl import YiVL
-from yivl.training.build import Dtypes, build_model, prepare_model
+from yivl.training.build import Dtypes, build_model, empty_model
 
 
 class FSDP2Strategy(ModelParallelStrategy):
@@ -120,17 +118,6 @@ def build_sharded(plan: RunPlan, dtypes: Dtypes, mesh: DeviceMesh, device: torch
     set_model_state_dict(model, full, options=options)
     del full
     return model
-
-
-def empty_model(plan: RunPlan, dtypes: Dtypes) -> YiVL:
-    """The model :func:`yivl.training.build.build_model` returns, with parameters on the meta device."""
-    config, _ = read_config(Path(plan.model.path))
-    with empty_init():
-        model = YiVL(config)
-    for param in model.parameters():
-        if param.is_floating_point():
-            param.data = param.data.to(dtypes.param)
-    return prepare_model(model, plan, dtypes, torch.device("meta"))
 
 
 def local_bytes(tensors: list[torch.Tensor]) -> int:

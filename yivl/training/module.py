@@ -25,7 +25,8 @@ from yivl.training.checkpointing import (
     META_KEY,
     check_same_run,
     check_state_keys,
-    rng_state,
+    rng_entry,
+    rng_for_rank,
     run_meta,
     set_rng_state,
 )
@@ -56,21 +57,23 @@ class YiVLModule(L.LightningModule):
     def configure_model(self) -> None:
         if self.model is not None:
             return
-        dtypes = Dtypes.for_precision(self.plan.precision)
-        if self._trainer is not None and isinstance(self.trainer.strategy, ModelParallelStrategy):
+        self.model = self._build(Dtypes.for_precision(self.plan.precision))
+        self.meta = run_meta(self.plan, self.model.config)
+
+    def _build(self, dtypes: Dtypes) -> YiVL:
+        """The plan's model as the strategy wants it: whole on the device, or sharded while loading."""
+        if self._trainer is None:
+            return build_model(self.plan, dtypes, "cpu")
+        strategy = self.trainer.strategy
+        if isinstance(strategy, ModelParallelStrategy):
             from yivl.training.fsdp2 import build_sharded  # FSDP2: shard while loading
 
-            root = self.trainer.strategy.root_device
-            self.model = build_sharded(self.plan, dtypes, self.device_mesh["data_parallel"], root)
-            self.meta = run_meta(self.plan, self.model.config)
-            return
-        device = (
-            torch.device("cpu")
-            if self._trainer is None or self._sharded()
-            else self.trainer.strategy.root_device
-        )
-        self.model = build_model(self.plan, dtypes, device)
-        self.meta = run_meta(self.plan, self.model.config)
+            return build_sharded(self.plan, dtypes, self.device_mesh["data_parallel"], strategy.root_device)
+        if isinstance(strategy, DeepSpeedStrategy):
+            from yivl.training.zero3_init import build_for_deepspeed  # ZeRO-3: partition while loading
+
+            return build_for_deepspeed(self.plan, dtypes, strategy)
+        return build_model(self.plan, dtypes, strategy.root_device)
 
     def _sharded(self) -> bool:
         """True under DeepSpeed, which distributes the weights itself (they are read on the CPU first)."""
@@ -148,7 +151,7 @@ class YiVLModule(L.LightningModule):
         keep = set(trainable_names(self))
         if "state_dict" in checkpoint:
             checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in keep}
-        checkpoint[META_KEY] = {**self.meta, "rng": rng_state()}
+        checkpoint[META_KEY] = {**self.meta, **rng_entry()}
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         where = str(self.trainer.ckpt_path) if self._trainer is not None else "checkpoint"
@@ -159,4 +162,5 @@ class YiVLModule(L.LightningModule):
             check_state_keys(
                 where, checkpoint["state_dict"], dict(zip(trainable_names(self), shapes, strict=True))
             )
-        self._pending_rng = saved.get("rng")
+        world, rank = (self.trainer.world_size, self.global_rank) if self._trainer is not None else (1, 0)
+        self._pending_rng = rng_for_rank(saved, rank, world)

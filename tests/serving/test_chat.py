@@ -70,17 +70,17 @@ def chat_of(recorder: RecordingEngine, settings: GenerationSettings = GREEDY) ->
 def test_chat_keeps_history_and_puts_the_image_in_the_first_turn_only(engine: Engine, capsys) -> None:
     cfg = infer_cfg(f"image={IMAGE}", "generation.temperature=0", "generation.max_new_tokens=4")
     seen: list[list[Turn]] = []
-    original = engine.generate_full
+    original = engine.prompt
 
-    def spy(requests, settings, on_text=None):
-        seen.append(list(requests[0].turns))
-        return original(requests, settings, on_text)
+    def spy(req, settings, on_text=None):  # the batching worker turns each request into a row here
+        seen.append(list(req.turns))
+        return original(req, settings, on_text)
 
-    engine.generate_full = spy  # type: ignore[method-assign]
+    engine.prompt = spy  # type: ignore[method-assign]
     try:
         run_chat(cfg, engine, GREEDY, reader=scripted("first?", "second?", "/exit"))
     finally:
-        del engine.generate_full
+        del engine.prompt
     assert [len(turns) for turns in seen] == [1, 3]
     assert [t.role for t in seen[1]] == ["human", "assistant", "human"]
     ids = engine.prompt_ids(seen[1], has_image=True)

@@ -189,3 +189,18 @@ def test_samples_longer_than_a_row_are_skipped_and_counted(synth, tokenizer, str
         width = torch.where(b["input_ids"] == IMAGE_TOKEN_INDEX, 64, 1) * b["attention_mask"]
         assert int(width.sum(1).max()) <= 200
     assert dm.skip_counts()["too_long"] > 0 and set(dm.skip_counts()) == {"too_long"}
+
+
+def test_packed_map_style_resumes_at_the_same_position(synth, tokenizer) -> None:
+    def ids(batch):
+        return tuple(batch["input_ids"].flatten().tolist())
+
+    full = [ids(b) for b in packed_module(synth, tokenizer, False, pack_length=400).train_dataloader()]
+    dm = packed_module(synth, tokenizer, False, pack_length=400)
+    it = iter(dm.train_dataloader())
+    head = [ids(next(it)) for _ in range(3)]
+    state = dm.state_dict()
+    assert state["batches_done"] == 3
+    resumed = packed_module(synth, tokenizer, False, pack_length=400)
+    resumed.load_state_dict(state)
+    assert head + [ids(b) for b in resumed.train_dataloader()] == full

@@ -7,7 +7,7 @@ import torch
 
 from yivl.constants import IGNORE_INDEX, IMAGE_TOKEN_INDEX
 from yivl.errors import YivlError
-from yivl.models.packing import check_backend, packed_position_ids, spliced_sequence_ids
+from yivl.models.packing import check_backend, packed_attention, packed_position_ids, spliced_sequence_ids
 from yivl.models.yivl import YiVL
 
 # (text tokens before the image or None for text-only, text tokens after): 5 samples, 2 with images
@@ -154,3 +154,17 @@ def test_backends_packing_cannot_use_are_refused_in_one_line():
         "data.packing=true with flash_attention_2 needs the flash_attn package; "
         "pip install flash-attn, or use model.attn_implementation=sdpa"
     )
+
+
+def test_packed_batches_must_be_right_padded() -> None:
+    ids = torch.ones(1, 4, dtype=torch.long)
+    with pytest.raises(ValueError, match=r"^packed batches are right-padded; padding_side must be 'right'$"):
+        packed_attention(ids, None, torch.zeros_like(ids), 4, "sdpa", torch.float32, padding_side="left")
+    out = packed_attention(ids, None, torch.tensor([[0, 0, 1, 1]]), 4, "sdpa", torch.float32)
+    assert out["position_ids"].tolist() == [[0, 1, 0, 1]]
+    assert out["attention_mask"][0, 0].int().tolist() == [
+        [1, 0, 0, 0],
+        [1, 1, 0, 0],
+        [0, 0, 1, 0],
+        [0, 0, 1, 1],
+    ]

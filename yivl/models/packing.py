@@ -78,14 +78,20 @@ def check_backend(attn_implementation: str) -> None:
 
 def packed_attention(
     input_ids: torch.Tensor,
-    attention_mask: torch.Tensor,
+    attention_mask: torch.Tensor | None,
     sequence_ids: torch.Tensor,
     num_image_tokens: int,
     attn_implementation: str,
     dtype: torch.dtype,
+    padding_side: str = "right",
 ) -> dict[str, torch.Tensor | None]:
-    """The LLM's ``attention_mask`` and ``position_ids`` for a packed, right-padded batch (see module doc)."""
+    """The LLM's ``attention_mask`` and ``position_ids`` for a packed, right-padded batch (see module doc);
+    ``attention_mask`` [B, T] None means no padding."""
+    if padding_side != "right":
+        raise ValueError("packed batches are right-padded; padding_side must be 'right'")
     check_backend(attn_implementation)
+    if attention_mask is None:
+        attention_mask = torch.ones_like(input_ids)
     segments = spliced_sequence_ids(input_ids, attention_mask, sequence_ids, num_image_tokens)
     position_ids = packed_position_ids(segments)
     if attn_implementation in POSITION_BACKENDS:

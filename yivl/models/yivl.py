@@ -94,7 +94,16 @@ class YiVL(nn.Module):
             "position_ids": sp.position_ids,
         }
         if sequence_ids is not None:
-            llm_inputs |= self._packed(input_ids, attention_mask, sequence_ids, padding_side, sp)
+            implementation, rows = self.llm.config._attn_implementation, self.config.num_image_tokens
+            llm_inputs |= packed_attention(
+                input_ids,
+                attention_mask,
+                sequence_ids,
+                rows,
+                implementation,
+                sp.inputs_embeds.dtype,
+                padding_side,
+            )
         if sp.labels is None:
             logits = self.llm(**llm_inputs, use_cache=False).logits
             return YiVLOutput(None, logits, torch.zeros((), dtype=torch.long, device=logits.device))
@@ -110,18 +119,6 @@ class YiVL(nn.Module):
         num_tokens = supervised.sum()
         loss_sum = F.cross_entropy(picked.float(), targets[supervised], reduction="sum")
         return YiVLOutput(loss_sum / num_tokens.clamp(min=1), logits, num_tokens)
-
-    def _packed(self, input_ids, attention_mask, sequence_ids, padding_side, sp: Spliced) -> dict:
-        """Per-sample position ids and block-diagonal attention for a packed (right-padded) batch."""
-        if padding_side != "right":
-            raise ValueError("packed batches are right-padded; padding_side must be 'right'")
-        if attention_mask is None:
-            attention_mask = torch.ones_like(input_ids)
-        implementation = self.llm.config._attn_implementation
-        rows = self.config.num_image_tokens
-        return packed_attention(
-            input_ids, attention_mask, sequence_ids, rows, implementation, sp.inputs_embeds.dtype
-        )
 
 
 def module_groups(model: YiVL) -> dict[str, nn.Module]:

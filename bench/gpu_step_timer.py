@@ -7,7 +7,8 @@ Added to a train.py run from the command line (``bench/`` on PYTHONPATH)::
 Model FLOPs per step (what MFU counts; gradient-checkpointing recompute excluded): for each part
 (vision tower, projector, LLM) and each token it processes, 2 x params forward, 2 x params backward
 when a gradient flows through it, and 2 x trainable params for the weight gradients; plus attention,
-4 x layers x width x sequence^2 per sample forward (x3 with a backward).
+4 x layers x width x sequence^2 per sample forward (x3 with a backward); a packed sample counts its
+own length, not its row's.
 """
 
 from __future__ import annotations
@@ -42,12 +43,22 @@ def part_params(model: torch.nn.Module) -> dict[str, tuple[int, int]]:
     return counts
 
 
+def sample_lengths(batch: dict, image_tokens: int) -> torch.Tensor:
+    """Tokens the LLM sees per sample [S]: a row's, or each packed sample's (``sequence_ids``)."""
+    width = ((batch["input_ids"] < 0) * (image_tokens - 1) + 1) * batch["attention_mask"]
+    if "sequence_ids" not in batch:
+        return width.sum(dim=1)
+    segments = batch["sequence_ids"]
+    per = torch.zeros(segments.shape[0], int(segments.max()) + 2, dtype=width.dtype, device=width.device)
+    per.scatter_add_(1, segments + 1, width)  # column 0 collects the padding (-1)
+    return per[:, 1:][per[:, 1:] > 0]
+
+
 def step_flops(model: torch.nn.Module, batch: dict, counts: dict[str, tuple[int, int]]) -> float:
     """Model FLOPs of one micro-batch (see the module docstring)."""
     config = model.config
     images = 0 if batch.get("pixel_values") is None else int(batch["pixel_values"].shape[0])
-    placeholders = (batch["input_ids"] < 0).sum(dim=1)
-    seq = batch["attention_mask"].sum(dim=1) + placeholders * (config.num_image_tokens - 1)
+    seq = sample_lengths(batch, config.num_image_tokens)
     vit_seq = config.num_image_tokens + 1
     tokens = {"vision_tower": images * vit_seq, "mm_projector": images * config.num_image_tokens}
     tokens["llm"] = int(seq.sum())

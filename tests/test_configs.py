@@ -166,6 +166,11 @@ def test_experiments_never_pick_the_model_and_set_every_stage_key() -> None:
         (["global_batch_size=0"], "must be at least 1"),
         (["strategy=fsdp"], "val_generation needs the whole model on every rank, but strategy=fsdp"),
         (["experiment=qlora", "finetune.quant.type=int3"], "type must be one of nf4, fp4"),
+        (
+            ["data.pack_length=0"],
+            r"^data.pack_length=0 must be an integer >= 1 \(or null for data.max_length\)$",
+        ),
+        (["data.packing=maybe"], "^data.packing=maybe: expected true or false$"),
     ],
 )
 def test_impossible_combinations_are_refused_in_one_line(overrides: list[str], message: str) -> None:

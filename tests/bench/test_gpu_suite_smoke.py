@@ -20,6 +20,7 @@ ROWS = [
     "generation, batch 1",
     "generation, batch 8",
     "stage 3, FSDP2",
+    "stage 3, FSDP2, packed",
     "stage 3, ZeRO-3",
     "LoRA",
     "QLoRA",
@@ -91,7 +92,8 @@ def test_smoke_mode_prints_the_whole_table(tmp_path: Path) -> None:
     assert re.fullmatch(rf"{NUMBER}%", mfu) and peak == "0.0" and gen == ""
     for name in ("generation, batch 1", "generation, batch 8"):
         assert rows[name][0] == "ok" and float(rows[name][5].replace(",", "")) > 0
-    for name in ("stage 3, FSDP2", "stage 3, ZeRO-3", "QLoRA"):  # whatever the CPU allows, one line each
+    # whatever the CPU allows, one line each
+    for name in ("stage 3, FSDP2", "stage 3, FSDP2, packed", "stage 3, ZeRO-3", "QLoRA"):
         assert re.fullmatch(r"ok|failed \(exit \d+\): \S.*|skipped: \S.*", rows[name][0]), rows[name]
     assert result.returncode == (
         0 if all(r[0] == "ok" or r[0].startswith(("ok (", "skipped")) for r in rows.values()) else 1

@@ -65,3 +65,30 @@ class Collator:
             "attention_mask": attention_mask,
             "pixel_values": pixel_values,
         }
+
+
+class PackedCollator(Collator):
+    """Batches of packed rows: each row's samples are concatenated, then padded as by :class:`Collator`.
+
+    Adds ``sequence_ids`` ``[R, T]``: the sample each token belongs to in its row (0, 1, ...; -1 on
+    padding). Images stay in the row-major order of their ``-200`` ids, so each lands in its own sample.
+    Rows left empty (every sample rejected while reading) are dropped.
+    """
+
+    def __call__(self, rows: list[list[Sample]]) -> dict[str, torch.Tensor]:
+        rows = [row for row in rows if row]
+        joined = [
+            Sample(
+                torch.cat([s.input_ids for s in row]),
+                torch.cat([s.labels for s in row]),
+                torch.cat([s.pixel_values for s in row]),
+            )
+            for row in rows
+        ]
+        batch = super().__call__(joined)
+        sequence_ids = torch.full_like(batch["input_ids"], -1)
+        for r, row in enumerate(rows):
+            lengths = torch.tensor([len(s.input_ids) for s in row])
+            sequence_ids[r, : int(lengths.sum())] = torch.repeat_interleave(torch.arange(len(row)), lengths)
+        batch["sequence_ids"] = sequence_ids
+        return batch

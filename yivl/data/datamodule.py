@@ -24,7 +24,7 @@ from yivl.data.build import (
     record_files,
     source_type,
 )
-from yivl.data.collate import Collator
+from yivl.data.collate import Collator, PackedCollator
 from yivl.data.encode import SampleEncoder
 from yivl.data.formats import DEFAULT_IMAGE_TOKENS
 from yivl.data.formats import image_tokens as accepted_image_tokens
@@ -33,6 +33,7 @@ from yivl.data.image_files import DEFAULT_MAX_IMAGE_BYTES
 from yivl.data.images import DEFAULT_MAX_PIXELS, ImageProcessor
 from yivl.data.loaders import MapDataLoader, StreamDataLoader
 from yivl.data.map_dataset import ConversationDataset, LengthGroupedSampler
+from yivl.data.packing import PackedRows, PackedSampler
 from yivl.data.reasons import SkipCounter, Tally, describe
 from yivl.data.records import DEFAULT_MAX_RECORD_BYTES
 from yivl.data.streaming import StreamingDataset
@@ -60,7 +61,9 @@ class YiVLDataModule(L.LightningDataModule):
 
     ``batch_size`` is per device. ``samples_per_epoch`` sets the epoch length of streaming data (default:
     the sources' known sizes). ``resampled`` draws shards/records with replacement (needed for weights to
-    hold over long runs). ``skip_counts()`` reports dropped samples by reason.
+    hold over long runs). ``skip_counts()`` reports dropped samples by reason. ``packing`` packs training
+    samples into rows of up to ``pack_length`` tokens (default ``max_length``), ``pack_buffer`` samples
+    considered together (see :mod:`yivl.data.packing`); a batch is then ``batch_size`` rows.
     """
 
     def __init__(
@@ -86,6 +89,9 @@ class YiVLDataModule(L.LightningDataModule):
         persistent_workers: bool = False,
         image_tokens: Sequence[str] = DEFAULT_IMAGE_TOKENS,
         max_reject_fraction: float = DEFAULT_MAX_REJECT_FRACTION,
+        packing: bool = False,
+        pack_length: int | None = None,
+        pack_buffer: int = 512,
     ) -> None:
         super().__init__()
         self.train_sources, self.val_sources = _plain(train), _plain(val)
@@ -105,6 +111,12 @@ class YiVLDataModule(L.LightningDataModule):
         self.max_image_bytes = int(max_image_bytes)
         self.image_tokens = accepted_image_tokens(image_tokens, "data.image_tokens")
         self.max_reject_fraction = checked_fraction(max_reject_fraction, "data.max_reject_fraction")
+        self.packing, self.pack_buffer = bool(packing), int(pack_buffer)
+        self.pack_length = int(pack_length or max_length)
+        if self.pack_length < 1 or self.pack_buffer < 1:
+            raise YivlError(
+                f"data.pack_length and data.pack_buffer must be >= 1, got {pack_length} and {pack_buffer}"
+            )
         self.max_record_bytes = int(max_record_bytes)
         if self.max_record_bytes < 1:
             raise YivlError(f"data.max_record_bytes must be >= 1, got {max_record_bytes}")
@@ -114,25 +126,39 @@ class YiVLDataModule(L.LightningDataModule):
         }
         self.skips = SkipCounter(log_every)
         self.val_skips = SkipCounter(log_every)
-        self.encoder: SampleEncoder | None = None
+        self.encoder: SampleEncoder | None = None  # validation's (and training's, unpacked)
+        self.train_encoder: SampleEncoder | None = None
         self.collator: Collator | None = None
+        self.train_collator: Collator | None = None
         self._resume: dict | None = None
         self._train_loader: MapDataLoader | StreamDataLoader | None = None
         self.train_survey: Tally | None = None  # what the map-style survey found (see _check_survey)
 
     # -- model binding and setup -------------------------------------------------------------------
     def bind(self, tokenizer: YiTokenizer, image_processor: ImageProcessor, num_image_tokens: int) -> None:
-        """Attach the model's tokenizer, image processor and features per image (before ``fit``)."""
-        self.encoder = SampleEncoder(
-            tokenizer,
-            image_processor,
-            num_image_tokens,
+        """Attach the model's tokenizer, image processor and features per image (before ``fit``).
+
+        Packed training rejects (as ``too_long``) samples longer than a row as well as the context.
+        """
+        lengths = (
             self.max_length,
-            self.max_pixels,
-            max_image_bytes=self.max_image_bytes,
-            image_tokens=self.image_tokens,
+            min(self.max_length, self.pack_length) if self.packing else self.max_length,
+        )
+        self.encoder, self.train_encoder = (
+            SampleEncoder(
+                tokenizer,
+                image_processor,
+                num_image_tokens,
+                length,
+                self.max_pixels,
+                max_image_bytes=self.max_image_bytes,
+                image_tokens=self.image_tokens,
+            )
+            for length in lengths
         )
         self.collator = Collator(image_processor.size, tokenizer.pad_token_id)
+        collator_type = PackedCollator if self.packing else Collator
+        self.train_collator = collator_type(image_processor.size, tokenizer.pad_token_id)
 
     def prepare_data(self) -> None:
         """Generate synthetic data (Lightning runs this on local rank 0 before any loader is built)."""
@@ -162,14 +188,14 @@ class YiVLDataModule(L.LightningDataModule):
     def _trainer(self):
         return getattr(self, "trainer", None)
 
-    def _bound(self) -> SampleEncoder:
+    def _bound(self, train: bool = False) -> SampleEncoder:
         if self.encoder is None:
             raise YivlError("the data module is not bound to a model; call datamodule.bind(...) before fit")
-        return self.encoder
+        return self.train_encoder if train else self.encoder
 
     # -- training ------------------------------------------------------------------------------------
     def train_dataloader(self) -> DataLoader:
-        encoder = self._bound()
+        encoder = self._bound(train=True)
         loader = self._map_train_loader(encoder) if self.is_map_style else self._stream_train_loader(encoder)
         if self._resume is not None:
             loader.resume(self.resume_batches(), self._resume["epoch"])
@@ -192,22 +218,35 @@ class YiVLDataModule(L.LightningDataModule):
         )
         self._check_survey(dataset, guard)
         world, rank = self._ranks()
-        lengths = dataset.lengths(encoder.num_image_tokens) if self.group_by_length else None
-        sampler = LengthGroupedSampler(
-            lengths,
-            len(dataset),
-            self.batch_size,
-            world,
-            rank,
-            shuffle=True,
-            seed=self.seed,
-            drop_last=self.drop_last,
-        )
+        if self.packing:
+            sampler = PackedSampler(
+                dataset.token_lengths(),
+                self.pack_length,
+                self.pack_buffer,
+                self.batch_size,
+                world,
+                rank,
+                seed=self.seed,
+                drop_last=self.drop_last,
+            )
+            dataset = PackedRows(dataset, dataset.read)
+        else:
+            lengths = dataset.lengths(encoder.num_image_tokens) if self.group_by_length else None
+            sampler = LengthGroupedSampler(
+                lengths,
+                len(dataset),
+                self.batch_size,
+                world,
+                rank,
+                shuffle=True,
+                seed=self.seed,
+                drop_last=self.drop_last,
+            )
         return MapDataLoader(
             dataset,
             batch_size=self.batch_size,
             sampler=sampler,
-            collate_fn=self.collator,
+            collate_fn=self.train_collator,
             num_workers=self.num_workers,
             epoch_fn=self._epoch_fn(),
             **self.loader_kwargs,
@@ -249,7 +288,8 @@ class YiVLDataModule(L.LightningDataModule):
             raise YivlError("the size of streaming data is unknown; set data.samples_per_epoch")
         dataset = StreamingDataset(sources, self.batch_size, batches, self.resampled, self.seed, self.skips)
         dataset.guard = RejectGuard(self.skips, self.max_reject_fraction, "the training data")
-        dataset.bind(encoder, self.collator)
+        dataset.pack = (self.pack_length, self.pack_buffer) if self.packing else None
+        dataset.bind(encoder, self.train_collator)
         return StreamDataLoader(
             dataset,
             batch_size=None,

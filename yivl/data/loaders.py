@@ -14,8 +14,10 @@ from typing import Any
 from torch.utils.data import DataLoader
 
 from yivl.data.map_dataset import LengthGroupedSampler
+from yivl.data.packing import PackedSampler
 
 EpochFn = Callable[[], int] | None
+RESUMABLE_SAMPLERS = (LengthGroupedSampler, PackedSampler)
 
 
 class _PositionMixin:
@@ -63,7 +65,8 @@ class _PositionMixin:
 
 
 class MapDataLoader(_PositionMixin, DataLoader):
-    """Batches of a :class:`ConversationDataset` in the order of a :class:`LengthGroupedSampler`.
+    """Batches of a :class:`ConversationDataset` in the order of a :class:`LengthGroupedSampler` (or
+    packed rows of it, in the order of a :class:`PackedSampler`).
 
     Takes DataLoader's arguments (plus ``epoch_fn``), so Lightning can re-create it with another
     sampler (``overfit_batches`` does); epochs and resuming then apply only if that sampler supports them.
@@ -75,13 +78,13 @@ class MapDataLoader(_PositionMixin, DataLoader):
         self._skip: tuple[int, int] | None = None
 
     def resume(self, batches: int, epoch: int) -> None:
-        if isinstance(self.sampler, LengthGroupedSampler):
+        if isinstance(self.sampler, RESUMABLE_SAMPLERS):
             self._skip = (epoch, batches)
             self.sampler.skip_batches(epoch, batches)
 
     def __iter__(self) -> Iterator:
         epoch = self._next_epoch()
-        if isinstance(self.sampler, LengthGroupedSampler):
+        if isinstance(self.sampler, RESUMABLE_SAMPLERS):
             self.sampler.set_epoch(epoch)
         skip = self._skip[1] if self._skip is not None and self._skip[0] == epoch else 0
         it = super().__iter__()

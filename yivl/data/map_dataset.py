@@ -62,6 +62,27 @@ class ConversationDataset(Dataset):
         """Estimated tokens per record ``[N]`` (no parsing): bytes / 4 + image tokens when it has one."""
         return self.records.sizes // 4 + self.records.has_image * int(num_image_tokens)
 
+    def token_lengths(self) -> np.ndarray:
+        """Exact tokens per record ``[N]`` with image features counted (text only: no image is read), for
+        packing. A record rejected here is counted in ``skips`` and gets -1 (it is left out)."""
+        if self.encoder is None:
+            raise RuntimeError("call bind() with a SampleEncoder before measuring")
+        lengths = np.full(len(self), -1, dtype=np.int64)
+        for i in range(len(self)):
+            key = f"{self.records.path.name}:{i}"
+            try:
+                lengths[i] = self.encoder.encode_text(self.records.record(i), key).length
+            except SampleRejected as err:
+                self.skips.add(err.reason, str(err), bool(self.records.has_image[i]))
+        return lengths
+
+    def read(self, index: int) -> Sample | None:
+        """Record ``index`` as a sample, or None when it is rejected (counted; not replaced)."""
+        sample = self._attempt(index)
+        if self.guard is not None:
+            self.guard.check()
+        return sample
+
     def encode(self, index: int) -> Sample:
         """Record ``index`` as a sample; raises :class:`SampleRejected`."""
         if self.encoder is None:

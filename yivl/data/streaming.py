@@ -18,6 +18,7 @@ from torch.utils.data import IterableDataset
 from yivl.data.collate import Collator, Sample
 from yivl.data.encode import SampleEncoder, encode_counted
 from yivl.data.guard import RejectGuard
+from yivl.data.packing import pack_stream, sample_length
 from yivl.data.reasons import SkipCounter
 from yivl.data.sources import RawItem, StreamSource, WorkerInfo, current_worker_info
 from yivl.errors import YivlError
@@ -69,7 +70,9 @@ class StreamingDataset(IterableDataset):
     """Batches ``{input_ids, labels, attention_mask, pixel_values}`` from weighted streaming sources.
 
     ``batches_per_epoch`` is per rank; None reads one exhaustive pass (evaluation), keeping the last
-    partial batch. ``bind()`` attaches the model-dependent encoder and collator.
+    partial batch. ``bind()`` attaches the model-dependent encoder and collator. With ``pack`` set to
+    ``(pack_length, buffer)`` a batch is ``batch_size`` packed rows (see :mod:`yivl.data.packing`) and
+    the collator is a ``PackedCollator``.
     """
 
     def __init__(
@@ -96,6 +99,7 @@ class StreamingDataset(IterableDataset):
         self.collator: Collator | None = None
         self.worker_info: WorkerInfo | None = None  # tests pin this; None = ask torch
         self.guard: RejectGuard | None = None  # the reject rule, judged as samples are counted
+        self.pack: tuple[int, int] | None = None  # (pack_length, buffer) to batch packed rows
 
     def bind(self, encoder: SampleEncoder, collator: Collator) -> None:
         self.encoder, self.collator = encoder, collator
@@ -145,6 +149,13 @@ class StreamingDataset(IterableDataset):
             if sample is not None:
                 yield sample
 
+    def _units(self, samples: Iterator[Sample]) -> Iterator[Sample] | Iterator[list[Sample]]:
+        """What a batch is made of: samples, or packed rows of them."""
+        if self.pack is None:
+            return samples
+        tokens = self.encoder.num_image_tokens
+        return pack_stream(samples, lambda s: sample_length(s, tokens), *self.pack)
+
     def __iter__(self) -> Iterator[dict]:
         if self.encoder is None or self.collator is None:
             raise RuntimeError("call bind() before iterating")
@@ -156,10 +167,10 @@ class StreamingDataset(IterableDataset):
         quota = worker_quota(self.batches_per_epoch - skip, info) if fixed else None
         if quota == 0:
             return
-        batch: list[Sample] = []
+        batch: list = []
         produced = 0
-        for sample in self.samples(epoch, skip, info, repeat=fixed):
-            batch.append(sample)
+        for unit in self._units(self.samples(epoch, skip, info, repeat=fixed)):
+            batch.append(unit)
             if len(batch) == self.batch_size:
                 yield self.collator(batch)
                 batch, produced = [], produced + 1

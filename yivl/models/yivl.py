@@ -11,6 +11,7 @@ from transformers import LlamaForCausalLM
 
 from yivl.constants import IGNORE_INDEX
 from yivl.models.config import YiVLConfig
+from yivl.models.packing import packed_attention
 from yivl.models.projector import build_projector
 from yivl.models.splice import Spliced, check_image_count, splice
 from yivl.models.vision import VisionTower
@@ -78,11 +79,13 @@ class YiVL(nn.Module):
         pixel_values: torch.Tensor | None = None,
         padding_side: str = "right",
         full_logits: bool = False,
+        sequence_ids: torch.Tensor | None = None,
     ) -> YiVLOutput:
         """Logits and loss for a batch; ``labels`` [B, T] are aligned with ``input_ids`` (-100 = ignore).
 
         With labels (and not ``full_logits``) the LM head runs only where a label is supervised, which
-        saves the [B, L, V] logits tensor (about 1 GB at B=8, L=2k, V=64k in bf16).
+        saves the [B, L, V] logits tensor (about 1 GB at B=8, L=2k, V=64k in bf16). ``sequence_ids``
+        [B, T] marks a packed batch: the sample each token belongs to in its row (see models/packing.py).
         """
         sp = self.splice(input_ids, attention_mask, labels, pixel_values, padding_side)
         llm_inputs = {
@@ -90,6 +93,17 @@ class YiVL(nn.Module):
             "attention_mask": sp.attention_mask,
             "position_ids": sp.position_ids,
         }
+        if sequence_ids is not None:
+            implementation, rows = self.llm.config._attn_implementation, self.config.num_image_tokens
+            llm_inputs |= packed_attention(
+                input_ids,
+                attention_mask,
+                sequence_ids,
+                rows,
+                implementation,
+                sp.inputs_embeds.dtype,
+                padding_side,
+            )
         if sp.labels is None:
             logits = self.llm(**llm_inputs, use_cache=False).logits
             return YiVLOutput(None, logits, torch.zeros((), dtype=torch.long, device=logits.device))

@@ -80,12 +80,14 @@ class YiVLModule(L.LightningModule):
         return self._trainer is not None and isinstance(self.trainer.strategy, DeepSpeedStrategy)
 
     def forward(self, batch: Mapping[str, torch.Tensor]) -> YiVLOutput:
-        """``batch``: input_ids/labels/attention_mask [B, T], pixel_values [N, 3, S, S]."""
+        """``batch``: input_ids/labels/attention_mask [B, T], pixel_values [N, 3, S, S]; packed batches
+        also carry sequence_ids [B, T] (see yivl.data.packing)."""
         return self.model(
             input_ids=batch["input_ids"],
             attention_mask=batch["attention_mask"],
             labels=batch["labels"],
             pixel_values=batch["pixel_values"],
+            sequence_ids=batch.get("sequence_ids"),
         )
 
     def training_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> torch.Tensor:

@@ -52,7 +52,10 @@ class Dtypes:
 
 def build_model(plan: RunPlan, dtypes: Dtypes, device: torch.device | str = "cpu") -> YiVL:
     """The YiVL model of ``plan``, ready to train."""
-    model = load_pretrained(plan.model.path, dtype=dtypes.param, device=device).model
+    attn = plan.model.attn_implementation
+    model = load_pretrained(
+        plan.model.path, dtype=dtypes.param, device=device, attn_implementation=attn
+    ).model
     return prepare_model(model, plan, dtypes, torch.device(device))
 
 

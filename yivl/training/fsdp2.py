@@ -126,7 +126,7 @@ def empty_model(plan: RunPlan, dtypes: Dtypes) -> YiVL:
     """The model :func:`yivl.training.build.build_model` returns, with parameters on the meta device."""
     config, _ = read_config(Path(plan.model.path))
     with empty_init():
-        model = YiVL(config)
+        model = YiVL(config, attn_implementation=plan.model.attn_implementation)
     for param in model.parameters():
         if param.is_floating_point():
             param.data = param.data.to(dtypes.param)

@@ -78,13 +78,13 @@ def train_py(args: list[str]) -> str:
 
 
 def step_losses(out: Path) -> list[float]:
-    """The loss of each optimizer step: the mean of its micro-batches (over ranks, or accumulated)."""
+    """The logged loss of each optimizer step: its token-weighted mean over all micro-batches and ranks
+    (every rank logs the same all-reduced value)."""
     ranks = sorted((out / "losses").glob("rank*.json"))
     rows = [json.loads(r.read_text())["losses"] for r in ranks]
-    if len(rows) == 1:  # one process, 2 accumulated micro-batches per step
-        flat = [loss for _, loss in rows[0]]
-        return [(a + b) / 2 for a, b in zip(flat[::2], flat[1::2], strict=True)]
-    return [sum(r[i][1] for r in rows) / len(rows) for i in range(len(rows[0]))]
+    assert all(r == rows[0] for r in rows)
+    assert [step for step, _ in rows[0]] == list(range(len(rows[0])))
+    return [loss for _, loss in rows[0]]
 
 
 def exported(out: Path) -> dict[str, torch.Tensor]:

@@ -25,10 +25,15 @@ T = TypeVar("T")
 
 @dataclass(frozen=True)
 class ModelRef:
-    """The base model: its preset name (``tiny``, ``yi_vl_6b``, ...) and its folder."""
+    """The base model: its preset name (``tiny``, ``yi_vl_6b``, ...) and its folder; the attention
+    backend of the tower and the LLM (``yivl.models.attention``); the chunk of supervised positions the
+    training loss takes at a time (``yivl.models.loss``; 0: all at once). The defaults are what
+    checkpoints written before these keys existed trained with."""
 
     name: str
     path: str
+    attn_implementation: str = "sdpa"
+    loss_chunk_size: int = 0
 
 
 @dataclass(frozen=True)
@@ -129,7 +134,7 @@ class RunPlan:
 
     def on_base(self, path: str | Path) -> RunPlan:
         """The same plan over the base model folder ``path`` (``--model-base``)."""
-        return dataclasses.replace(self, model=ModelRef(self.model.name, str(path)))
+        return dataclasses.replace(self, model=dataclasses.replace(self.model, path=str(path)))
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data (dicts, lists, str, numbers, bools): the checkpoint's ``hyper_parameters``."""
@@ -148,7 +153,7 @@ class RunPlan:
         top = _fields_of(cls, data, "")
         model = _build(ModelRef, top["model"], "model.")
         if base is not None:
-            model = ModelRef(model.name, str(base))
+            model = dataclasses.replace(model, path=str(base))
         finetune = _fields_of(Finetune, top["finetune"], "finetune.")
         optimizer = _fields_of(OptimizerSettings, top["optimizer"], "optimizer.")
         size = top["image_size"]

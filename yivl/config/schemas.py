@@ -126,6 +126,8 @@ _FINETUNE = {
 
 TRAIN: dict[str, Field] = {
     "seed": Int(),
+    "model.attn_implementation": TEXT,  # the values are checked by yivl.models.attention
+    "model.loss_chunk_size": Int(0, hint="(0: the whole micro-batch at once)"),
     "global_batch_size": Int(1, message="global_batch_size={value} must be at least 1"),
     "ckpt_path": OPTIONAL_TEXT,
     **_TRAINER,

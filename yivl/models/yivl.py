@@ -5,12 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from transformers import LlamaForCausalLM
 
-from yivl.constants import IGNORE_INDEX
 from yivl.models.config import YiVLConfig
+from yivl.models.loss import supervised_loss
 from yivl.models.packing import packed_attention
 from yivl.models.projector import build_projector
 from yivl.models.splice import Spliced, check_image_count, splice
@@ -20,12 +19,14 @@ from yivl.models.vision import VisionTower
 @dataclass
 class YiVLOutput:
     """``loss``: mean CE over supervised tokens (None without labels). ``logits``: [B, L, V] without labels
-    or with ``full_logits``, else [num_tokens, V] at the supervised positions only (row-major order).
-    ``num_tokens``: 0-dim long tensor, the number of supervised (shifted, non -100) labels."""
+    or with ``full_logits``, else [num_tokens, V] at the supervised positions only (row-major order), or
+    None under a chunked loss. ``num_tokens``: 0-dim long tensor, the number of supervised (shifted,
+    non -100) labels. ``loss_sum``: the summed CE (what training normalizes over the whole step)."""
 
     loss: torch.Tensor | None
-    logits: torch.Tensor
+    logits: torch.Tensor | None
     num_tokens: torch.Tensor
+    loss_sum: torch.Tensor | None = None
 
 
 def _dtype_of(module: nn.Module, default: torch.dtype) -> torch.dtype:
@@ -80,12 +81,15 @@ class YiVL(nn.Module):
         padding_side: str = "right",
         full_logits: bool = False,
         sequence_ids: torch.Tensor | None = None,
+        loss_chunk_size: int = 0,
     ) -> YiVLOutput:
         """Logits and loss for a batch; ``labels`` [B, T] are aligned with ``input_ids`` (-100 = ignore).
 
         With labels (and not ``full_logits``) the LM head runs only where a label is supervised, which
         saves the [B, L, V] logits tensor (about 1 GB at B=8, L=2k, V=64k in bf16). ``sequence_ids``
-        [B, T] marks a packed batch: the sample each token belongs to in its row (see models/packing.py).
+        [B, T] marks a packed batch: the sample each token belongs to in its row (see models/packing.py);
+        ``loss_chunk_size`` > 0 runs the head and the loss on that many supervised positions at a time
+        (``yivl.models.loss``).
         """
         sp = self.splice(input_ids, attention_mask, labels, pixel_values, padding_side)
         llm_inputs = {
@@ -107,18 +111,10 @@ class YiVL(nn.Module):
         if sp.labels is None:
             logits = self.llm(**llm_inputs, use_cache=False).logits
             return YiVLOutput(None, logits, torch.zeros((), dtype=torch.long, device=logits.device))
-        targets = sp.labels[:, 1:]
-        supervised = targets != IGNORE_INDEX
-        if full_logits:
-            logits = self.llm(**llm_inputs, use_cache=False).logits
-            picked = logits[:, :-1][supervised]
-        else:
-            keep = torch.zeros_like(sp.labels, dtype=torch.bool)
-            keep[:, :-1] = supervised
-            logits = picked = self.llm(**llm_inputs, use_cache=False, logits_to_keep=keep).logits
-        num_tokens = supervised.sum()
-        loss_sum = F.cross_entropy(picked.float(), targets[supervised], reduction="sum")
-        return YiVLOutput(loss_sum / num_tokens.clamp(min=1), logits, num_tokens)
+        loss_sum, logits, num_tokens = supervised_loss(
+            self.llm, llm_inputs, sp.labels, full_logits, loss_chunk_size
+        )
+        return YiVLOutput(loss_sum / num_tokens.clamp(min=1), logits, num_tokens, loss_sum)
 
 
 def module_groups(model: YiVL) -> dict[str, nn.Module]:

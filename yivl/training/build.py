@@ -55,7 +55,10 @@ class Dtypes:
 
 def build_model(plan: RunPlan, dtypes: Dtypes, device: torch.device | str = "cpu") -> YiVL:
     """The YiVL model of ``plan``, ready to train."""
-    model = load_pretrained(plan.model.path, dtype=dtypes.param, device=device).model
+    attn = plan.model.attn_implementation
+    model = load_pretrained(
+        plan.model.path, dtype=dtypes.param, device=device, attn_implementation=attn
+    ).model
     return prepare_model(model, plan, dtypes, torch.device(device))
 
 
@@ -63,7 +66,7 @@ def empty_model(plan: RunPlan, dtypes: Dtypes) -> YiVL:
     """The model :func:`yivl.training.build.build_model` returns, with parameters on the meta device."""
     config, _ = read_config(Path(plan.model.path))
     with empty_init():
-        model = YiVL(config)
+        model = YiVL(config, attn_implementation=plan.model.attn_implementation)
     for param in model.parameters():
         if param.is_floating_point():
             param.data = param.data.to(dtypes.param)

@@ -13,7 +13,7 @@ from collections.abc import Mapping
 
 import lightning as L
 import torch
-from lightning.pytorch.strategies import DeepSpeedStrategy, ModelParallelStrategy
+from lightning.pytorch.strategies import DDPStrategy, DeepSpeedStrategy, ModelParallelStrategy
 from torch.optim.lr_scheduler import LambdaLR
 
 from yivl.checkpoint.plan import RunPlan
@@ -31,10 +31,14 @@ from yivl.training.checkpointing import (
     set_rng_state,
 )
 from yivl.training.optim import WarmupCosine, build_optimizer, param_groups
+from yivl.training.token_loss import StepTokens, zero_weighted_touch
 
 
 class YiVLModule(L.LightningModule):
-    """Trains a YiVL model. Logs ``train/loss``, ``lr``, ``tok/s`` (progress bar) and ``val/loss``."""
+    """Trains a YiVL model. Logs ``train/loss``, ``lr``, ``tok/s`` (progress bar) and ``val/loss``.
+
+    The training loss is token-weighted over the whole optimizer step (all accumulated micro-batches
+    on all ranks; ``yivl.training.token_loss``); ``train/loss`` is that mean, logged once per step."""
 
     def __init__(self, plan: RunPlan) -> None:
         super().__init__()
@@ -46,6 +50,7 @@ class YiVLModule(L.LightningModule):
         self._pending_rng: Mapping | None = None
         self._clock: float | None = None
         self._tokens = 0
+        self._step = StepTokens()
         self.val_loss = ValidationLoss()  # token-weighted, so the same for any batch size or padding
 
     def setup(self, stage: str) -> None:
@@ -79,7 +84,7 @@ class YiVLModule(L.LightningModule):
         """True under DeepSpeed, which distributes the weights itself (they are read on the CPU first)."""
         return self._trainer is not None and isinstance(self.trainer.strategy, DeepSpeedStrategy)
 
-    def forward(self, batch: Mapping[str, torch.Tensor]) -> YiVLOutput:
+    def forward(self, batch: Mapping[str, torch.Tensor], loss_chunk_size: int = 0) -> YiVLOutput:
         """``batch``: input_ids/labels/attention_mask [B, T], pixel_values [N, 3, S, S]; packed batches
         also carry sequence_ids [B, T] (see yivl.data.packing)."""
         return self.model(
@@ -88,20 +93,34 @@ class YiVLModule(L.LightningModule):
             labels=batch["labels"],
             pixel_values=batch["pixel_values"],
             sequence_ids=batch.get("sequence_ids"),
+            loss_chunk_size=loss_chunk_size,
         )
 
     def training_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        out = self(batch)
+        if batch_idx % self.trainer.accumulate_grad_batches == 0 or batch_idx > self._step.last_batch:
+            self._step.start(self.trainer, self, batch, batch_idx)  # (or resumed inside a step)
+        out = self(batch, self.plan.model.loss_chunk_size)
         self._count_tokens(batch)
-        if (self.global_step + 1) % self.trainer.log_every_n_steps == 0 or self.global_step == 0:
+        loss = self._step.scaled(self.trainer, out.loss_sum)
+        if batch["pixel_values"].shape[0] == 0 and self._connects_unused():
+            touch = zero_weighted_touch([self.model.vision_tower, self.model.mm_projector])
+            loss = loss if touch is None else loss + touch
+        logs = (self.global_step + 1) % self.trainer.log_every_n_steps == 0 or self.global_step == 0
+        if logs and batch_idx == self._step.last_batch:
             # only on the steps whose metrics reach the loggers (and the first, to show them at once)
-            self.log("train/loss", out.loss.detach(), prog_bar=True, batch_size=batch["input_ids"].shape[0])
+            self.log("train/loss", self._step.step_mean(self.trainer), prog_bar=True, batch_size=1)
             self._log_lrs()
             self._log_throughput()
-        return out.loss
+        return loss
+
+    def _connects_unused(self) -> bool:
+        """True under plain DDP, which needs every trainable parameter in every rank's graph; the
+        sharded engines (FSDP2, DeepSpeed) reduce unused parameters' gradients themselves."""
+        strategy = self.trainer.strategy
+        return isinstance(strategy, DDPStrategy) and not isinstance(strategy, DeepSpeedStrategy)
 
     def validation_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> None:
-        out = self(batch)
+        out = self(batch, self.plan.model.loss_chunk_size)
         self.val_loss.log(self, out.loss, out.num_tokens, batch_size=batch["input_ids"].shape[0])
 
     def on_train_batch_start(self, batch: Mapping, batch_idx: int) -> None:

@@ -24,6 +24,7 @@ from yivl.checkpoint.plan import RunPlan, resolve_image_size
 from yivl.checkpoint.tiny import ensure_tiny_checkpoint
 from yivl.errors import YivlError
 from yivl.evaluation.val_generation import ValGeneration, ValidationGeneration, parse_val_generation
+from yivl.models.attention import check_attn_implementation
 from yivl.models.config import YiVLConfig
 from yivl.training.checkpointing import check_same_run, peek_meta, run_meta
 from yivl.training.checks import check_config, check_resume_kind
@@ -97,6 +98,7 @@ def train(cfg: DictConfig) -> Trained:
     base = base_model_dir(plain["model"])
     config, vit_dir = read_config(base)
     check_model_size(plain["model"]["name"], config, base)
+    check_attn_implementation(plain["model"]["attn_implementation"])
     plan = module_plan(plain, base, config, precision)
     check_export_dir(plain["export"])
     inputs = model_inputs(base, vit_dir, config, plan.image_size)
@@ -173,7 +175,12 @@ def module_plan(plain: dict, base: Path, config: YiVLConfig, precision: str) -> 
     module = plain["module"]
     return RunPlan.from_dict(
         {
-            "model": {"name": plain["model"]["name"], "path": str(base)},
+            "model": {
+                "name": plain["model"]["name"],
+                "path": str(base),
+                "attn_implementation": plain["model"]["attn_implementation"],
+                "loss_chunk_size": plain["model"]["loss_chunk_size"],
+            },
             "stage": module["stage"],
             "image_size": resolve_image_size(module["image_size"], config),
             "train": module["train"],

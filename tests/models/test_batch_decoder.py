@@ -157,3 +157,29 @@ def test_rows_come_back_in_prompt_order_when_prefixes_differ(tiny_model, images)
     rows = decoder.add(made)
     done = _run(decoder, {})
     assert [done[row.key].result().text for row in rows] == solo
+
+
+def _alone(model, tok: IdTokenizer, prompt: Prompt) -> str:
+    decoder = BatchDecoder(model, tok, PrefixCache())
+    decoder.add([prompt])
+    return _run(decoder, {})[0].result().text
+
+
+def test_plain_greedy_rows_next_to_penalized_and_sampled_rows_get_their_solo_tokens(tiny_model) -> None:
+    # plain greedy rows share the batch's one argmax; the others choose row by row in the same step
+    tok = IdTokenizer()
+    penalized = GenerationSettings(temperature=0, max_new_tokens=12, stop=(), presence_penalty=2.0)
+    sampled = GenerationSettings(temperature=1.0, top_k=None, max_new_tokens=12, stop=(), seed=3)
+    made = [
+        Prompt([5, 9, 33], None, GREEDY),
+        Prompt([5, 9, 33, 70], None, penalized),
+        Prompt([7, 12], None, sampled),
+        Prompt([40, 41, 42, 43], None, GREEDY),
+    ]
+    solo = [_alone(tiny_model, tok, p) for p in made]
+    assert solo[0] == generate_full(tiny_model, tok, [[5, 9, 33]], [None], GREEDY)[0].text
+    decoder = BatchDecoder(tiny_model, tok, PrefixCache())
+    rows = decoder.add(made)
+    assert [r.plain for r in rows] == [True, False, False, True]
+    done = _run(decoder, {})
+    assert [done[row.key].result().text for row in rows] == solo

@@ -162,12 +162,16 @@ class YiTokenizer:
         inverts ``encode`` and streamed deltas add up to the full text. Negative ids (image slots,
         ignored labels) and ids beyond the vocabulary (padded embedding rows) have no text.
         """
+        ids = [int(x) for x in ids]
+        vocab, special = self.vocab_size, self.special_ids
+        if all(0 <= i < vocab and i not in special for i in ids):  # the usual case: one run of pieces
+            return self._sp.decode(ids)
         out: list[str] = []
         run: list[int] = []
-        for i in (int(x) for x in ids):
-            if i < 0 or i >= self.vocab_size:
+        for i in ids:
+            if i < 0 or i >= vocab:
                 continue
-            if i in self.special_ids:
+            if i in special:
                 out.append(self._sp.decode(run))
                 run = []
                 if not skip_special_tokens:

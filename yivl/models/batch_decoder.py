@@ -61,6 +61,8 @@ class Row:
         self.num_tokens = 0
         self.logprobs: list[TokenLogprob] = []
         self.finish_reason: str | None = None
+        # greedy with no penalties or logprobs: the batch's one argmax serves it (no per-row work)
+        self.plain = self.settings.temperature == 0 and not self.settings.per_token_extras
 
     def choose(self, logits: torch.Tensor) -> int:
         """Logits [V] -> the next token, after this row's penalties and sampling settings."""
@@ -155,14 +157,15 @@ class BatchDecoder:
             return []
         tokens, keep, finished = [], [], []
         rooms = (state.positions[:, 0] + 2 < self.limit).tolist()
-        for j, key in enumerate(state.rows.tolist()):
-            row = self.rows[key]
-            token = row.choose(state.logits[j])
+        rows = [self.rows[key] for key in state.rows.tolist()]
+        best = state.logits.argmax(-1).tolist() if any(r.plain for r in rows) else None
+        for j, row in enumerate(rows):
+            token = best[j] if row.plain else row.choose(state.logits[j])
             tokens.append(token)
             done = row.advance(token, self.tokenizer, rooms[j])
             keep.append(not done)
             if done:
-                finished.append(self.rows.pop(key))
+                finished.append(self.rows.pop(row.key))
         if not any(keep):
             self.state = None
             return finished

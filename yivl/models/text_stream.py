@@ -7,8 +7,12 @@ from collections.abc import Callable, Sequence
 
 def find_stop(text: str, stops: Sequence[str]) -> int | None:
     """Index of the earliest occurrence of any stop string in ``text``, or None."""
-    hits = [i for i in (text.find(s) for s in stops if s) if i >= 0]
-    return min(hits) if hits else None
+    first = None
+    for stop in stops:  # a plain loop: this runs for every row on every decode step
+        at = text.find(stop) if stop else -1
+        if at >= 0 and (first is None or at < first):
+            first = at
+    return first
 
 
 def partial_stop_length(text: str, stops: Sequence[str]) -> int:
@@ -32,8 +36,11 @@ def visible_text(text: str, stops: Sequence[str], final: bool) -> str:
     cut = find_stop(text, stops)
     if cut is not None:
         return text[:cut].strip()
-    if final:
-        return text.strip()
+    return text.strip() if final else _sure_part(text, stops)
+
+
+def _sure_part(text: str, stops: Sequence[str]) -> str:
+    """``text`` (no stop string in it) without what the next tokens may still remove."""
     text = text[: len(text) - partial_stop_length(text, stops)]
     return text.rstrip("\ufffd").strip()
 
@@ -56,7 +63,7 @@ class TextStream:
         if find_stop(text, self.stops) is not None:
             self.finish()
             return True
-        self._emit(visible_text(text, self.stops, final=False))
+        self._emit(_sure_part(text, self.stops))  # visible_text without a second search for the stops
         return False
 
     def finish(self) -> str:

@@ -22,6 +22,7 @@ class LossLog(L.Callback):
         self.step = 0
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.step = trainer.global_step  # a resumed run starts at its checkpoint's step
         self.trainable = [n for n, p in pl_module.named_parameters() if p.requires_grad]
 
     def on_train_batch_end(self, trainer: L.Trainer, *args: object) -> None:

@@ -83,7 +83,8 @@ def step_losses(out: Path) -> list[float]:
     ranks = sorted((out / "losses").glob("rank*.json"))
     rows = [json.loads(r.read_text())["losses"] for r in ranks]
     assert all(r == rows[0] for r in rows)
-    assert [step for step, _ in rows[0]] == list(range(len(rows[0])))
+    steps = [step for step, _ in rows[0]]
+    assert steps == list(range(steps[0], steps[0] + len(steps)))  # consecutive (from 2 when resumed)
     return [loss for _, loss in rows[0]]
 
 
@@ -183,6 +184,7 @@ def test_sigkill_then_resume_gives_the_uninterrupted_losses_and_weights(
     train_py([*args, "ckpt_path=last"])
     resumed = step_losses(out)  # the resumed process logged steps 3 and 4 only
     assert len(resumed) == 2
+    assert [step for step, _ in json.loads((out / "losses" / "rank0.json").read_text())["losses"]] == [2, 3]
     assert max(abs(a - b) for a, b in zip(step_losses(straight)[2:], resumed, strict=True)) < LOSS_TOL
     assert max_diff(exported(straight), exported(out)) < WEIGHT_TOL
 

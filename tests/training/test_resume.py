@@ -26,6 +26,7 @@ RUN = [
     "callbacks.model_checkpoint.every_n_train_steps=2",
     "export.enabled=false",
 ]
+PACKED = ["data.packing=true", "data.pack_length=512"]  # rows of several samples, own position ids
 
 
 def losses(run_dir: Path) -> dict[int, float]:
@@ -37,11 +38,19 @@ def trained_state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {n: p.detach().clone() for n, p in module.named_parameters() if p.requires_grad}
 
 
+@pytest.fixture(scope="module", params=[False, True], ids=["padded", "packed"])
+def run(request: pytest.FixtureRequest) -> list[str]:
+    """The run's overrides, with samples padded to their batch or packed into rows."""
+    return [*RUN, *PACKED] if request.param else RUN
+
+
 @pytest.fixture(scope="module")
-def straight(tiny_checkpoint: Path, data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple:
+def straight(
+    run: list[str], tiny_checkpoint: Path, data_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> tuple:
     """4 steps in one go (saving a checkpoint every 2 steps), shared by the tests below."""
     out = tmp_path_factory.mktemp("straight")
-    result = train(make_train_cfg(tiny_checkpoint, data_dir, out, tuple(RUN)))
+    result = train(make_train_cfg(tiny_checkpoint, data_dir, out, tuple(run)))
     return out, trained_state(result.module), result
 
 
@@ -58,9 +67,9 @@ def test_checkpoint_holds_only_trainable_tensors(straight: tuple) -> None:
     )
 
 
-def test_resume_continues_exactly(straight: tuple, train_cfg, tmp_path: Path) -> None:
+def test_resume_continues_exactly(straight: tuple, run: list[str], train_cfg, tmp_path: Path) -> None:
     out, final, first = straight
-    resumed = train(train_cfg(*RUN, f"ckpt_path={out / 'checkpoints' / 'step0000002.ckpt'}", out=tmp_path))
+    resumed = train(train_cfg(*run, f"ckpt_path={out / 'checkpoints' / 'step0000002.ckpt'}", out=tmp_path))
     assert resumed.trainer.global_step == 4
     for name, tensor in trained_state(resumed.module).items():
         torch.testing.assert_close(tensor, final[name], atol=0, rtol=0, msg=name)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
+from dataclasses import replace
 
 import lightning as L
 import torch
@@ -84,10 +85,15 @@ class YiVLModule(L.LightningModule):
         """True under DeepSpeed, which distributes the weights itself (they are read on the CPU first)."""
         return self._trainer is not None and isinstance(self.trainer.strategy, DeepSpeedStrategy)
 
-    def forward(self, batch: Mapping[str, torch.Tensor], loss_chunk_size: int = 0) -> YiVLOutput:
+    def forward(
+        self, batch: Mapping[str, torch.Tensor], loss_chunk_size: int = 0, touch_unused: bool = False
+    ) -> YiVLOutput:
         """``batch``: input_ids/labels/attention_mask [B, T], pixel_values [N, 3, S, S]; packed batches
-        also carry sequence_ids [B, T] (see yivl.data.packing)."""
-        return self.model(
+        also carry sequence_ids [B, T] (see yivl.data.packing). ``touch_unused``: a text-only batch's
+        ``loss_sum`` gets the zero term of :meth:`_unused_touch` (inside the forward, where ZeRO-3
+        gathers parameters)."""
+        touch = self._unused_touch(batch) if touch_unused and batch["pixel_values"].shape[0] == 0 else None
+        out = self.model(
             input_ids=batch["input_ids"],
             attention_mask=batch["attention_mask"],
             labels=batch["labels"],
@@ -95,16 +101,14 @@ class YiVLModule(L.LightningModule):
             sequence_ids=batch.get("sequence_ids"),
             loss_chunk_size=loss_chunk_size,
         )
+        return out if touch is None else replace(out, loss_sum=out.loss_sum + touch)
 
     def training_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         if batch_idx % self.trainer.accumulate_grad_batches == 0 or batch_idx > self._step.last_batch:
             self._step.start(self.trainer, self, batch, batch_idx)  # (or resumed inside a step)
-        out = self(batch, self.plan.model.loss_chunk_size)
+        out = self(batch, self.plan.model.loss_chunk_size, touch_unused=True)
         self._count_tokens(batch)
         loss = self._step.scaled(self.trainer, out.loss_sum)
-        if batch["pixel_values"].shape[0] == 0 and self._connects_unused():
-            touch = zero_weighted_touch([self.model.vision_tower, self.model.mm_projector])
-            loss = loss if touch is None else loss + touch
         logs = (self.global_step + 1) % self.trainer.log_every_n_steps == 0 or self.global_step == 0
         if logs and batch_idx == self._step.last_batch:
             # only on the steps whose metrics reach the loggers (and the first, to show them at once)
@@ -113,11 +117,22 @@ class YiVLModule(L.LightningModule):
             self._log_throughput()
         return loss
 
-    def _connects_unused(self) -> bool:
-        """True under plain DDP, which needs every trainable parameter in every rank's graph; the
-        sharded engines (FSDP2, DeepSpeed) reduce unused parameters' gradients themselves."""
+    def _unused_touch(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor | None:
+        """For a text-only batch: a zero term reaching every trainable tower / projector parameter.
+
+        DDP needs every trainable parameter in every rank's graph: a zero-weighted sum of them does.
+        DeepSpeed ZeRO-2 all-reduces gradient buckets in the order the gradients arrive, so there a
+        text-only rank must run the tower as an image batch does: a blank image through tower and
+        projector, before the LLM's forward (its backward then runs last, like the features').
+        ZeRO-3 and FSDP2 still abort on text-only batches (docs/training.md, "Known limits")."""
+        tower = [self.model.vision_tower, self.model.mm_projector]
         strategy = self.trainer.strategy
-        return isinstance(strategy, DDPStrategy) and not isinstance(strategy, DeepSpeedStrategy)
+        if isinstance(strategy, DeepSpeedStrategy):
+            if not any(p.requires_grad for m in tower for p in m.parameters()):
+                return None
+            blank = batch["pixel_values"].new_zeros((1, *batch["pixel_values"].shape[1:]))
+            return self.model.encode_images(blank).sum() * 0.0
+        return zero_weighted_touch(tower) if isinstance(strategy, DDPStrategy) else None
 
     def validation_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> None:
         out = self(batch, self.plan.model.loss_chunk_size)

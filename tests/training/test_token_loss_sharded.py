@@ -93,14 +93,15 @@ def mix_runs(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory):
 
 
 @pytest.mark.slow
-def test_zero2_text_only_micro_batches_take_the_one_process_step(
-    mix_runs, tiny_checkpoint: Path, monkeypatch
+@pytest.mark.parametrize("strategy", ["deepspeed_zero2", "deepspeed_zero3", "fsdp"])
+def test_text_only_micro_batches_take_the_one_process_step(
+    mix_runs, tiny_checkpoint: Path, monkeypatch, strategy: str
 ) -> None:
     """The first step's micro-batches (in this order, group_by_length off) put a text-only one on
-    rank 1; without the blank-image pass ZeRO-2 aborted (gloo size mismatch), and a zero-weighted
-    parameter sum instead gave weights 1.3e-2 off on updates of 3.1e-2."""
+    rank 1. Without the blank-image pass ZeRO-2 aborted (gloo size mismatch) and a zero-weighted
+    parameter sum instead gave weights 1.3e-2 off on updates of 3.1e-2; ZeRO-3 and FSDP2 aborted."""
     monkeypatch.setenv("DS_ACCELERATOR", "cpu")
     want = mix_runs("one", "trainer=cpu")
-    got = mix_runs("zero2", "trainer=ddp_sim", "strategy=deepspeed_zero2")
+    got = mix_runs(strategy, "trainer=ddp_sim", f"strategy={strategy}")
     assert max_diff(want, exported_start(tiny_checkpoint)) > 1e-2
     assert max_diff(want, got) < WEIGHT_TOL

@@ -61,16 +61,30 @@ class YiVL(nn.Module):
         labels: torch.Tensor | None = None,
         pixel_values: torch.Tensor | None = None,
         padding_side: str = "right",
+        blank_image: bool = False,
     ) -> Spliced:
         """Token ids [B, T] (-200 = image, pads where mask is 0) + images [N, 3, S, S] in order of their
-        -200 ids -> LLM inputs [B, L, ...] (see ``Spliced``). Text-only samples need no image."""
+        -200 ids -> LLM inputs [B, L, ...] (see ``Spliced``). Text-only samples need no image.
+
+        ``blank_image``: a batch without images still runs one blank image through the tower and the
+        projector and adds 0 x its features to the embeddings, so its graph reaches the tower and the
+        projector in the same place and order as an image batch's (sharded engines reduce gradients
+        in that order); the values and gradients are unchanged (exactly 0 is added)."""
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
         num_images = 0 if pixel_values is None else pixel_values.shape[0]
         check_image_count(input_ids, attention_mask, num_images)
         features = self.encode_images(pixel_values) if num_images else None
+        touch = None
+        if blank_image and pixel_values is not None and not num_images:
+            # before the embeddings, as an image batch runs them (ZeRO-3 gathers in that order)
+            blank = pixel_values.new_zeros((1, *pixel_values.shape[1:]))  # the batch's [0, 3, S, S]
+            touch = self.encode_images(blank).sum() * 0.0
         embed = self.llm.get_input_embeddings()
-        return splice(embed, input_ids, attention_mask, features, labels, padding_side)
+        spliced = splice(embed, input_ids, attention_mask, features, labels, padding_side)
+        if touch is not None:
+            spliced.inputs_embeds = spliced.inputs_embeds + touch
+        return spliced
 
     def forward(
         self,
@@ -82,6 +96,7 @@ class YiVL(nn.Module):
         full_logits: bool = False,
         sequence_ids: torch.Tensor | None = None,
         loss_chunk_size: int = 0,
+        blank_image: bool = False,
     ) -> YiVLOutput:
         """Logits and loss for a batch; ``labels`` [B, T] are aligned with ``input_ids`` (-100 = ignore).
 
@@ -89,9 +104,9 @@ class YiVL(nn.Module):
         saves the [B, L, V] logits tensor (about 1 GB at B=8, L=2k, V=64k in bf16). ``sequence_ids``
         [B, T] marks a packed batch: the sample each token belongs to in its row (see models/packing.py);
         ``loss_chunk_size`` > 0 runs the head and the loss on that many supervised positions at a time
-        (``yivl.models.loss``).
+        (``yivl.models.loss``). ``blank_image``: see :meth:`splice`.
         """
-        sp = self.splice(input_ids, attention_mask, labels, pixel_values, padding_side)
+        sp = self.splice(input_ids, attention_mask, labels, pixel_values, padding_side, blank_image)
         llm_inputs = {
             "inputs_embeds": sp.inputs_embeds,
             "attention_mask": sp.attention_mask,

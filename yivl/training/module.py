@@ -89,10 +89,10 @@ class YiVLModule(L.LightningModule):
         self, batch: Mapping[str, torch.Tensor], loss_chunk_size: int = 0, touch_unused: bool = False
     ) -> YiVLOutput:
         """``batch``: input_ids/labels/attention_mask [B, T], pixel_values [N, 3, S, S]; packed batches
-        also carry sequence_ids [B, T] (see yivl.data.packing). ``touch_unused``: a text-only batch's
-        ``loss_sum`` gets the zero term of :meth:`_unused_touch` (inside the forward, where ZeRO-3
-        gathers parameters)."""
-        touch = self._unused_touch(batch) if touch_unused and batch["pixel_values"].shape[0] == 0 else None
+        also carry sequence_ids [B, T] (see yivl.data.packing). ``touch_unused``: a text-only batch
+        still reaches every trainable tower / projector parameter (see :meth:`_unused_touch`)."""
+        text_only = touch_unused and batch["pixel_values"].shape[0] == 0
+        touch = self._unused_touch() if text_only else None
         out = self.model(
             input_ids=batch["input_ids"],
             attention_mask=batch["attention_mask"],
@@ -100,6 +100,7 @@ class YiVLModule(L.LightningModule):
             pixel_values=batch["pixel_values"],
             sequence_ids=batch.get("sequence_ids"),
             loss_chunk_size=loss_chunk_size,
+            blank_image=text_only and self._blank_image(),
         )
         return out if touch is None else replace(out, loss_sum=out.loss_sum + touch)
 
@@ -117,22 +118,23 @@ class YiVLModule(L.LightningModule):
             self._log_throughput()
         return loss
 
-    def _unused_touch(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor | None:
-        """For a text-only batch: a zero term reaching every trainable tower / projector parameter.
-
-        DDP needs every trainable parameter in every rank's graph: a zero-weighted sum of them does.
-        DeepSpeed ZeRO-2 all-reduces gradient buckets in the order the gradients arrive, so there a
-        text-only rank must run the tower as an image batch does: a blank image through tower and
-        projector, before the LLM's forward (its backward then runs last, like the features').
-        ZeRO-3 and FSDP2 still abort on text-only batches (docs/training.md, "Known limits")."""
-        tower = [self.model.vision_tower, self.model.mm_projector]
+    def _unused_touch(self) -> torch.Tensor | None:
+        """Plain DDP needs every trainable parameter in every rank's graph: for a text-only batch, a
+        zero-weighted sum of the trainable tower / projector parameters (gradient exactly 0)."""
         strategy = self.trainer.strategy
-        if isinstance(strategy, DeepSpeedStrategy):
-            if not any(p.requires_grad for m in tower for p in m.parameters()):
-                return None
-            blank = batch["pixel_values"].new_zeros((1, *batch["pixel_values"].shape[1:]))
-            return self.model.encode_images(blank).sum() * 0.0
-        return zero_weighted_touch(tower) if isinstance(strategy, DDPStrategy) else None
+        if isinstance(strategy, DDPStrategy) and not isinstance(strategy, DeepSpeedStrategy):
+            return zero_weighted_touch([self.model.vision_tower, self.model.mm_projector])
+        return None
+
+    def _blank_image(self) -> bool:
+        """Under DeepSpeed and FSDP2, which reduce (ZeRO-2) or gather and reduce-scatter (ZeRO-3,
+        FSDP2) tower and projector gradients in the order the backward reaches them, a text-only rank
+        runs a blank image through both inside the model's forward, its features added x 0 to the
+        embeddings: the same collectives, in the same order, as a rank with images."""
+        strategy = self.trainer.strategy
+        sharded = isinstance(strategy, DeepSpeedStrategy | ModelParallelStrategy)
+        tower = [self.model.vision_tower, self.model.mm_projector]
+        return sharded and any(p.requires_grad for m in tower for p in m.parameters())
 
     def validation_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> None:
         out = self(batch, self.plan.model.loss_chunk_size)

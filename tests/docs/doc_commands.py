@@ -73,6 +73,10 @@ SKIP_KINDS: dict[str, tuple[str, Callable[[str], bool]]] = {
         "a server that runs until stopped; tests/serving starts it",
         lambda c: "mode=web" in c or "mode=api" in c,
     ),
+    "sglang": (
+        "SGLang, another project's server: it needs a CUDA or ROCm GPU and is not a yivl dependency",
+        lambda c: re.match(r"^python (-m sglang\.|sglang/)", c) is not None,
+    ),
     "template": ("`...` stands for the user's own settings", _is_template),
     "ci": (".ci/run runs this very command", _ci_runs),
 }
@@ -119,6 +123,9 @@ SKIPPED: dict[str, str] = {
     "DS_ACCELERATOR=cpu torchrun --standalone --nproc-per-node 2 train.py trainer=ddp_sim "
     "strategy=deepspeed_zero2 data.batch_size=4 hydra.run.dir=logs/train/zero2-cpu": "launcher",
     "#!/bin/bash script, #SBATCH --job-name=convert-mix665k": "scheduler",
+    "python sglang/scripts/convert_yi_vl.py --model-path /models/yi-vl-mine": "sglang",
+    "python -m sglang.launch_server --model-path /models/yi-vl-mine --chat-template yi-vl "
+    "--port 30000": "sglang",
     "jobid=$(sbatch --parsable convert.sbatch)": "launcher",
     'sbatch --dependency=afterok:"$jobid" --job-name=merge-mix665k --output=logs/merge-%j.out --wrap '
     '"python -m data_tools merge --output-dir data/shards/stage3"': "launcher",

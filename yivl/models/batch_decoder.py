@@ -15,7 +15,6 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from transformers import DynamicCache
 
 from yivl.models.generation import (
     Decoder,
@@ -61,6 +60,7 @@ class Row:
         self.num_tokens = 0
         self.logprobs: list[TokenLogprob] = []
         self.finish_reason: str | None = None
+        self.position = 0  # of the row's last fed token (set when the row joins the batch)
         # greedy with no penalties or logprobs: the batch's one argmax serves it (no per-row work)
         self.plain = self.settings.temperature == 0 and not self.settings.per_token_extras
 
@@ -105,6 +105,7 @@ class BatchDecoder:
         self.limit = int(model.config.llm["max_position_embeddings"])
         self.rows: dict[int, Row] = {}
         self.state: Decoder | None = None
+        self._order: list[Row] = []  # the rows in the order of the state's rows (no sync to read them)
         self._next_key = 0
 
     @property
@@ -126,8 +127,11 @@ class BatchDecoder:
             rows = [Row(self._next_key + j, p, self.device) for j, p in enumerate(group)]
             self._next_key += len(group)
             new.rows = torch.tensor([r.key for r in rows], device=self.device)
+            for row, position in zip(rows, new.positions[:, 0].tolist(), strict=True):
+                row.position = position
             self.state = new if self.state is None else merge(self.state, new)
             self.rows.update({r.key: r for r in rows})
+            self._order.extend(rows)
             added.update(zip(members, rows, strict=True))
         return [added[i] for i in range(len(prompts))]
 
@@ -144,10 +148,11 @@ class BatchDecoder:
         """Drop rows (cancelled requests) from the batch."""
         if self.state is None or not keys & self.rows.keys():
             return
-        keep = torch.tensor([k not in keys for k in self.state.rows.tolist()], device=self.device)
+        keep = [r.key not in keys for r in self._order]
         for key in keys:
             self.rows.pop(key, None)
-        self._select(keep)
+        self._order = [r for r, k in zip(self._order, keep, strict=True) if k]
+        self._select(torch.tensor(keep, device=self.device))
 
     @torch.inference_mode()
     def step(self) -> list[Row]:
@@ -156,28 +161,32 @@ class BatchDecoder:
         if state is None:
             return []
         tokens, keep, finished = [], [], []
-        rooms = (state.positions[:, 0] + 2 < self.limit).tolist()
-        rows = [self.rows[key] for key in state.rows.tolist()]
+        rows = self._order
         best = state.logits.argmax(-1).tolist() if any(r.plain for r in rows) else None
         for j, row in enumerate(rows):
             token = best[j] if row.plain else row.choose(state.logits[j])
             tokens.append(token)
-            done = row.advance(token, self.tokenizer, rooms[j])
+            # the new token sits at position + 1: is there a place after it?
+            done = row.advance(token, self.tokenizer, row.position + 2 < self.limit)
             keep.append(not done)
             if done:
                 finished.append(self.rows.pop(row.key))
-        if not any(keep):
+            else:
+                row.position += 1
+        if not finished:
+            state.step(torch.tensor(tokens, device=self.device))
+            return finished
+        self._order = [r for r, k in zip(rows, keep, strict=True) if k]
+        if not self._order:
             self.state = None
             return finished
-        keep_t = torch.tensor(keep, device=self.device)
-        state.step(torch.tensor(tokens, device=self.device), keep_t)
-        if not keep_t.all():
-            trim(state)
+        state.step(torch.tensor(tokens, device=self.device), torch.tensor(keep, device=self.device))
+        trim(state)
         return finished
 
     def _select(self, keep: torch.Tensor) -> None:
         state = self.state
-        if not keep.any():
+        if not self._order:
             self.state = None
             return
         index = keep.nonzero().squeeze(1)
@@ -195,13 +204,9 @@ def merge(batch: Decoder, new: Decoder) -> Decoder:
         shift = width - t.shape[-2 if t.dim() == 4 else -1]
         return F.pad(t, (0, 0, shift, 0) if t.dim() == 4 else (shift, 0))
 
-    layers = list(zip(batch.cache.layers, new.cache.layers, strict=True))
-    cache = DynamicCache(config=batch.llm.config)
-    for index, (old, add) in enumerate(layers):
-        keys = torch.cat([pad(old.keys), pad(add.keys)])
-        values = torch.cat([pad(old.values), pad(add.values)])
-        cache.update(keys, values, index)
-    batch.cache = cache
+    for old, add in zip(batch.cache.layers, new.cache.layers, strict=True):  # in place: no new cache
+        old.keys = torch.cat([pad(old.keys), pad(add.keys)])
+        old.values = torch.cat([pad(old.values), pad(add.values)])
     batch.mask = torch.cat([pad(batch.mask), pad(new.mask)])
     batch.positions = torch.cat([batch.positions, new.positions])
     batch.rows = torch.cat([batch.rows, new.rows])
@@ -214,8 +219,7 @@ def trim(state: Decoder) -> None:
     first = int(state.mask.argmax(1).min())
     if first == 0:
         return
-    cache = DynamicCache(config=state.llm.config)
-    for index, layer in enumerate(state.cache.layers):
-        cache.update(layer.keys[:, :, first:].clone(), layer.values[:, :, first:].clone(), index)
-    state.cache = cache
+    for layer in state.cache.layers:  # views: the next step's cat copies them into new tensors anyway
+        layer.keys = layer.keys[:, :, first:]
+        layer.values = layer.values[:, :, first:]
     state.mask = state.mask[:, first:]

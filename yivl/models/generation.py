@@ -202,18 +202,23 @@ class Decoder:
             logits_to_keep=1,
         )
         self.logits = out.logits[:, -1]  # [b, V]: next-token logits of each row
+        # sdpa takes a boolean [b, 1, 1, T] mask as is: building it here skips transformers' mask
+        # construction in every decode step (other backends get the 2-D mask)
+        self._own_mask = self.llm.config._attn_implementation == "sdpa"
 
-    def step(self, tokens: torch.Tensor, keep: torch.Tensor) -> None:
-        """Drop the rows where ``keep`` [b] is False, then feed the others' new tokens [b]."""
-        if not keep.all():  # finished rows leave the batch so that only live samples cost compute
+    def step(self, tokens: torch.Tensor, keep: torch.Tensor | None = None) -> None:
+        """Drop the rows where ``keep`` [b] is False (None: keep all), then feed the others' tokens [b]."""
+        if keep is not None and not keep.all():  # finished rows leave so that only live rows cost compute
             self.cache.batch_select_indices(keep.nonzero().squeeze(1))
             self.rows, self.mask, self.positions = self.rows[keep], self.mask[keep], self.positions[keep]
             tokens = tokens[keep]
         self.mask = torch.cat([self.mask, self.mask.new_ones(self.mask.shape[0], 1)], dim=1)
         self.positions = self.positions + 1
+        # one query per row: it sees every real column of its row, so the padding mask is the whole mask
+        mask = self.mask.bool()[:, None, None, :] if self._own_mask else self.mask
         out = self.llm(
             inputs_embeds=self.embed(tokens[:, None]),
-            attention_mask=self.mask,
+            attention_mask=mask,
             position_ids=self.positions,
             cache=self.cache,
             use_cache=True,

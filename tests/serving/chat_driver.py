@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 
-from yivl.models.generation import Generation, GenerationSettings
+from yivl.models.batch_decoder import Prompt
+from yivl.models.generation import GenerationSettings
 from yivl.serving.chat import Chat
 from yivl.serving.chat_input import terminal_reader
 from yivl.serving.engine import Engine, Request
@@ -28,16 +29,11 @@ class LoggingEngine(SlowEngine):
         super().__init__(engine, delay)
         self.log = log
 
-    def generate_full(
-        self, requests: Sequence[Request], settings: GenerationSettings, on_text: Callable | None = None
-    ) -> list[Generation]:
+    def prompt(self, req: Request, settings: GenerationSettings, on_text: Callable | None = None) -> Prompt:
         with self.log.open("a", encoding="utf-8") as f:
-            for r in requests:
-                f.write(
-                    json.dumps({"turns": [[t.role, t.text] for t in r.turns], "image": r.image is not None})
-                )
-                f.write("\n")
-        return super().generate_full(requests, settings, on_text)
+            turns = [[t.role, t.text] for t in req.turns]
+            f.write(json.dumps({"turns": turns, "image": req.image is not None}) + "\n")
+        return self.engine.prompt(req, settings, on_text)
 
 
 def main(argv: list[str]) -> None:

@@ -14,6 +14,7 @@ import uvicorn
 from fastapi import FastAPI
 from PIL import Image
 
+from yivl.models.batch_decoder import Prompt
 from yivl.models.generation import Generation, GenerationSettings
 from yivl.serving.engine import Request
 
@@ -62,7 +63,7 @@ def image_message(url: str, text: str = "What is in the image?") -> dict:
 
 
 class SlowEngine:
-    """Wraps an engine so every streamed piece takes ``delay`` seconds (makes streaming observable)."""
+    """Wraps an engine so every decode step takes ``delay`` more seconds (makes streaming observable)."""
 
     def __init__(self, engine: object, delay: float) -> None:
         self.engine = engine
@@ -71,15 +72,23 @@ class SlowEngine:
     def __getattr__(self, name: str) -> object:
         return getattr(self.engine, name)
 
-    def generate_full(
-        self, requests: Sequence[Request], settings: GenerationSettings, on_text: Callable | None = None
-    ) -> list[Generation]:
-        def slow(i: int, delta: str) -> None:
-            time.sleep(self.delay)
-            if on_text is not None:
-                on_text(i, delta)
+    def batch_decoder(self) -> object:
+        return _SlowDecoder(self.engine.batch_decoder(), self.delay)
 
-        return self.engine.generate_full(requests, settings, on_text=slow)
+
+class _SlowDecoder:
+    """A batch decoder whose every step sleeps ``delay`` seconds first."""
+
+    def __init__(self, decoder: object, delay: float) -> None:
+        self.decoder = decoder
+        self.delay = delay
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.decoder, name)
+
+    def step(self) -> list:
+        time.sleep(self.delay)
+        return self.decoder.step()
 
 
 class RecordingEngine:
@@ -92,48 +101,108 @@ class RecordingEngine:
     def __getattr__(self, name: str) -> object:
         return getattr(self.engine, name)
 
-    def generate_full(
-        self, requests: Sequence[Request], settings: GenerationSettings, on_text: Callable | None = None
-    ) -> list[Generation]:
-        self.requests.extend(requests)
-        return self.engine.generate_full(requests, settings, on_text=on_text)
+    def prompt(self, req: Request, settings: GenerationSettings, on_text: Callable | None = None) -> Prompt:
+        self.requests.append(req)
+        return self.engine.prompt(req, settings, on_text)
 
 
 class ScriptedEngine:
-    """A stand-in engine: answers ``words`` one by one (``delay`` s apart) and records overlapping calls."""
+    """A stand-in engine for the worker: each row answers ``words`` one per decode step (``delay`` s
+    apart). It counts rows started (``calls``), running (``active``) and run to their end (``finished``),
+    and the most threads ever inside its decoder at once (``max_concurrent_calls``: the worker's alone)."""
 
     def __init__(
         self, words: Sequence[str] = ("a", " b", " c"), delay: float = 0.0, fail: Exception | None = None
     ):
         self.words = list(words)
         self.delay = delay
-        self.fail = fail
+        self.fail = fail  # raised when a request is made into a prompt
         self.active = 0
-        self.max_active = 0
         self.calls = 0
         self.finished = 0
+        self.inside = 0
+        self.max_concurrent_calls = 0
         self._lock = threading.Lock()
 
-    def generate_full(
-        self, requests: Sequence[Request], settings: GenerationSettings, on_text: Callable | None = None
-    ) -> list[Generation]:
+    def prompt(self, req: Request, settings: GenerationSettings, on_text: Callable | None = None) -> Prompt:
+        if self.fail is not None:
+            raise self.fail
+        return Prompt([], None, settings, on_text=on_text)
+
+    def batch_decoder(self) -> ScriptedDecoder:
+        return ScriptedDecoder(self)
+
+    @contextmanager
+    def entered(self) -> Iterator[None]:
+        """Counts the threads inside the decoder at once."""
         with self._lock:
-            self.active += 1
-            self.calls += 1
-            self.max_active = max(self.max_active, self.active)
+            self.inside += 1
+            self.max_concurrent_calls = max(self.max_concurrent_calls, self.inside)
         try:
-            if self.fail is not None:
-                raise self.fail
-            for word in self.words:
-                time.sleep(self.delay)
-                for i in range(len(requests)):
-                    if on_text is not None:
-                        on_text(i, word)
-            self.finished += 1
-            return [Generation("".join(self.words), len(self.words), "stop") for _ in requests]
+            yield
         finally:
             with self._lock:
-                self.active -= 1
+                self.inside -= 1
+
+
+class ScriptedRow:
+    """One row of :class:`ScriptedDecoder`: its words so far."""
+
+    def __init__(self, key: int, prompt: Prompt, words: list[str]) -> None:
+        self.key = key
+        self.on_text = prompt.on_text
+        self.words = words
+        self.sent = 0
+        self.logprobs: list = []
+
+    def result(self) -> Generation:
+        return Generation("".join(self.words[: self.sent]), self.sent, "stop")
+
+
+class ScriptedDecoder:
+    """What the worker's batch needs from :class:`yivl.models.batch_decoder.BatchDecoder`, scripted."""
+
+    def __init__(self, engine: ScriptedEngine) -> None:
+        self.engine = engine
+        self.rows: dict[int, ScriptedRow] = {}
+        self._next_key = 0
+
+    @property
+    def size(self) -> int:
+        return len(self.rows)
+
+    def add(self, prompts: Sequence[Prompt]) -> list[ScriptedRow]:
+        with self.engine.entered():
+            rows = [ScriptedRow(self._next_key + i, p, self.engine.words) for i, p in enumerate(prompts)]
+            self._next_key += len(rows)
+            self.rows.update({r.key: r for r in rows})
+            self.engine.calls += len(rows)
+            self.engine.active += len(rows)
+            return rows
+
+    def remove(self, keys: set[int]) -> None:
+        for key in keys:
+            if self.rows.pop(key, None) is not None:
+                self.engine.active -= 1
+
+    def step(self) -> list[ScriptedRow]:
+        with self.engine.entered():
+            time.sleep(self.delay)
+            finished = []
+            for row in list(self.rows.values()):
+                if row.sent < len(row.words):
+                    if row.on_text is not None:
+                        row.on_text(row.words[row.sent])
+                    row.sent += 1
+                if row.sent == len(row.words):
+                    self.engine.finished += 1
+                    self.engine.active -= 1
+                    finished.append(self.rows.pop(row.key))
+            return finished
+
+    @property
+    def delay(self) -> float:
+        return self.engine.delay
 
 
 def client_port(response: object) -> int:

@@ -131,7 +131,7 @@ def _post_behind_two_streams(http: httpx.Client, url: str, body: dict) -> httpx.
 
 
 def test_a_full_queue_is_503_with_retry_after(engine: Engine):
-    worker = GenerationWorker(ScriptedEngine(["w"] * 300, delay=0.01), max_queue=1)
+    worker = GenerationWorker(ScriptedEngine(["w"] * 300, delay=0.01), max_queue=1, max_batch_size=1)
     body = {"model": "yi-vl", "messages": MESSAGES, "stream": True}
     with serve(create_app(engine, worker, api_settings())) as url, httpx.Client(timeout=30) as http:
         refused = _post_behind_two_streams(http, f"{url}/v1/chat/completions", body)

@@ -121,7 +121,7 @@ def test_stop_ends_the_answer_at_once_and_keeps_the_part_shown():
 
 def test_stop_before_the_answer_begins_puts_the_question_back():
     engine = ScriptedEngine(["a"] * 20, delay=0.1)
-    worker = GenerationWorker(engine)
+    worker = GenerationWorker(engine, max_batch_size=1)  # the job ahead fills the batch
     worker.submit([Request([Turn("human", "ahead")])], GREEDY, lambda _event: None)  # busy for 2 s
     answering = Answering()
     updates = []

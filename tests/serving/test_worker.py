@@ -1,4 +1,4 @@
-"""The generation worker: one job at a time, events in order, cancellation, a bounded queue."""
+"""The generation worker: one thread on the model, events in order, cancellation, a bounded queue."""
 
 from __future__ import annotations
 
@@ -38,7 +38,7 @@ def test_text_that_piles_up_behind_a_slow_consumer_comes_as_one_event():
     worker.close()
 
 
-def test_concurrent_jobs_never_overlap_and_keep_their_own_text():
+def test_concurrent_jobs_never_touch_the_model_at_once_and_keep_their_own_text():
     engine = ScriptedEngine(["x"] * 5, delay=0.002)
     worker = GenerationWorker(engine, max_queue=8)
     results: list[str] = []
@@ -51,7 +51,7 @@ def test_concurrent_jobs_never_overlap_and_keep_their_own_text():
         t.start()
     for t in threads:
         t.join(20)
-    assert engine.max_active == 1 and engine.calls == 6
+    assert engine.max_concurrent_calls == 1 and engine.calls == 6
     assert results == ["xxxxx"] * 6
     worker.close()
 
@@ -84,9 +84,9 @@ def test_errors_reach_the_consumer_and_the_worker_survives():
 
 
 def test_a_full_queue_refuses_new_jobs():
-    worker = GenerationWorker(ScriptedEngine(["w"] * 100, delay=0.01), max_queue=1)
+    worker = GenerationWorker(ScriptedEngine(["w"] * 100, delay=0.01), max_queue=1, max_batch_size=1)
     running = iter(EventStream(worker, REQUEST, SETTINGS, timeout=10))
-    next(running)  # job 1 runs
+    next(running)  # job 1 runs (the batch is full)
     waiting = EventStream(worker, REQUEST, SETTINGS, timeout=10)  # job 2 waits
     with pytest.raises(WorkerBusy):
         EventStream(worker, REQUEST, SETTINGS, timeout=10)
@@ -96,7 +96,7 @@ def test_a_full_queue_refuses_new_jobs():
 
 
 def test_a_job_cancelled_while_it_waits_still_gets_its_last_event():
-    worker = GenerationWorker(ScriptedEngine(["w"] * 100, delay=0.01), max_queue=2)
+    worker = GenerationWorker(ScriptedEngine(["w"] * 100, delay=0.01), max_queue=2, max_batch_size=1)
     running = iter(EventStream(worker, REQUEST, SETTINGS, timeout=10))
     next(running)
     waiting = EventStream(worker, REQUEST, SETTINGS, timeout=10)

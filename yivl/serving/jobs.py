@@ -19,7 +19,7 @@ EventKind = Literal["text", "done", "error"]
 
 
 class Cancelled(Exception):
-    """Raised inside the engine's streaming callback to stop a job whose client has gone."""
+    """The error of a job that ended early: its client went away or stopped it."""
 
 
 @dataclass

@@ -2,44 +2,28 @@
 
 Front ends submit a :class:`Job` and read its events (text deltas, then the answers or an error). Only
 the worker thread touches the model, so concurrent clients cannot corrupt each other's KV caches or
-streams. With the real engine the worker batches continuously: jobs that arrive while others run join
-the running batch at the next decode step, up to ``max_batch_size`` rows (:mod:`yivl.serving.batching`);
-any other engine (a stand-in with only ``generate_full``) runs one job at a time. Waiting jobs queue up
-to a limit, and a job whose client went away is cancelled at its next token.
+streams. The worker batches continuously: jobs that arrive while others run join the running batch at
+the next decode step, up to ``max_batch_size`` rows (:mod:`yivl.serving.batching`). Waiting jobs queue
+up to a limit, and a job whose client went away is cancelled at its next token.
 """
 
 from __future__ import annotations
 
 import asyncio
-import logging
 import queue
 import threading
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
-from typing import Protocol
 
 from yivl.errors import YivlError
-from yivl.models.generation import Generation, GenerationSettings
-from yivl.serving.batching import BatchRunner
-from yivl.serving.engine import Engine, Request
-from yivl.serving.jobs import Cancelled, Event, EventKind, Job, TextBuffer, deliver
+from yivl.models.generation import GenerationSettings
+from yivl.serving.batching import BatchingEngine, BatchRunner
+from yivl.serving.engine import Request
+from yivl.serving.jobs import Cancelled, Event, EventKind, Job, deliver
 from yivl.serving.metrics import ServingMetrics
 
 __all__ = ["AsyncEventStream", "Cancelled", "Event", "EventKind", "EventStream", "GenerationWorker", "Job"]
-
-log = logging.getLogger(__name__)
-
-
-class EngineLike(Protocol):
-    """What the worker needs from :class:`yivl.serving.engine.Engine`."""
-
-    def generate_full(
-        self,
-        requests: Sequence[Request],
-        settings: GenerationSettings,
-        on_text: Callable[[int, str], None] | None = None,
-    ) -> list[Generation]: ...
 
 
 class WorkerBusy(YivlError):
@@ -57,7 +41,7 @@ class GenerationWorker:
 
     def __init__(
         self,
-        engine: EngineLike,
+        engine: BatchingEngine,
         max_queue: int = 16,
         stream_interval_s: float = 0.02,
         max_batch_size: int = 8,
@@ -71,8 +55,7 @@ class GenerationWorker:
         self._held: Job | None = None  # taken from the queue, waiting for room in the batch
         self._closing = False
         self.metrics = ServingMetrics(self.queue_depth)
-        loop = self._loop_batched if isinstance(engine, Engine) else self._loop
-        self._thread = threading.Thread(target=loop, name="yivl-generation", daemon=True)
+        self._thread = threading.Thread(target=self._loop, name="yivl-generation", daemon=True)
         self._thread.start()
 
     def queue_depth(self) -> int:
@@ -95,7 +78,7 @@ class GenerationWorker:
         self._jobs.put(None, timeout=timeout)
         self._thread.join(timeout)
 
-    def _loop_batched(self) -> None:
+    def _loop(self) -> None:
         runner = BatchRunner(self.engine, self.metrics, self.stream_interval_s)
         while True:
             runner.admit(self._admissible(runner.size))
@@ -110,7 +93,7 @@ class GenerationWorker:
         jobs: list[Job] = []
         while True:
             if self._held is None:
-                if self._closing:
+                if self._closing or rows >= self.max_batch_size:  # a full batch leaves the queue as is
                     return jobs
                 try:
                     self._held = self._jobs.get(block=rows == 0 and not jobs)
@@ -129,43 +112,6 @@ class GenerationWorker:
             self._held = None
             jobs.append(job)
             rows += len(job.requests)
-
-    def _loop(self) -> None:
-        while True:
-            job = self._jobs.get()
-            if job is None:
-                return
-            if job.cancelled.is_set():
-                _skip(job)
-            else:
-                self._run(job)
-                self.metrics.finished()
-
-    def _run(self, job: Job) -> None:
-        pieces = TextBuffer(job, self.stream_interval_s)
-        first = True
-
-        def on_text(index: int, delta: str) -> None:
-            nonlocal first
-            if job.cancelled.is_set():
-                raise Cancelled
-            if first:
-                first = False
-                self.metrics.first_token(time.monotonic() - job.submitted)
-            pieces.add(index, delta)
-
-        try:
-            generations = self.engine.generate_full(job.requests, job.settings, on_text=on_text)
-            pieces.flush()
-        except Cancelled:
-            log.info("generation cancelled: the client went away")
-            deliver(job, Event("error", error=Cancelled("cancelled")))
-        except Exception as exc:  # the worker must survive anything one request does
-            if not isinstance(exc, YivlError):
-                log.exception("generation failed")
-            deliver(job, Event("error", error=exc))
-        else:
-            deliver(job, Event("done", generations=generations))
 
 
 def _skip(job: Job) -> None:

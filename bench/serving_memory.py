@@ -28,8 +28,7 @@ from pathlib import Path
 
 import httpx
 from PIL import Image
-from rich.console import Console
-from rich.table import Table
+from tables import print_table
 
 ROOT = Path(__file__).resolve().parents[1]
 START_TIMEOUT_S = 180.0
@@ -169,17 +168,8 @@ def show(rows: list[dict], markdown: bool) -> None:
         ]
         for r in rows
     ]
-    if markdown:
-        print("| " + " | ".join(head) + " |\n|" + "---|" * len(head))
-        for c in cells:
-            print("| " + " | ".join(c) + " |")
-        return
-    table = Table(title=f"API server memory under a burst (pid RSS; {os.cpu_count()} CPUs)")
-    for h in head:
-        table.add_column(h)
-    for c in cells:
-        table.add_row(*c)
-    Console().print(table)
+    title = f"API server memory under a burst (pid RSS; {os.cpu_count()} CPUs)"
+    print_table(title, head, cells, markdown, markdown_title=False)
 
 
 if __name__ == "__main__":

@@ -22,8 +22,7 @@ import argparse
 from dataclasses import dataclass
 
 import torch
-from rich.console import Console
-from rich.table import Table
+from tables import print_table
 
 from yivl.models.empty_init import empty_init
 from yivl.models.lora import llm_linear_names
@@ -153,17 +152,7 @@ def report(rows: list[tuple], args: argparse.Namespace) -> None:
         f"ESTIMATE (no GPU measured): {args.preset}, per-device batch {args.batch}, "
         f"{args.text_tokens} text tokens + image features, gradient checkpointing, bf16 autocast"
     )
-    if args.markdown:
-        print(f"{title}\n\n| " + " | ".join(columns) + " |\n|" + "---|" * len(columns))
-        for row in rows:
-            print("| " + " | ".join(row) + " |")
-        return
-    table = Table(title=title)
-    for column in columns:
-        table.add_column(column)
-    for row in rows:
-        table.add_row(*row)
-    Console().print(table)
+    print_table(title, columns, rows, args.markdown)
 
 
 if __name__ == "__main__":

@@ -22,8 +22,7 @@ import lightning as L
 import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
-from rich.console import Console
-from rich.table import Table
+from tables import print_table
 
 from yivl.checkpoint.layout import read_config
 from yivl.checkpoint.tiny import build_tiny_checkpoint
@@ -137,17 +136,8 @@ def report(results: dict[str, list[float]], args: argparse.Namespace) -> None:
         f"{args.rounds} x {args.steps} steps each, "
         f"first {args.warmup} of each run left out"
     )
-    if args.markdown:
-        print(f"{title}\n\n| loop | s/step (median) | s/step (mean) | vs plain |\n|---|---|---|---|")
-        for row in rows:
-            print("| " + " | ".join(row) + " |")
-        return
-    table = Table(title=title)
-    for column in ("loop", "s/step (median)", "s/step (mean)", "vs plain"):
-        table.add_column(column)
-    for row in rows:
-        table.add_row(*row)
-    Console().print(table)
+    columns = ("loop", "s/step (median)", "s/step (mean)", "vs plain")
+    print_table(title, columns, rows, args.markdown)
 
 
 if __name__ == "__main__":

@@ -103,6 +103,35 @@ def test_gradients_reach_every_group(tiny_config, images) -> None:
         assert grads and any(g.abs().sum() > 0 for g in grads), name
 
 
+def test_blank_image_reaches_the_tower_and_projector_with_an_exactly_zero_gradient(
+    tiny_config, images
+) -> None:
+    """A text-only batch with ``blank_image`` gives the tower / projector parameters an image batch
+    reaches an exactly zero gradient (so DDP, ZeRO and FSDP2 reduce the same parameters on every
+    rank), with the loss and LLM gradients of the plain batch."""
+    torch.manual_seed(0)
+    model = YiVL(tiny_config)  # a fresh model: the shared fixture must keep no gradients
+
+    def grads(rows: list[list[int]], pixels: torch.Tensor, blank: bool) -> tuple[torch.Tensor, dict]:
+        model.zero_grad(set_to_none=True)
+        ids, mask = _pad(rows, "right")
+        out = model(ids, mask, _labels(ids, mask), pixels, blank_image=blank)
+        out.loss.backward()
+        return out.loss.detach(), {n: p.grad for n, p in model.named_parameters()}
+
+    text, no_images = [[40, 41, 42, 43], [50, 51, 52]], images[:0]
+    _, with_image = grads([[30, IMG, 31, 32]], images[:1], False)
+    plain_loss, plain = grads(text, no_images, False)
+    blank_loss, blank = grads(text, no_images, True)
+    assert torch.equal(blank_loss, plain_loss)
+    vision = ("vision_tower.", "mm_projector.")
+    reached = {n for n, g in with_image.items() if n.startswith(vision) and g is not None}
+    assert reached and all(plain[n] is None for n in reached)
+    assert {n for n, g in blank.items() if n.startswith(vision) and g is not None} == reached
+    assert not any(blank[n].any() for n in reached)
+    assert all(torch.equal(blank[n], g) for n, g in plain.items() if g is not None)
+
+
 def test_module_groups_partition_the_parameters(tiny_model) -> None:
     groups = module_groups(tiny_model)
     assert list(groups) == ["vision_tower", "mm_projector", "llm"]

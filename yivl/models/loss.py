@@ -30,11 +30,16 @@ from yivl.constants import IGNORE_INDEX
 from yivl.models.fused_ce import compute_dtype, fused_linear_cross_entropy
 
 
+def supervised_mask(labels: torch.Tensor) -> torch.Tensor:
+    """Where the shifted labels of ``labels`` [B, T] are supervised (not -100): bool [B, T - 1]."""
+    return labels[:, 1:] != IGNORE_INDEX
+
+
 def supervised_count(labels: torch.Tensor) -> torch.Tensor:
     """Supervised (shifted, non -100) labels of ``labels`` [B, T]: 0-dim long tensor.
 
     The same count on labels before or after image splicing (image positions are -100)."""
-    return (labels[:, 1:] != IGNORE_INDEX).sum()
+    return supervised_mask(labels).sum()
 
 
 def _chunk_loss(head: nn.Module, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -88,8 +93,7 @@ def supervised_loss(
     ``labels`` [B, L] are aligned with the inputs (-100 = ignore). Logits: [B, L, V] with ``full_logits``;
     else [n, V] at the supervised positions (row-major); None when the loss is chunked (``chunk_size`` > 0
     and not ``full_logits``), which never holds all of them at once."""
-    targets = labels[:, 1:]
-    supervised = targets != IGNORE_INDEX
+    targets, supervised = labels[:, 1:], supervised_mask(labels)
     num_tokens = supervised.sum()
     if full_logits:
         logits = llm(**llm_inputs, use_cache=False).logits

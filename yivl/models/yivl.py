@@ -68,8 +68,9 @@ class YiVL(nn.Module):
 
         ``blank_image``: a batch without images still runs one blank image through the tower and the
         projector and adds 0 x its features to the embeddings, so its graph reaches the tower and the
-        projector in the same place and order as an image batch's (sharded engines reduce gradients
-        in that order); the values and gradients are unchanged (exactly 0 is added)."""
+        projector in the same place and order as an image batch's (DDP needs every trainable parameter
+        reached; sharded engines reduce gradients in that order); the values and gradients are
+        unchanged (exactly 0 is added)."""
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
         num_images = 0 if pixel_values is None else pixel_values.shape[0]

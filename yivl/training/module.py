@@ -10,11 +10,10 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
-from dataclasses import replace
 
 import lightning as L
 import torch
-from lightning.pytorch.strategies import DDPStrategy, DeepSpeedStrategy, ModelParallelStrategy
+from lightning.pytorch.strategies import DeepSpeedStrategy, ModelParallelStrategy, ParallelStrategy
 from torch.optim.lr_scheduler import LambdaLR
 
 from yivl.checkpoint.plan import RunPlan
@@ -32,7 +31,7 @@ from yivl.training.checkpointing import (
     set_rng_state,
 )
 from yivl.training.optim import WarmupCosine, build_optimizer, param_groups
-from yivl.training.token_loss import StepTokens, zero_weighted_touch
+from yivl.training.token_loss import StepTokens
 
 
 class YiVLModule(L.LightningModule):
@@ -90,10 +89,9 @@ class YiVLModule(L.LightningModule):
     ) -> YiVLOutput:
         """``batch``: input_ids/labels/attention_mask [B, T], pixel_values [N, 3, S, S]; packed batches
         also carry sequence_ids [B, T] (see yivl.data.packing). ``touch_unused``: a text-only batch
-        still reaches every trainable tower / projector parameter (see :meth:`_unused_touch`)."""
+        still reaches every trainable tower / projector parameter (see :meth:`_blank_image`)."""
         text_only = touch_unused and batch["pixel_values"].shape[0] == 0
-        touch = self._unused_touch() if text_only else None
-        out = self.model(
+        return self.model(
             input_ids=batch["input_ids"],
             attention_mask=batch["attention_mask"],
             labels=batch["labels"],
@@ -102,7 +100,6 @@ class YiVLModule(L.LightningModule):
             loss_chunk_size=loss_chunk_size,
             blank_image=text_only and self._blank_image(),
         )
-        return out if touch is None else replace(out, loss_sum=out.loss_sum + touch)
 
     def training_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         if batch_idx % self.trainer.accumulate_grad_batches == 0 or batch_idx > self._step.last_batch:
@@ -118,23 +115,15 @@ class YiVLModule(L.LightningModule):
             self._log_throughput()
         return loss
 
-    def _unused_touch(self) -> torch.Tensor | None:
-        """Plain DDP needs every trainable parameter in every rank's graph: for a text-only batch, a
-        zero-weighted sum of the trainable tower / projector parameters (gradient exactly 0)."""
-        strategy = self.trainer.strategy
-        if isinstance(strategy, DDPStrategy) and not isinstance(strategy, DeepSpeedStrategy):
-            return zero_weighted_touch([self.model.vision_tower, self.model.mm_projector])
-        return None
-
     def _blank_image(self) -> bool:
-        """Under DeepSpeed and FSDP2, which reduce (ZeRO-2) or gather and reduce-scatter (ZeRO-3,
-        FSDP2) tower and projector gradients in the order the backward reaches them, a text-only rank
-        runs a blank image through both inside the model's forward, its features added x 0 to the
-        embeddings: the same collectives, in the same order, as a rank with images."""
-        strategy = self.trainer.strategy
-        sharded = isinstance(strategy, DeepSpeedStrategy | ModelParallelStrategy)
+        """Under every multi-process strategy a text-only rank runs a blank image through the tower
+        and projector inside the model's forward, its features added x 0 to the embeddings: the same
+        parameters reach the backward (DDP with find_unused_parameters=false) and the same collectives
+        run in the same order (ZeRO-2 reduces, ZeRO-3 and FSDP2 gather and reduce-scatter tower and
+        projector gradients in the order the backward reaches them) as on a rank with images."""
         tower = [self.model.vision_tower, self.model.mm_projector]
-        return sharded and any(p.requires_grad for m in tower for p in m.parameters())
+        trains = any(p.requires_grad for m in tower for p in m.parameters())
+        return trains and isinstance(self.trainer.strategy, ParallelStrategy)
 
     def validation_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> None:
         out = self(batch, self.plan.model.loss_chunk_size)

@@ -97,14 +97,3 @@ class StepTokens:
         """The token-weighted mean CE of the whole step (all ranks); call on its last micro-batch."""
         total = trainer.strategy.reduce(self.loss_sum, reduce_op="sum")
         return total / max(self.total, 1)
-
-
-def zero_weighted_touch(modules: list[torch.nn.Module]) -> torch.Tensor | None:
-    """0 x the sum of every trainable parameter of ``modules``, or None if none trains.
-
-    Added to the loss of a batch without images, it gives the tower and projector an exactly zero
-    gradient, so DDP (find_unused_parameters=false) finds every parameter used on every rank."""
-    params = [p for m in modules for p in m.parameters() if p.requires_grad]
-    if not params:
-        return None
-    return torch.stack([p.sum() for p in params]).sum() * 0.0

@@ -109,7 +109,8 @@ class RecordingEngine:
 class ScriptedEngine:
     """A stand-in engine for the worker: each row answers ``words`` one per decode step (``delay`` s
     apart). It counts rows started (``calls``), running (``active``) and run to their end (``finished``),
-    and the most threads ever inside its decoder at once (``max_concurrent_calls``: the worker's alone)."""
+    the rows of each prefill group (``groups``), and the most threads ever inside its decoder at once
+    (``max_concurrent_calls``: the worker's alone)."""
 
     def __init__(
         self, words: Sequence[str] = ("a", " b", " c"), delay: float = 0.0, fail: Exception | None = None
@@ -120,6 +121,7 @@ class ScriptedEngine:
         self.active = 0
         self.calls = 0
         self.finished = 0
+        self.groups: list[int] = []
         self.inside = 0
         self.max_concurrent_calls = 0
         self._lock = threading.Lock()
@@ -177,6 +179,7 @@ class ScriptedDecoder:
             self._next_key += len(rows)
             self.rows.update({r.key: r for r in rows})
             self.engine.calls += len(rows)
+            self.engine.groups.append(len(rows))
             self.engine.active += len(rows)
             return rows
 

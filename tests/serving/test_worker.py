@@ -134,3 +134,50 @@ def test_fast_text_is_sent_in_bunches_but_the_first_piece_at_once():
     texts = [first.delta] + [e.delta for e in stream if e.kind == "text"]
     assert "".join(texts) == "".join(words) and len(texts) <= 2
     worker.close()
+
+
+def test_an_idle_worker_prefills_requests_still_arriving_together_with_the_first():
+    engine = ScriptedEngine(["a", "b"])
+    worker = GenerationWorker(engine, max_batch_size=8, batch_wait_s=30.0)  # bounded by the arrivals here
+    arrivals = [worker.arriving() for _ in range(3)]
+    streams = [EventStream(worker, REQUEST, SETTINGS, timeout=20)]  # announced by nobody: not waited for
+    with arrivals[0] as first:
+        streams.append(EventStream(worker, REQUEST, SETTINGS, timeout=20, arrival=first))
+    time.sleep(0.2)  # the worker holds the first two jobs while two requests are still being parsed
+    for arrival in arrivals[1:]:
+        with arrival:
+            streams.append(EventStream(worker, REQUEST, SETTINGS, timeout=20, arrival=arrival))
+    finals = [list(s)[-1].kind for s in streams]
+    assert finals == ["done"] * 4
+    assert engine.groups == [4]  # one prefill group, not the first alone and the rest later
+    worker.close()
+
+
+def test_a_request_that_fails_while_arriving_does_not_hold_the_batch_back():
+    engine = ScriptedEngine(["a"])
+    worker = GenerationWorker(engine, batch_wait_s=600.0)
+    with worker.arriving():  # parsed, refused (say HTTP 400), never submitted
+        stream = EventStream(worker, REQUEST, SETTINGS, timeout=20)
+        time.sleep(0.1)
+    assert list(stream)[-1].kind == "done"  # well before batch_wait_s
+    assert engine.groups == [1]
+    worker.close()
+
+
+def test_no_wait_without_arrivals_and_none_while_the_batch_runs():
+    engine = ScriptedEngine(["w"] * 30, delay=0.01)
+    worker = GenerationWorker(engine, max_batch_size=8, batch_wait_s=600.0)
+    first = EventStream(worker, REQUEST, SETTINGS, timeout=20)  # nothing announced: starts at once
+    while not engine.groups:
+        time.sleep(0.005)
+    with worker.arriving():  # the batch is running: newcomers join at the next step, no waiting
+        second = EventStream(worker, REQUEST, SETTINGS, timeout=20)
+        assert list(second)[-1].kind == "done"
+    assert list(first)[-1].kind == "done"
+    assert engine.groups == [1, 1]
+    worker.close()
+
+
+def test_batch_wait_must_not_be_negative():
+    with pytest.raises(YivlError, match="batch_wait_s"):
+        GenerationWorker(ScriptedEngine(), batch_wait_s=-1)

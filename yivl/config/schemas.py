@@ -223,6 +223,7 @@ _SERVERS = {
     "api.max_n": COUNT,
     "api.max_queue": COUNT,
     "api.max_batch_size": COUNT,
+    "api.batch_wait_s": Number(0),
     "api.request_timeout_s": POSITIVE,
     "api.stream_interval_s": Number(0),
     "api.system_messages": Choice(

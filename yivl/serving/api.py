@@ -39,7 +39,7 @@ from yivl.serving.openai_format import (
     to_conversation,
 )
 from yivl.serving.prompt_bound import check_text_fits, too_long
-from yivl.serving.worker import AsyncEventStream, GenerationWorker, WorkerBusy
+from yivl.serving.worker import Arrival, AsyncEventStream, GenerationWorker, WorkerBusy
 
 log = logging.getLogger(__name__)
 
@@ -109,12 +109,13 @@ def create_app(engine: Engine, worker: GenerationWorker, settings: ApiSettings) 
     async def chat_completions(request: Request) -> Response:
         check_key(request, settings.api_key)
         check_json(request)
-        with parsing:  # at most max_parsing bodies in memory before the worker's queue takes over
+        # announced to the worker so that an idle batch waits for a burst to be parsed, not just its first
+        with parsing, worker.arriving() as arrival:  # at most max_parsing bodies in memory before the queue
             body = await _read_body(request, settings.max_request_bytes)
             # JSON parsing, image decoding, tokenizing run in a thread: they must not stall the event loop
             prepared = await run_in_threadpool(_parse_and_prepare, engine, settings, body, decoding)
             del body
-            events = _open_stream(worker, prepared, settings)
+            events = _open_stream(worker, prepared, settings, arrival)
         if prepared.chat.stream:
             return StreamingResponse(
                 sse_chunks(events, prepared, settings.model_name),
@@ -227,9 +228,13 @@ def generation_settings(chat: ChatRequest, defaults: GenerationSettings) -> Gene
     )
 
 
-def _open_stream(worker: GenerationWorker, prepared: Prepared, settings: ApiSettings) -> AsyncEventStream:
+def _open_stream(
+    worker: GenerationWorker, prepared: Prepared, settings: ApiSettings, arrival: Arrival | None = None
+) -> AsyncEventStream:
     try:
-        return AsyncEventStream(worker, prepared.requests, prepared.settings, settings.request_timeout_s)
+        return AsyncEventStream(
+            worker, prepared.requests, prepared.settings, settings.request_timeout_s, arrival
+        )
     except WorkerBusy as exc:  # a place in the queue frees within about a second on a busy server
         raise server_busy(str(exc)) from None
 

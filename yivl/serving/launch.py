@@ -89,7 +89,11 @@ def run_api(cfg: DictConfig, engine: Engine, settings: GenerationSettings) -> No
     app_settings = api_settings(cfg, settings)
     return_big_blocks_to_the_os()
     worker = GenerationWorker(
-        engine, int(api.max_queue), float(api.stream_interval_s), int(api.max_batch_size)
+        engine,
+        int(api.max_queue),
+        float(api.stream_interval_s),
+        int(api.max_batch_size),
+        float(api.batch_wait_s),
     )
     app = create_app(engine, worker, app_settings)
     print(

@@ -23,17 +23,45 @@ from yivl.serving.engine import Request
 from yivl.serving.jobs import Cancelled, Event, EventKind, Job, deliver
 from yivl.serving.metrics import ServingMetrics
 
-__all__ = ["AsyncEventStream", "Cancelled", "Event", "EventKind", "EventStream", "GenerationWorker", "Job"]
+__all__ = [
+    "Arrival",
+    "AsyncEventStream",
+    "Cancelled",
+    "Event",
+    "EventKind",
+    "EventStream",
+    "GenerationWorker",
+    "Job",
+]
 
 
 class WorkerBusy(YivlError):
     """The queue of waiting generations is full."""
 
 
+class Arrival:
+    """A request on its way to :meth:`GenerationWorker.submit` (being read and parsed): an idle worker
+    waits a little for it so that requests arriving together are prefilled together. Ends when the
+    request is submitted or when the ``with`` block exits (the request failed)."""
+
+    def __init__(self, worker: GenerationWorker) -> None:
+        self._worker = worker
+        self.open = True
+
+    def __enter__(self) -> Arrival:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._worker._arrived(self)
+
+
 class GenerationWorker:
     """A daemon thread that runs jobs, batched up to ``max_batch_size`` rows; at most ``max_queue`` wait.
 
-    A job with more choices than ``max_batch_size`` runs when the batch is empty. Streamed text is handed
+    A job with more choices than ``max_batch_size`` runs when the batch is empty. When the batch is
+    empty and requests announced with :meth:`arriving` are still being parsed, the worker waits for them
+    (at most ``batch_wait_s`` after the first job) so that a burst is prefilled as one group rather than
+    one request first and the rest later. Streamed text is handed
     over at most every ``stream_interval_s`` seconds (the first piece at once): a fast model's tokens
     then travel in small bunches instead of costing a thread switch and a network send each, while a
     human still sees the answer grow smoothly. 0 sends every piece on its own.
@@ -45,12 +73,18 @@ class GenerationWorker:
         max_queue: int = 16,
         stream_interval_s: float = 0.02,
         max_batch_size: int = 8,
+        batch_wait_s: float = 0.0,
     ) -> None:
         if max_batch_size < 1:
             raise YivlError(f"max_batch_size must be >= 1, got {max_batch_size}")
+        if batch_wait_s < 0:
+            raise YivlError(f"batch_wait_s must be >= 0, got {batch_wait_s}")
         self.engine = engine
         self.stream_interval_s = stream_interval_s
         self.max_batch_size = max_batch_size
+        self.batch_wait_s = batch_wait_s
+        self._arrivals = threading.Condition()  # notified when a job is submitted or an arrival ends
+        self._arriving = 0
         self._jobs: queue.Queue[Job | None] = queue.Queue(maxsize=max(1, max_queue))
         self._held: Job | None = None  # taken from the queue, waiting for room in the batch
         self._closing = False
@@ -62,8 +96,28 @@ class GenerationWorker:
         """Jobs waiting to start."""
         return self._jobs.qsize() + (self._held is not None)
 
-    def submit(self, requests: Sequence[Request], settings: GenerationSettings, sink: Callable) -> Job:
-        """Queue a job; :class:`WorkerBusy` when ``max_queue`` jobs are already waiting."""
+    def arriving(self) -> Arrival:
+        """Announce a request that will be submitted once parsed; use as ``with worker.arriving() as a:``
+        and pass ``arrival=a`` to :meth:`submit`."""
+        with self._arrivals:
+            self._arriving += 1
+        return Arrival(self)
+
+    def _arrived(self, arrival: Arrival) -> None:
+        with self._arrivals:
+            if arrival.open:
+                arrival.open = False
+                self._arriving -= 1
+            self._arrivals.notify_all()
+
+    def submit(
+        self,
+        requests: Sequence[Request],
+        settings: GenerationSettings,
+        sink: Callable,
+        arrival: Arrival | None = None,
+    ) -> Job:
+        """Queue a job (ending its ``arrival``); :class:`WorkerBusy` when ``max_queue`` jobs already wait."""
         job = Job(list(requests), settings, sink)
         try:
             self._jobs.put_nowait(job)
@@ -71,6 +125,12 @@ class GenerationWorker:
             raise WorkerBusy(
                 f"{self._jobs.maxsize} generations are already waiting; try again in a moment"
             ) from None
+        finally:
+            if arrival is not None:
+                self._arrived(arrival)
+            elif self.batch_wait_s:
+                with self._arrivals:
+                    self._arrivals.notify_all()
         return job
 
     def close(self, timeout: float = 10.0) -> None:
@@ -89,8 +149,11 @@ class GenerationWorker:
             runner.step()
 
     def _admissible(self, rows: int) -> list[Job]:
-        """The waiting jobs that fit in the batch now (blocks for the first one when the batch is empty)."""
+        """The waiting jobs that fit in the batch now (blocks for the first one when the batch is empty,
+        then waits up to ``batch_wait_s`` for the requests still arriving)."""
         jobs: list[Job] = []
+        gather = rows == 0 and self.batch_wait_s > 0
+        deadline = 0.0
         while True:
             if self._held is None:
                 if self._closing or rows >= self.max_batch_size:  # a full batch leaves the queue as is
@@ -98,6 +161,8 @@ class GenerationWorker:
                 try:
                     self._held = self._jobs.get(block=rows == 0 and not jobs)
                 except queue.Empty:
+                    if gather and jobs and self._await_arrivals(deadline):
+                        continue
                     return jobs
                 if self._held is None:
                     self._closing = True
@@ -110,8 +175,20 @@ class GenerationWorker:
             if (rows or jobs) and rows + len(job.requests) > self.max_batch_size:
                 return jobs
             self._held = None
+            if not jobs:
+                deadline = time.monotonic() + self.batch_wait_s
             jobs.append(job)
             rows += len(job.requests)
+
+    def _await_arrivals(self, deadline: float) -> bool:
+        """Wait until a job is queued (True) or nothing is arriving or ``deadline`` passed (False)."""
+        with self._arrivals:
+            while self._jobs.empty():
+                left = deadline - time.monotonic()
+                if self._arriving == 0 or left <= 0:
+                    return False
+                self._arrivals.wait(left)
+            return True
 
 
 def _skip(job: Job) -> None:
@@ -123,7 +200,8 @@ class EventStream:
     """Submit a job now (so :class:`WorkerBusy` is raised here) and iterate its events from a thread.
 
     Iteration ends after ``done`` or ``error``; the job is cancelled when the consumer stops early, and a
-    ``TimeoutError`` event ends it when ``timeout`` seconds pass (queue wait included). Text that piled
+    ``TimeoutError`` event ends it when ``timeout`` seconds pass (queue wait included). ``arrival``: the
+    :meth:`GenerationWorker.arriving` announcement this request ends. Text that piled
     up while the consumer was busy comes as one event, so a slow consumer costs one send, not one a token.
     """
 
@@ -133,11 +211,12 @@ class EventStream:
         requests: Sequence[Request],
         settings: GenerationSettings,
         timeout: float,
+        arrival: Arrival | None = None,
     ) -> None:
         self._events: queue.Queue[Event] = queue.Queue()
         self._pending: deque[Event] = deque()
         self.timeout = timeout
-        self.job = worker.submit(requests, settings, self._events.put)
+        self.job = worker.submit(requests, settings, self._events.put, arrival)
 
     def _next(self, deadline: float) -> Event:
         return self._events.get(timeout=max(0.0, deadline - time.monotonic()))
@@ -168,12 +247,13 @@ class AsyncEventStream:
         requests: Sequence[Request],
         settings: GenerationSettings,
         timeout: float,
+        arrival: Arrival | None = None,
     ) -> None:
         self._loop = asyncio.get_running_loop()
         self._events: asyncio.Queue[Event] = asyncio.Queue()
         self._pending: deque[Event] = deque()
         self.timeout = timeout
-        self.job = worker.submit(requests, settings, self._put)
+        self.job = worker.submit(requests, settings, self._put, arrival)
 
     def _put(self, event: Event) -> None:
         self._loop.call_soon_threadsafe(self._events.put_nowait, event)

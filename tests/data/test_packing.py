@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import zlib
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -115,6 +116,37 @@ def test_packed_sampler_deals_disjoint_rows_per_rank_and_reshuffles_each_epoch()
     assert rows_of(ranks[0]) == epoch0[0][6:]
 
 
+def test_packed_sampler_deals_the_first_epochs_batch_count_in_every_epoch() -> None:
+    """Lightning reads len() once: an epoch that packs into more or fewer rows still deals that many."""
+    lengths = np.random.default_rng(3).integers(1, PACK + 1, 200)
+    sampler = PackedSampler(lengths, PACK, 16, batch_size=2, num_replicas=2, rank=1, seed=0, drop_last=False)
+    want = len(sampler)
+    rows = []
+    for epoch in range(8):
+        sampler.set_epoch(epoch)
+        rows.append(len(sampler._rows()))
+        assert len(sampler) == want and len(rows_of(sampler)) == want
+    assert len(set(rows)) > 1  # the epochs' plans do differ in length
+    assert want == -(-rows[0] // 4) * 2  # the first epoch's: ceil(rows / (2 ranks x 2)) batches of 2
+
+
+def test_length_pass_rejects_are_counted_once_over_the_ranks(synth, tokenizer) -> None:
+    """Every rank measures every record; a reject is counted by one of them (the metric and the
+    reject fraction of a rank then mean what they mean unpacked)."""
+
+    def counts(world: int, rank: int) -> dict[str, int]:
+        dm = packed_module(synth, tokenizer, False, pack_length=200, max_reject_fraction=1.0, batch_size=1)
+        dm.trainer = SimpleNamespace(world_size=world, global_rank=rank, overfit_batches=0, current_epoch=0)
+        dm.train_dataloader()  # measures the lengths; nothing is read yet
+        return dm.skip_counts()
+
+    one = counts(1, 0)
+    assert one["too_long"] > 1
+    ranks = [counts(2, r) for r in (0, 1)]
+    assert all(r["too_long"] > 0 for r in ranks)
+    assert sum(r["too_long"] for r in ranks) == one["too_long"]
+
+
 def text_sample(tokenizer, question: str, reply: str, image: bool) -> Sample:
     encoder = SampleEncoder(tokenizer, ImageProcessor(size=14), num_image_tokens=4, max_length=512)
     record = {"conversations": [{"from": "human", "value": question}, {"from": "gpt", "value": reply}]}
@@ -158,9 +190,8 @@ def synth(tmp_path_factory) -> Path:
 def packed_module(synth: Path, tokenizer, stream: bool, pack_length: int, **kw) -> YiVLDataModule:
     spec = {"type": "synthetic", "root": str(synth), "num_train": 40, "num_val": 8}
     train = [spec, {**spec, "split": "val", "weight": 0.2}] if stream else [spec]
-    dm = YiVLDataModule(
-        train, batch_size=2, samples_per_epoch=40, packing=True, pack_length=pack_length, **kw
-    )
+    kw = {"batch_size": 2, **kw}
+    dm = YiVLDataModule(train, samples_per_epoch=40, packing=True, pack_length=pack_length, **kw)
     dm.bind(tokenizer, ImageProcessor(size=28), num_image_tokens=64)
     return dm
 

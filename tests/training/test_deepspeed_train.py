@@ -119,6 +119,10 @@ ZERO3 = ("trainer=ddp_sim", "strategy=deepspeed_zero3")
 STAGE1 = ("experiment=stage1", "module.image_size=null", "data=synthetic")
 LORA = ("experiment=lora", "module.image_size=null", "data=synthetic")
 ZERO2_STAGE1 = ("trainer=ddp_sim", "strategy=deepspeed_zero2", *STAGE1)
+# full fine-tuning on packed rows: 48 samples make 24 rows of 384 tokens, dealt from one plan
+PACKED = ("data.packing=true", "data.pack_length=384")
+ZERO2_PACKED = ("trainer=ddp_sim", "strategy=deepspeed_zero2", *PACKED)
+ONE_PROCESS = {(): "one_full", STAGE1: "one_stage1", PACKED: "one_packed"}
 
 
 @pytest.mark.slow
@@ -128,11 +132,12 @@ ZERO2_STAGE1 = ("trainer=ddp_sim", "strategy=deepspeed_zero2", *STAGE1)
         ("zero3_full", ZERO3),
         ("zero2_stage1", ZERO2_STAGE1),
         ("zero3_offload_full", ("trainer=ddp_sim", "strategy=deepspeed_zero3_offload")),  # CPU Adam
+        ("zero2_packed", ZERO2_PACKED),
     ],
 )
 def test_two_processes_give_the_one_process_numbers(runs, name: str, overrides: tuple[str, ...]) -> None:
     stage = tuple(o for o in overrides if not o.startswith(("trainer=", "strategy=")))
-    one = runs("one_stage1" if stage else "one_full", "trainer=cpu", *stage)
+    one = runs(ONE_PROCESS[stage], "trainer=cpu", *stage)
     two = runs(name, *overrides)
     ref, got = step_losses(one), step_losses(two)
     assert len(got) == len(ref) == 4
@@ -164,7 +169,10 @@ def test_zero3_checkpoint_is_gathered_trainable_state_and_export_gives_its_logit
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(("name", "overrides"), [("zero3_full", ZERO3), ("zero2_stage1", ZERO2_STAGE1)])
+@pytest.mark.parametrize(
+    ("name", "overrides"),
+    [("zero3_full", ZERO3), ("zero2_stage1", ZERO2_STAGE1), ("zero2_packed", ZERO2_PACKED)],
+)
 def test_sigkill_then_resume_gives_the_uninterrupted_losses_and_weights(
     runs, tiny_checkpoint: Path, data_dir: Path, tmp_path: Path, name: str, overrides: tuple[str, ...]
 ) -> None:

@@ -30,6 +30,9 @@ LOSS_TOL, WEIGHT_TOL = 1e-5, 1e-4
 # LoRA dropout off: each rank draws its own masks, which one process would draw in another order
 LORA = ["experiment=lora", "finetune.lora.r=4", "finetune.lora.alpha=8", "finetune.lora.dropout=0.0"]
 LORA += ["module.image_size=null"]
+# 48 synthetic samples pack into 24 rows of 384 tokens (two a row) in every epoch: the 6 steps of 4 rows
+# are one epoch, dealt from one plan (1 process: 2 micro-batches of 2 rows; 2 processes: 2 rows each)
+PACKED = ["data.packing=true", "data.pack_length=384"]
 TIMEOUT = 600
 
 
@@ -109,11 +112,11 @@ def runs(tiny_checkpoint: Path, data_dir: Path, tmp_path_factory: pytest.TempPat
     return get
 
 
-SETUPS = {"full": [], "lora": LORA}
+SETUPS = {"full": [], "lora": LORA, "packed": PACKED}  # packed: a full fine-tune on packed rows
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("finetune", ["full", "lora"])
+@pytest.mark.parametrize("finetune", ["full", "lora", "packed"])
 @pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
 def test_two_processes_give_the_losses_and_weights_of_one(runs, strategy: str, finetune: str) -> None:
     one = runs(f"one-{finetune}", *SETUPS[finetune])
@@ -177,12 +180,14 @@ def test_fsdp2_stage1_trains_exactly_the_tower_and_projector_on_every_rank(runs)
 
 
 @pytest.mark.slow
-def test_fsdp2_sigkill_then_ckpt_path_last_gives_the_uninterrupted_weights(
-    runs, tiny_checkpoint: Path, data_dir: Path, tmp_path: Path
+@pytest.mark.parametrize("finetune", ["lora", "packed"])
+def test_fsdp2_sigkill_then_ckpt_path_last_gives_the_uninterrupted_losses_and_weights(
+    runs, tiny_checkpoint: Path, data_dir: Path, tmp_path: Path, finetune: str
 ) -> None:
-    straight = runs("fsdp-lora", "trainer=ddp_sim", "strategy=fsdp", *LORA)
+    setup = ("trainer=ddp_sim", "strategy=fsdp", *SETUPS[finetune])
+    straight = runs(f"fsdp-{finetune}", *setup)
     run = tmp_path / "killed"
-    args = command(tiny_checkpoint, data_dir, run, "trainer=ddp_sim", "strategy=fsdp", *LORA)
+    args = command(tiny_checkpoint, data_dir, run, *setup)
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     pause = ["+callbacks.pause._target_=tests.training.rank_probe.PauseAt", "+callbacks.pause.step=3"]
     proc = subprocess.Popen(
@@ -204,6 +209,9 @@ def test_fsdp2_sigkill_then_ckpt_path_last_gives_the_uninterrupted_weights(
             os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(timeout=60)
     assert not (run / "checkpoints" / "step0000006.ckpt").exists() and not (run / "export").exists()
-    train_py([*args, "ckpt_path=last"])
+    train_py([*args, "ckpt_path=last"])  # from the step-2 checkpoint: steps 3-6, probed anew
+    resumed = step_losses(run)
+    assert len(resumed) == 4
+    assert max(abs(a - b) for a, b in zip(step_losses(straight)[2:], resumed, strict=True)) < LOSS_TOL
     got, want = saved(run / "checkpoints" / "last.ckpt"), saved(straight / "checkpoints" / "last.ckpt")
     assert max_diff(got, want) < WEIGHT_TOL

@@ -105,3 +105,52 @@ def test_text_only_micro_batches_take_the_one_process_step(
     got = mix_runs(strategy, "trainer=ddp_sim", f"strategy={strategy}")
     assert max_diff(want, exported_start(tiny_checkpoint)) > 1e-2
     assert max_diff(want, got) < WEIGHT_TOL
+
+
+# 48 synthetic samples pack into 24 rows of 384 tokens (two a row): the step's global batch is 4 rows,
+# dealt from one plan (1 process: 4 micro-batches of a row; 2 processes: 2 each)
+PACKED = ("data.packing=true", "data.pack_length=384")
+
+
+@pytest.fixture(scope="module")
+def packed_runs(tiny_checkpoint: Path, data_dir: Path, tmp_path_factory: pytest.TempPathFactory):
+    """``packed_runs(name, *overrides)``: the folder of one packed step, run once per module; DDP and one
+    process also keep their batches and gradients (tests.training.grad_probe; FSDP2's are shards)."""
+    done: dict[str, Path] = {}
+
+    def get(name: str, *extra: str) -> Path:
+        if name not in done:
+            out = tmp_path_factory.mktemp(name)
+            probe = [] if name == "fsdp" else [f"+callbacks.grads.dir={out / 'grads'}"]
+            if probe:
+                probe.append("+callbacks.grads._target_=tests.training.grad_probe.GradProbe")
+            train_py(run_args(tiny_checkpoint, data_dir, out, *LINEAR_STEP, *PACKED, *probe, *extra))
+            done[name] = out
+        return done[name]
+
+    return get
+
+
+def probed(out: Path) -> dict[str, dict]:
+    return {p.stem: torch.load(p, weights_only=True) for p in sorted((out / "grads").glob("rank*.pt"))}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+def test_packed_rows_two_ranks_take_the_one_process_step(
+    packed_runs, tiny_checkpoint: Path, strategy: str
+) -> None:
+    one = packed_runs("one", "trainer=cpu")
+    two = packed_runs(strategy, "trainer=ddp_sim", f"strategy={strategy}")
+    want = exported(one)
+    assert max_diff(want, exported_start(tiny_checkpoint)) > 1e-2
+    assert max_diff(want, exported(two)) < WEIGHT_TOL
+    if strategy != "ddp":
+        return
+    (single,), ranks = probed(one).values(), list(probed(two).values())
+    rows = [tuple(b["input_ids"][0].tolist()) for b in single["batches"][0]]
+    assert len(rows) == 4 and any(int(b["sequence_ids"].max()) >= 1 for b in single["batches"][0])
+    assert sorted(rows) == sorted(tuple(b["input_ids"][0].tolist()) for r in ranks for b in r["batches"][0])
+    grads, got = single["grads"][0], ranks[0]["grads"][0]
+    assert sorted(grads) == sorted(got)
+    assert max(float((grads[k] - got[k]).abs().max()) for k in grads) < 1e-6

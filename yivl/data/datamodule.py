@@ -220,7 +220,7 @@ class YiVLDataModule(L.LightningDataModule):
         world, rank = self._ranks()
         if self.packing:
             sampler = PackedSampler(
-                dataset.token_lengths(),
+                dataset.token_lengths(rank, world),
                 self.pack_length,
                 self.pack_buffer,
                 self.batch_size,

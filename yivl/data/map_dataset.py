@@ -62,9 +62,11 @@ class ConversationDataset(Dataset):
         """Estimated tokens per record ``[N]`` (no parsing): bytes / 4 + image tokens when it has one."""
         return self.records.sizes // 4 + self.records.has_image * int(num_image_tokens)
 
-    def token_lengths(self) -> np.ndarray:
+    def token_lengths(self, rank: int = 0, world_size: int = 1) -> np.ndarray:
         """Exact tokens per record ``[N]`` with image features counted (text only: no image is read), for
-        packing. A record rejected here is counted in ``skips`` and gets -1 (it is left out)."""
+        packing. A record rejected here gets -1 (it is left out) and is counted in ``skips`` only where
+        ``index % world_size == rank``: every rank measures the whole file, so each reject is counted once
+        over the ranks, as a rank counts only the records it reads (and its reject fraction stays true)."""
         if self.encoder is None:
             raise RuntimeError("call bind() with a SampleEncoder before measuring")
         lengths = np.full(len(self), -1, dtype=np.int64)
@@ -73,7 +75,8 @@ class ConversationDataset(Dataset):
             try:
                 lengths[i] = self.encoder.encode_text(self.records.record(i), key).length
             except SampleRejected as err:
-                self.skips.add(err.reason, str(err), bool(self.records.has_image[i]))
+                if i % world_size == rank:
+                    self.skips.add(err.reason, str(err), bool(self.records.has_image[i]))
         return lengths
 
     def read(self, index: int) -> Sample | None:

@@ -89,8 +89,12 @@ class PackedSampler(DistributedSampler):
     ``lengths`` [N] are exact (image features counted); negative marks a sample left out (rejected while
     measuring). Each epoch shuffles the usable samples with ``(seed, epoch)``, packs them (see
     :func:`pack_indices`), shuffles the rows and deals global batches of ``batch_size`` rows per rank.
-    Every rank computes the same plan, so ranks agree on the number of batches. ``skip_batches`` drops
-    the first batches of one epoch, to resume mid-epoch.
+    Every rank computes the same plan, so ranks agree on the number of batches. The number of batches is
+    the first epoch's in every epoch (another shuffle may pack into a row or two more or fewer): Lightning
+    reads ``len()`` once, and an epoch that ran longer or shorter would be cut or ended early, and the
+    token-weighted loss would count a step's batches that never run. A later epoch with more rows leaves
+    its last ones out (as ``drop_last`` does), one with fewer repeats its first ones. ``skip_batches``
+    drops the first batches of one epoch, to resume mid-epoch.
     """
 
     def __init__(
@@ -111,6 +115,8 @@ class PackedSampler(DistributedSampler):
         self.batch_size, self.drop_last = int(batch_size), drop_last
         self._skip: tuple[int, int] | None = None
         self._plan: tuple[int, list[list[int]]] | None = None
+        rows, per_batch = len(self._rows()), self.batch_size * self.num_replicas
+        self.num_batches = rows // per_batch if drop_last else -(-rows // per_batch)
         if self.num_batches == 0:
             raise YivlError(
                 f"{len(self.usable)} samples packed into rows of {pack_length} cannot fill one batch of "
@@ -125,11 +131,6 @@ class PackedSampler(DistributedSampler):
             self._plan = (self.epoch, [rows[i] for i in rng.permutation(len(rows))])
         return self._plan[1]
 
-    @property
-    def num_batches(self) -> int:
-        rows, per_batch = len(self._rows()), self.batch_size * self.num_replicas
-        return rows // per_batch if self.drop_last else -(-rows // per_batch)
-
     def skip_batches(self, epoch: int, batches: int) -> None:
         """Leave out the first ``batches`` batches of ``epoch`` (once)."""
         self._skip = (epoch, batches) if batches > 0 else None
@@ -137,7 +138,7 @@ class PackedSampler(DistributedSampler):
     def __iter__(self) -> Iterator[tuple[int, ...]]:
         rows, per_batch = self._rows(), self.batch_size * self.num_replicas
         needed = self.num_batches * per_batch
-        rows = (rows * (needed // len(rows) + 1))[:needed]  # drop_last=False wraps around
+        rows = (rows * (needed // len(rows) + 1))[:needed]  # fewer rows than needed wrap around
         mine = [
             tuple(rows[b * per_batch + self.rank * self.batch_size + k])
             for b in range(self.num_batches)

@@ -8,7 +8,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -18,6 +17,7 @@ from safetensors.torch import load_file
 
 from tests.checkpoint.helpers import pixels, prompt_logits
 from tests.training.conftest import SMALL_DATA
+from tests.training.train_process import run_train, start_train
 from yivl.checkpoint.deepspeed_zero import read_zero_checkpoint
 from yivl.checkpoint.load import load_pretrained
 from yivl.checkpoint.trained import model_from_plan, read_run
@@ -54,27 +54,11 @@ def run_args(tiny: Path, data_dir: Path, out: Path, *extra: str) -> list[str]:
 
 
 def start(args: list[str]) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "DS_ACCELERATOR": "cpu"}
-    return subprocess.Popen(
-        [sys.executable, "train.py", *args],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,  # one process group: a kill reaches the launched rank too
-    )
+    return start_train(args, DS_ACCELERATOR="cpu")
 
 
 def train_py(args: list[str]) -> str:
-    proc = start(args)
-    try:
-        out, _ = proc.communicate(timeout=TIMEOUT)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        raise
-    assert proc.returncode == 0, out[-4000:]
-    return out
+    return run_train(args, TIMEOUT, DS_ACCELERATOR="cpu")
 
 
 def step_losses(out: Path) -> list[float]:

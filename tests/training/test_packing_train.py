@@ -5,10 +5,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -16,6 +12,7 @@ import torch
 from safetensors.torch import load_file
 
 from tests.data.test_streaming import write_shards
+from tests.training.train_process import run_train
 from yivl.checkpoint.load import load_pretrained
 from yivl.models.yivl import YiVL
 from yivl.training.module import YiVLModule
@@ -141,8 +138,6 @@ def test_two_ranks_stream_packed_shards_for_the_same_steps_on_disjoint_samples(
     write_shards(tmp_path / "shards", n_shards=4, per_shard=6)
     run, steps = tmp_path / "run", 4
     args = [
-        sys.executable,
-        "train.py",
         f"model.path={tiny_checkpoint}",
         "model.build_if_missing=false",
         "data=conversation_shards",
@@ -170,23 +165,7 @@ def test_two_ranks_stream_packed_shards_for_the_same_steps_on_disjoint_samples(
         "+callbacks.probe._target_=tests.training.rank_probe.RankProbe",
         f"+callbacks.probe.dir={run / 'probe'}",
     ]
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.Popen(
-        args,
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,  # one process group: a hang is killed with both ranks
-    )
-    try:
-        out, _ = proc.communicate(timeout=TIMEOUT)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=60)
-    assert proc.returncode == 0, out[-3000:]
+    run_train(args, TIMEOUT)
     grads = [torch.load(p, weights_only=True) for p in sorted((run / "grads").glob("rank*.pt"))]
     probes = [json.loads(p.read_text()) for p in sorted((run / "probe").glob("rank*.json"))]
     assert len(grads) == len(probes) == 2

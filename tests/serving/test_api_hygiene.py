@@ -4,6 +4,7 @@ the pixel limit refused from their header."""
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import socket
 import time
@@ -16,11 +17,11 @@ import torch
 from PIL import Image
 
 from yivl.data.chat import Turn
-from yivl.serving.api import create_app, model_sized
+from yivl.serving.api import create_app, request_pixels
 from yivl.serving.api_errors import ApiError
 from yivl.serving.api_guard import host_allowed
 from yivl.serving.engine import Engine
-from yivl.serving.openai_format import Conversation
+from yivl.serving.openai_format import Conversation, ImageRef
 from yivl.serving.prompt_bound import WINDOW_CHARS, check_text_fits
 from yivl.serving.worker import GenerationWorker
 
@@ -187,10 +188,14 @@ def test_a_huge_message_is_refused_after_tokenizing_a_bounded_part():
 
 
 @pytest.mark.parametrize("mode", ["RGB", "RGBA", "P"])
-def test_a_queued_image_is_kept_at_model_size_with_the_same_pixels(engine: Engine, mode: str):
+def test_a_queued_image_is_kept_as_model_pixels(engine: Engine, mode: str):
     noise = np.random.default_rng(0).integers(0, 256, (600, 1000, 4), dtype=np.uint8)
-    original = Image.fromarray(noise, "RGBA").convert(mode)
-    small = model_sized(engine)(original)
+    buf = io.BytesIO()
+    Image.fromarray(noise, "RGBA").convert(mode).save(buf, format="PNG")
+    ref = ImageRef(data_url(buf.getvalue()), "messages[0].content[1].image_url")
+    settings = api_settings()
+    settings.images = dataclasses.replace(settings.images, max_image_bytes=10_000_000)  # noise: 2 MB
+    queued = request_pixels(engine, ref, settings)
     side = engine.image_processor.size
-    assert small.size == (side, side) and small.mode == "RGB"
-    assert torch.equal(engine.pixels(small), engine.pixels(original))
+    assert queued.shape == (3, side, side) and queued.dtype == torch.float32
+    assert torch.equal(engine.pixels(queued), engine.pixels(buf.getvalue()))

@@ -100,12 +100,15 @@ def test_the_security_keys_reach_the_api_settings(tmp_path: Path):
         "api.unsupported_fields=warn",
         "api.max_queue=3",
         "api.host=0.0.0.0",
+        "api.image_cache_size=0",
+        "api.image_cache_bytes=1000",
     )
     settings = launch.api_settings(cfg, GenerationSettings())
     assert settings.images.allowed_local_media_path == (str(tmp_path.resolve()),)
     assert settings.images.remote_allowed_networks == ("10.0.0.0/8",)
     assert (settings.allowed_hosts, settings.cors_origins) == (("vl.internal",), ("https://app.example",))
     assert (settings.unsupported_fields, settings.max_parsing, settings.host) == ("warn", 3, "0.0.0.0")
+    assert (settings.image_cache_size, settings.image_cache_bytes) == (0, 1000)
 
 
 def test_local_files_cors_and_extra_hosts_are_off_by_default():

@@ -219,6 +219,8 @@ _SERVERS = {
     "api.remote_allowed_networks": STRINGS,
     "api.max_request_bytes": COUNT,
     "api.max_decodes": COUNT,
+    "api.image_cache_size": Int(0),
+    "api.image_cache_bytes": Int(0),
     "api.max_image_bytes": COUNT,
     "api.max_n": COUNT,
     "api.max_queue": COUNT,

@@ -11,12 +11,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import torch
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
-from PIL import Image
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.cors import CORSMiddleware
@@ -29,9 +28,11 @@ from yivl.serving.api_guard import HostCheck, Slots, check_json, check_key
 from yivl.serving.api_stream import Prepared, completion_body, sse_chunks
 from yivl.serving.engine import Engine
 from yivl.serving.engine import Request as EngineRequest
-from yivl.serving.image_urls import ImagePolicy, fetch_image
+from yivl.serving.image_cache import PixelCache
+from yivl.serving.image_urls import ImagePolicy, fetch_pixels
 from yivl.serving.openai_format import (
     ChatRequest,
+    ImageRef,
     SystemPolicy,
     UnsupportedPolicy,
     model_not_found,
@@ -50,7 +51,8 @@ class ApiSettings:
 
     ``host`` is the bind address the ``Host`` header is checked against (``allowed_hosts`` adds names,
     ``*`` turns the check off); ``cors_origins`` are the web origins allowed to call (none: CORS off);
-    ``max_parsing`` requests are read and parsed at once, ``max_decodes`` images decoded at once.
+    ``max_parsing`` requests are read and parsed at once, ``max_decodes`` images decoded at once; the
+    pixels of the last ``image_cache_size`` images (at most ``image_cache_bytes``) are kept by content.
     """
 
     model_name: str = "yi-vl"
@@ -61,6 +63,8 @@ class ApiSettings:
     max_request_bytes: int = 30_000_000
     max_parsing: int = 16
     max_decodes: int = 2
+    image_cache_size: int = 32
+    image_cache_bytes: int = 200_000_000
     max_n: int = 4
     request_timeout_s: float = 600.0
     system_messages: SystemPolicy = "use"
@@ -83,6 +87,7 @@ def create_app(engine: Engine, worker: GenerationWorker, settings: ApiSettings) 
     app.add_middleware(HostCheck, bind=settings.host, allowed=settings.allowed_hosts)  # outermost
     parsing = Slots(settings.max_parsing)
     decoding = threading.BoundedSemaphore(settings.max_decodes)
+    app.state.pixel_cache = cache = PixelCache(settings.image_cache_size, settings.image_cache_bytes)
 
     @app.get("/health")
     async def health() -> dict:
@@ -113,7 +118,7 @@ def create_app(engine: Engine, worker: GenerationWorker, settings: ApiSettings) 
         with parsing, worker.arriving() as arrival:  # at most max_parsing bodies in memory before the queue
             body = await _read_body(request, settings.max_request_bytes)
             # JSON parsing, image decoding, tokenizing run in a thread: they must not stall the event loop
-            prepared = await run_in_threadpool(_parse_and_prepare, engine, settings, body, decoding)
+            prepared = await run_in_threadpool(_parse_and_prepare, engine, settings, body, decoding, cache)
             del body
             events = _open_stream(worker, prepared, settings, arrival)
         if prepared.chat.stream:
@@ -157,9 +162,13 @@ def _body_too_large(size: int, limit: int) -> ApiError:
 
 
 def _parse_and_prepare(
-    engine: Engine, settings: ApiSettings, body: bytes, decoding: threading.BoundedSemaphore
+    engine: Engine,
+    settings: ApiSettings,
+    body: bytes,
+    decoding: threading.BoundedSemaphore,
+    cache: PixelCache,
 ) -> Prepared:
-    return prepare(engine, settings, parse_request(body, settings.unsupported_fields), decoding)
+    return prepare(engine, settings, parse_request(body, settings.unsupported_fields), decoding, cache)
 
 
 def prepare(
@@ -167,11 +176,12 @@ def prepare(
     settings: ApiSettings,
     chat: ChatRequest,
     decoding: threading.BoundedSemaphore | None = None,
+    cache: PixelCache | None = None,
 ) -> Prepared:
     """Check the model name, the conversation, the image and the prompt length; HTTP 4xx if any is wrong.
 
     The text is bounded before it is tokenized and the image fetched only then, decoded while holding
-    ``decoding`` (at most ``max_decodes`` images in the decoder at once).
+    ``decoding`` (at most ``max_decodes`` images in the decoder at once) unless ``cache`` has its pixels.
     """
     if chat.model != settings.model_name:
         raise model_not_found(chat.model, settings.model_name)
@@ -180,7 +190,7 @@ def prepare(
     conversation = to_conversation(chat.messages, settings.system_messages)
     check_text_fits(engine, conversation)
     ref = conversation.image
-    image = None if ref is None else fetch_image(ref, settings.images, decoding, model_sized(engine))
+    image = None if ref is None else request_pixels(engine, ref, settings, decoding, cache)
     try:
         ids = engine.prompt_ids(conversation.turns, image is not None, conversation.system)
         gen = generation_settings(chat, settings.defaults)
@@ -193,15 +203,17 @@ def prepare(
     return Prepared(chat, requests, gen, prompt_tokens, engine.token_piece)
 
 
-def model_sized(engine: Engine) -> Callable[[Image.Image], Image.Image] | None:
-    """What shrinks a decoded image to the square the model sees, the same pixels as the engine would make
-    of the original; None when the processor crops after resizing (then only the original gives them).
-    A queued request then holds a 448 px image, not a 64-megapixel one."""
-    processor = engine.image_processor
-    if processor.resize_size != processor.size:
-        return None
-    pad = engine.loaded.config.image_aspect_ratio == "pad"
-    return lambda image: processor.geometry(image, pad)
+def request_pixels(
+    engine: Engine,
+    ref: ImageRef,
+    settings: ApiSettings,
+    decoding: threading.BoundedSemaphore | None = None,
+    cache: PixelCache | None = None,
+) -> torch.Tensor:
+    """The request's image as the model's pixels ``[3, S, S]`` (float32, CPU), made here on the request
+    thread, not on the worker's: a queued request holds those, not a 64-megapixel image. An image seen
+    before comes from ``cache`` (shared: nobody writes into it)."""
+    return fetch_pixels(ref, settings.images, engine.preprocess, decoding, cache, engine.pixel_settings())
 
 
 def generation_settings(chat: ChatRequest, defaults: GenerationSettings) -> GenerationSettings:

@@ -38,7 +38,8 @@ from yivl.models.generation import (
     shared_prefix_length,
 )
 
-ImageInput = str | Path | bytes | Image.Image | None
+ImageInput = str | Path | bytes | Image.Image | torch.Tensor | None
+"""A path, file bytes, a decoded image, or pixels already made by :meth:`Engine.preprocess`."""
 
 
 @dataclass
@@ -88,11 +89,23 @@ class Engine:
         return self.loaded.config.num_image_tokens
 
     def pixels(self, image: ImageInput) -> torch.Tensor:
-        """Image (path, bytes or PIL) -> normalized pixels ``[3, S, S]`` on the model's device."""
-        pil = image if isinstance(image, Image.Image) else load_image(image, max_pixels=self.max_image_pixels)
-        pad = self.loaded.config.image_aspect_ratio == "pad"
+        """Image (path, bytes, PIL or :meth:`preprocess` pixels) -> normalized pixels ``[3, S, S]`` on the
+        model's device, in the vision tower's dtype. Given pixels are not written to (they may be shared)."""
+        if not isinstance(image, torch.Tensor):
+            image = self.preprocess(image)
         dtype = next(self.model.vision_tower.parameters()).dtype
-        return self.image_processor(pil, pad=pad).to(self.device, dtype)
+        return image.to(self.device, dtype)
+
+    def preprocess(self, image: str | Path | bytes | Image.Image) -> torch.Tensor:
+        """Image -> normalized pixels ``[3, S, S]`` float32 on the CPU: padded (as the checkpoint asks),
+        resized and normalized; :meth:`pixels` takes them as they are."""
+        pil = image if isinstance(image, Image.Image) else load_image(image, max_pixels=self.max_image_pixels)
+        return self.image_processor(pil, pad=self.loaded.config.image_aspect_ratio == "pad")
+
+    def pixel_settings(self) -> tuple:
+        """What besides an image's bytes decides :meth:`preprocess`'s pixels (a cache key's other half)."""
+        pad = self.loaded.config.image_aspect_ratio == "pad"
+        return (self.image_processor.settings(), pad, self.max_image_pixels)
 
     def prompt_ids(self, turns: Sequence[Turn], has_image: bool, system: str = SYSTEM_PROMPT) -> list[int]:
         """Render and tokenize a conversation; the placeholder goes into the first human turn iff an image."""

@@ -66,9 +66,12 @@ class TextBuffer:
         self.last = float("-inf")
 
     def add(self, index: int, delta: str, logprobs: list[TokenLogprob] | None = None) -> None:
-        event = self.pending.setdefault(index, Event("text", index=index))
+        event = self.pending.get(index)
+        if event is None:  # not setdefault: that would build an Event for every token
+            event = self.pending[index] = Event("text", index=index)
         event.delta += delta
-        event.logprobs.extend(logprobs or ())
+        if logprobs:
+            event.logprobs.extend(logprobs)
         if time.monotonic() - self.last >= self.interval:
             self.flush()
 

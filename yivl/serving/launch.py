@@ -136,6 +136,8 @@ def api_settings(cfg: DictConfig, defaults: GenerationSettings) -> ApiSettings:
         max_request_bytes=int(api.max_request_bytes),
         max_parsing=int(api.max_queue),
         max_decodes=int(api.max_decodes),
+        image_cache_size=int(api.image_cache_size),
+        image_cache_bytes=int(api.image_cache_bytes),
         max_n=int(api.max_n),
         request_timeout_s=float(api.request_timeout_s),
         system_messages=api.system_messages,

@@ -1,16 +1,20 @@
 """The command line of train.py, evaluate.py and infer.py, checked before Hydra sees it.
 
-Hydra's own messages for a mistyped key or group option span several lines (with the config search
-path); the house rule is one line naming the thing and the fix. :func:`prepare` refuses the original
-01-ai scripts' flags, unknown group options and unknown keys (suggesting the nearest valid ones), and
-rewrites train.py's synonyms (``output_dir=``, ``device=``, ``dtype=``). Sweeps (``-m a=1,2``),
-``+key=``, ``++key=``, ``~key``, group choices and Hydra's own ``hydra.*`` keys pass through.
+Hydra's own messages for a mistyped key, a value its grammar cannot read or a configuration it cannot
+compose span several lines (with a link and HYDRA_FULL_ERROR=1) and exit 1; the house rule is one line
+naming the thing and the fix, exit 2. :func:`prepare` refuses the original 01-ai scripts' flags,
+overrides Hydra's grammar cannot read (showing the quoted form that it can), a sweep without ``-m``,
+unknown group options and unknown keys (suggesting the nearest valid ones), and any other composition
+error; it rewrites train.py's synonyms (``output_dir=``, ``device=``, ``dtype=``). Sweeps
+(``-m a=1,2``), ``+key=``, ``++key=``, ``~key``, group choices and Hydra's own ``hydra.*`` keys pass
+through when Hydra can apply them.
 """
 
 from __future__ import annotations
 
 import difflib
 import re
+import shlex
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,15 +51,104 @@ def prepare(argv: Sequence[str], entry: EntryPoint) -> list[str]:
         return argv
     legacy_flag(argv, entry.flags, entry.script)
     multirun = bool(_MULTIRUN & set(argv))
+    message = unreadable(overrides(argv), entry.script, multirun)
+    if message:
+        raise YivlError(message)
     argv = [new for arg in argv for new in _rewrite(arg, entry.synonyms, multirun)]
     message = unknown_option(argv, entry.config_dir)
     if message:
         raise YivlError(message)
     if not _OTHER_CONFIG & set(argv):
-        message = unknown_key(overrides(argv), entry)
+        # One composition with every override: when it works every key exists, so the (second)
+        # composition that tells an unknown key is only paid for on the way to an error.
+        message = composition_error(overrides(argv), entry)
         if message:
-            raise YivlError(message)
+            raise YivlError(unknown_key(overrides(argv), entry) or message)
     return argv
+
+
+_QUOTING = '(docs/cli.md, "Quoting")'
+
+
+def unreadable(args: Sequence[str], script: str, multirun: bool) -> str | None:
+    """The first override Hydra's grammar cannot read (or a sweep without ``-m``), as one line with
+    the form to write instead."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    parser = OverridesParser.create()
+    for arg in args:
+        try:
+            parsed = parser.parse_overrides([arg])[0]
+        except HydraException:
+            return _unreadable_message(arg, script, parser)
+        if parsed.is_sweep_override() and not multirun:
+            value = arg.partition("=")[2]
+            quoted = _quoted(arg.partition("=")[0], value, parser)
+            fix = f"quote the value, e.g. {quoted}" if quoted else f"quote the value {_QUOTING}"
+            return (
+                f"{arg} reads as a sweep over several values: {fix} (a list is key=[a,b]; a sweep needs -m)"
+            )
+    return None
+
+
+def _unreadable_message(arg: str, script: str, parser: Any) -> str:
+    key, sep, value = arg.partition("=")
+    if not sep:
+        return (
+            f"cannot read the argument {arg}: an override is key=value "
+            f"(python {script} --cfg job lists the keys)"
+        )
+    if not _parses(parser, f"{key}=x"):
+        return (
+            f"cannot read the key in {arg}: a key is letters, digits, '_', '-', '.' and '/' "
+            f"(python {script} --cfg job lists the keys)"
+        )
+    quoted = _quoted(key, value, parser)
+    fix = f"quote the value, e.g. {quoted} {_QUOTING}" if quoted else f"quote the value {_QUOTING}"
+    if value.lstrip().startswith(("[", "{")):
+        fix = f"close the brackets of the list, or {fix}"
+    return f"cannot read the override {arg}: {fix}"
+
+
+def _parses(parser: Any, arg: str) -> bool:
+    from hydra.errors import HydraException
+
+    try:
+        parser.parse_overrides([arg])
+    except HydraException:
+        return False
+    return True
+
+
+def _quoted(key: str, value: str, parser: Any) -> str | None:
+    """``key=value`` with the value quoted the way Hydra reads it back as ``value``, itself quoted for
+    a POSIX shell; None when no simple form reads back exactly."""
+    quotes = ("'", '"') if '"' in value and "'" not in value else ('"', "'")  # 'say "hi"' reads best
+    for quote in quotes:
+        # Inside quotes Hydra reads a backslash as an escape only before a quote or at the end.
+        body = re.sub(r"(\\*)(?=" + quote + r"|$)", lambda m: m.group(1) * 2, value)
+        form = f"{key}={quote}{body.replace(quote, chr(92) + quote)}{quote}"
+        if _reads_back(parser, form, value):
+            return _shell(form)
+    return None
+
+
+def _reads_back(parser: Any, form: str, value: str) -> bool:
+    from hydra.errors import HydraException
+
+    try:
+        parsed = parser.parse_overrides([form])[0]
+    except HydraException:
+        return False
+    return parsed.value() == value
+
+
+def _shell(arg: str) -> str:
+    """``arg`` quoted for a POSIX shell: in single quotes, or in double quotes when it holds one."""
+    if "'" not in arg:
+        return shlex.quote(arg)
+    return '"' + re.sub(r'(["\\$`])', r"\\\1", arg) + '"'
 
 
 def legacy_flag(argv: Sequence[str], flags: Mapping[str, str], script: str) -> None:
@@ -165,6 +258,61 @@ def _composed(entry: EntryPoint, groups: list[str]) -> dict | None:
     except Exception:  # a malformed override or config is for Hydra to report, in its words
         return None
     return OmegaConf.to_container(cfg, resolve=False)
+
+
+def composition_error(args: Sequence[str], entry: EntryPoint) -> str | None:
+    """One line for the first problem Hydra meets composing ``entry``'s config with ``args`` (under
+    ``-m`` each sweep stands as its first value); None when it composes or cannot be tried here."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parser = OverridesParser.create()
+    single = []
+    for arg in args:
+        parsed = parser.parse_overrides([arg])[0]
+        if parsed.is_sweep_override():
+            try:
+                first = f"{arg.partition('=')[0]}={next(iter(parsed.sweep_string_iterator()))}"
+            except Exception:  # interval() or glob(): no first value without the config; Hydra decides
+                return None
+            if not _parses(parser, first):
+                return None
+            arg = first
+        single.append(arg)
+    try:
+        with initialize_config_dir(str(entry.config_dir), version_base="1.3"):
+            compose(entry.config_name, overrides=single)
+    except Exception as exc:  # whatever Hydra or OmegaConf raise is told in one line
+        return _composition_message(exc, args, entry, parser)
+    return None
+
+
+def _composition_message(exc: Exception, args: Sequence[str], entry: EntryPoint, parser: Any) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    quoted = re.search(r"'([^']+)'", text)
+    named = quoted.group(1) if quoted else None
+    for arg in args:
+        parsed = parser.parse_overrides([arg])[0]
+        if parsed.key_or_group != named:
+            continue
+        key = parsed.key_or_group
+        if parsed.is_add() and text.startswith("Could not append"):
+            return (
+                f"{arg} adds {key}, which already exists: write {arg[1:]} to set it "
+                f"(or +{arg} to set or add it)"
+            )
+        if parsed.is_delete() and text.startswith("Could not delete '"):
+            return (
+                f"cannot delete {key}: {entry.script}'s defaults list has no {key} group "
+                f"(python {entry.script} --cfg job shows the configuration)"
+            )
+        if parsed.is_delete() and "does not exist" in text:
+            return (
+                f"cannot delete {key}: it is not set in {entry.script}'s configuration "
+                f"(write {key}=null to clear a value; python {entry.script} --cfg job lists the keys)"
+            )
+    first = text.splitlines()[0].rstrip(".")
+    return f"{first} (python {entry.script} --cfg job shows the configuration)"
 
 
 def _has_key(node: Any, parts: list[str]) -> bool | None:

@@ -70,8 +70,9 @@ CASES = [  # (script, argv, the line on stderr after "error: ")
     (
         "infer.py",
         ["mode=api", "api.api_key=ключé"],
-        "cannot read the override api.api_key=ключé: quote the value, "
-        f"e.g. 'api.api_key=\"ключé\"' {QUOTING}",
+        # a credential is never repeated in an error line
+        "cannot read the override api.api_key=<hidden>: quote the value, "
+        f"e.g. 'api.api_key=\"...\"' {QUOTING}",
     ),
     (
         "infer.py",
@@ -145,7 +146,9 @@ def test_an_override_hydra_cannot_take_is_one_line_and_exit_2(
     assert not list(tmp_path.iterdir())  # nothing started
 
 
-@pytest.mark.parametrize(("script", "argv", "line"), [c for c in CASES if "e.g. " in c[2]])
+@pytest.mark.parametrize(
+    ("script", "argv", "line"), [c for c in CASES if "e.g. " in c[2] and "<hidden>" not in c[2]]
+)
 def test_the_form_a_message_shows_reads_back_as_the_value_meant(
     script: str, argv: list[str], line: str
 ) -> None:

@@ -83,6 +83,8 @@ def unreadable(args: Sequence[str], script: str, multirun: bool) -> str | None:
         except HydraException:
             return _unreadable_message(arg, script, parser)
         if parsed.is_sweep_override() and not multirun:
+            if _secret(arg.partition("=")[0]):
+                return f"{arg.partition('=')[0]}=<hidden> reads as a sweep: quote the value {_QUOTING}"
             value = arg.partition("=")[2]
             quoted = _quoted(arg.partition("=")[0], value, parser)
             fix = f"quote the value, e.g. {quoted}" if quoted else f"quote the value {_QUOTING}"
@@ -104,11 +106,23 @@ def _unreadable_message(arg: str, script: str, parser: Any) -> str:
             f"cannot read the key in {arg}: a key is letters, digits, '_', '-', '.' and '/' "
             f"(python {script} --cfg job lists the keys)"
         )
+    if _secret(key):  # an error line goes to logs and terminals: never echo a key
+        example = _shell(f'{key}="..."')
+        return f"cannot read the override {key}=<hidden>: quote the value, e.g. {example} {_QUOTING}"
     quoted = _quoted(key, value, parser)
     fix = f"quote the value, e.g. {quoted} {_QUOTING}" if quoted else f"quote the value {_QUOTING}"
     if value.lstrip().startswith(("[", "{")):
         fix = f"close the brackets of the list, or {fix}"
     return f"cannot read the override {arg}: {fix}"
+
+
+_SECRET_WORDS = ("key", "token", "password", "secret")
+
+
+def _secret(key: str) -> bool:
+    """Whether the value of ``key`` (``api.api_key``) is a credential, not to be repeated in errors."""
+    name = key.lstrip("+~").rsplit(".", 1)[-1].lower()
+    return any(word in name for word in _SECRET_WORDS)
 
 
 def _parses(parser: Any, arg: str) -> bool:

@@ -31,6 +31,12 @@ PASSED_THROUGH = frozenset({"logprobs", "top_logprobs", "top_k", "frequency_pena
 NO_EFFECT = frozenset({"user", "metadata", "store", "service_tier"})
 """Bookkeeping fields that change nothing in an answer: accepted and ignored, as a local server may."""
 MESSAGE_FIELDS = frozenset({"role", "content", "name"})
+PART_FIELDS = frozenset({"type", "text", "image_url"})
+IMAGE_URL_FIELDS = frozenset({"url", "detail"})
+STREAM_OPTION_FIELDS = frozenset({"include_usage"})
+DETAILS_IGNORED = frozenset({"auto"})
+"""``image_url.detail`` values answered as asked: Yi-VL sees every image at one resolution, which is what
+OpenAI's default ``auto`` leaves to the server; ``low`` and ``high`` ask for what it cannot do."""
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +48,7 @@ STRICT = ConfigDict(extra="allow", strict=True)
 class ImageURL(BaseModel):
     model_config = STRICT
     url: str
-    detail: str | None = None
+    detail: Literal["auto", "low", "high"] | None = None
 
 
 class ContentPart(BaseModel):
@@ -127,14 +133,26 @@ def parse_request(body: bytes, unsupported: UnsupportedPolicy = "error") -> Chat
 
 
 def unsupported_fields(chat: ChatRequest) -> list[str]:
-    """The fields of ``chat`` (top level and per message) that nothing here implements, in request order.
+    """The fields of ``chat`` that nothing here implements, at every level (top, messages, content parts,
+    their ``image_url``, ``stream_options``), as full paths (``messages[0].content[1].image_url.detail``),
+    top level first, then message by message.
 
     A field sent as null, ``[]`` or ``{}`` asks for nothing and is let through: clients that echo an
-    assistant message back send ``"tool_calls": null``.
+    assistant message back send ``"tool_calls": null``. ``image_url.detail`` other than ``auto`` is one.
     """
     names = _set_extras(chat, PASSED_THROUGH | NO_EFFECT, "")
+    if chat.stream_options is not None:
+        names += _set_extras(chat.stream_options, STREAM_OPTION_FIELDS, "stream_options.")
     for i, message in enumerate(chat.messages):
         names += _set_extras(message, MESSAGE_FIELDS, f"messages[{i}].")
+        for j, part in enumerate(message.content if isinstance(message.content, list) else []):
+            where = f"messages[{i}].content[{j}]"
+            names += _set_extras(part, PART_FIELDS, f"{where}.")
+            if part.image_url is not None:
+                names += _set_extras(part.image_url, IMAGE_URL_FIELDS, f"{where}.image_url.")
+                detail = part.image_url.detail
+                if detail is not None and detail not in DETAILS_IGNORED:
+                    names.append(f"{where}.image_url.detail")
     return names
 
 
@@ -154,6 +172,11 @@ def _invalid(exc: ValidationError) -> ApiError:
         return bad_request(f"the request body is not valid JSON: {reason}", code="invalid_json")
     if not first["loc"]:
         return bad_request("the request body must be a JSON object", code="invalid_json")
+    # a union (content: a string or parts) reports each branch; the deepest error names the field
+    same_field = [
+        e for e in exc.errors(include_input=False, include_url=False) if e["loc"][:1] == first["loc"][:1]
+    ]
+    first = max(same_field, key=lambda e: len(e["loc"]))
     param = _param_name(first["loc"])
     return bad_request(f"{param}: {first['msg']}", param=param, code="invalid_value")
 

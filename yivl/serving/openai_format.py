@@ -76,8 +76,9 @@ class ChatRequest(BaseModel):
     model_config = STRICT
     model: str
     messages: list[ChatMessage] = Field(min_length=1)
-    temperature: float | None = Field(default=None, ge=0, le=2)
-    top_p: float | None = Field(default=None, gt=0, le=1)
+    # allow_inf_nan: the JSON parser reads NaN and Infinity; "must be finite" says why they are refused
+    temperature: float | None = Field(default=None, ge=0, le=2, allow_inf_nan=False)
+    top_p: float | None = Field(default=None, gt=0, le=1, allow_inf_nan=False)
     max_tokens: int | None = Field(default=None, ge=1)
     max_completion_tokens: int | None = Field(default=None, ge=1)
     stop: str | list[str] | None = None
@@ -88,15 +89,26 @@ class ChatRequest(BaseModel):
     logprobs: bool = False
     top_logprobs: int | None = Field(default=None, ge=0, le=MAX_TOP_LOGPROBS)
     top_k: int | None = Field(default=None, ge=-1)  # extension (as vLLM's): -1 or 0 turns it off
-    frequency_penalty: float | None = Field(default=None, ge=-2, le=2)
-    presence_penalty: float | None = Field(default=None, ge=-2, le=2)
+    frequency_penalty: float | None = Field(default=None, ge=-2, le=2, allow_inf_nan=False)
+    presence_penalty: float | None = Field(default=None, ge=-2, le=2, allow_inf_nan=False)
 
     def stop_strings(self) -> tuple[str, ...]:
-        """The caller's stop strings (at most four, as OpenAI allows), empty ones dropped."""
+        """The caller's stop strings: at most four, as OpenAI allows, none empty (an empty one would
+        match before the first token); HTTP 400 ``invalid_value`` otherwise."""
         stops = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
         if len(stops) > MAX_STOP_STRINGS:
-            raise bad_request(f"stop has {len(stops)} strings; at most {MAX_STOP_STRINGS}", param="stop")
-        return tuple(s for s in stops if s)
+            raise invalid_value(f"stop has {len(stops)} strings; at most {MAX_STOP_STRINGS}", "stop")
+        if not all(stops):
+            raise invalid_value(
+                "stop holds an empty string; remove it (stop strings must not be empty)", "stop"
+            )
+        return tuple(stops)
+
+    def check(self) -> None:
+        """What the field types cannot say: the stop strings, and top_logprobs only with logprobs."""
+        self.stop_strings()
+        if self.top_logprobs is not None and not self.logprobs:
+            raise invalid_value("top_logprobs needs logprobs=true; set both", "top_logprobs")
 
 
 @dataclass(frozen=True)
@@ -118,6 +130,7 @@ def parse_request(body: bytes, unsupported: UnsupportedPolicy = "error") -> Chat
         chat = ChatRequest.model_validate_json(body)
     except ValidationError as exc:
         raise _invalid(exc) from None
+    chat.check()
     for param in unsupported_fields(chat):
         if unsupported == "warn":
             log.warning("ignoring %s: this server does not implement it (api.unsupported_fields=warn)", param)
@@ -272,7 +285,11 @@ def _content(message: ChatMessage, param: str) -> tuple[str, ImageRef | None]:
             texts.append(_checked_text(part.text, f"{where}.text"))
         elif part.type == "image_url" and part.image_url is not None:
             if message.role != "user":
-                raise bad_request(f"{where}: only user messages can hold images", param=where)
+                raise bad_request(
+                    f"{where}: only user messages can hold images",
+                    param=where,
+                    code="unsupported_content",
+                )
             if image is not None:
                 raise bad_request(
                     f"{where}: Yi-VL takes one image per conversation and {image.param} is already one",
@@ -294,6 +311,7 @@ def _checked_text(text: str, param: str) -> str:
         raise bad_request(
             f"{param}: the text contains {IMAGE_PLACEHOLDER}; send the image as an image_url part instead",
             param=param,
+            code="invalid_value",
         )
     return text
 
@@ -307,12 +325,22 @@ def _append(turns: list[Turn], role: str, text: str) -> None:
 
 
 def _check_turns(turns: list[Turn]) -> None:
+    """HTTP 400 ``invalid_conversation`` for a message list Yi-VL cannot answer."""
+
+    def refuse(message: str) -> ApiError:
+        return bad_request(message, param="messages", code="invalid_conversation")
+
     if not any(t.role == "human" for t in turns):
-        raise bad_request("messages holds no user message; add one with the question", param="messages")
+        raise refuse("messages holds no user message; add one with the question")
     if turns[-1].role != "human":
-        raise bad_request("the last message must be the user's question", param="messages")
+        raise refuse("the last message must be the user's question")
     if not turns[-1].text.strip():
-        raise bad_request("the last user message has no text; ask a question", param="messages")
+        raise refuse("the last user message has no text; ask a question")
+
+
+def invalid_value(message: str, param: str) -> ApiError:
+    """HTTP 400 ``invalid_value``: a field's value is out of its range (``param`` names it)."""
+    return bad_request(message, param=param, code="invalid_value")
 
 
 def model_not_found(name: str, served: str) -> ApiError:

@@ -9,7 +9,7 @@ import openai
 import pytest
 
 from .conftest import MAX_IMAGE_BYTES, MAX_REQUEST_BYTES
-from .helpers import data_url, image_message, png_bytes
+from .helpers import answered_on_one_connection, data_url, image_message, png_bytes
 
 URL_OK = data_url(png_bytes())
 USER = {"role": "user", "content": "Hi"}
@@ -28,12 +28,18 @@ BAD_JSON = [
 BAD_REQUESTS = [
     ("unknown model", body(model="gpt-4o"), 404, "model_not_found", "model"),
     ("no messages", body(messages=[]), 400, "invalid_value", "messages"),
-    ("no user turn", body(messages=[{"role": "assistant", "content": "Hello"}]), 400, None, "messages"),
+    (
+        "no user turn",
+        body(messages=[{"role": "assistant", "content": "Hello"}]),
+        400,
+        "invalid_conversation",
+        "messages",
+    ),
     (
         "last turn not the user's",
         body(messages=[USER, {"role": "assistant", "content": "Yo"}]),
         400,
-        None,
+        "invalid_conversation",
         "messages",
     ),
     (
@@ -52,14 +58,45 @@ BAD_REQUESTS = [
             ]
         ),
         400,
-        None,
+        "unsupported_content",
         "messages[0].content[0]",
     ),
     ("tool role", body(messages=[{"role": "tool", "content": "42"}, USER]), 400, "unsupported_role", None),
     ("temperature type", body(temperature="hot"), 400, "invalid_value", "temperature"),
     ("top_p range", body(top_p=0), 400, "invalid_value", "top_p"),
     ("max_tokens range", body(max_tokens=0), 400, "invalid_value", "max_tokens"),
-    ("five stop strings", body(stop=["a", "b", "c", "d", "e"]), 400, None, "stop"),
+    ("five stop strings", body(stop=["a", "b", "c", "d", "e"]), 400, "invalid_value", "stop"),
+    ("an empty stop string", body(stop=["###", ""]), 400, "invalid_value", "stop"),
+    ("an empty stop", body(stop=""), 400, "invalid_value", "stop"),
+    (
+        "temperature NaN",
+        b'{"model": "yi-vl", "messages": [{"role": "user", "content": "Hi"}], "temperature": NaN}',
+        400,
+        "invalid_value",
+        "temperature",
+    ),
+    (
+        "top_p Infinity",
+        b'{"model": "yi-vl", "messages": [{"role": "user", "content": "Hi"}], "top_p": Infinity}',
+        400,
+        "invalid_value",
+        "top_p",
+    ),
+    ("top_logprobs without logprobs", body(top_logprobs=2), 400, "invalid_value", "top_logprobs"),
+    (
+        "no text in the last message",
+        body(messages=[{"role": "user", "content": None}]),
+        400,
+        "invalid_conversation",
+        "messages",
+    ),
+    (
+        "a file URL with a host",
+        body(messages=[image_message("file://evil/etc/passwd")]),
+        400,
+        "invalid_image_url",
+        "messages[0].content[1].image_url",
+    ),
     ("missing model", {"messages": [USER]}, 400, "invalid_value", "model"),
     (
         "two images",
@@ -132,19 +169,31 @@ BAD_REQUESTS = [
             ]
         ),
         400,
-        None,
+        "unsupported_content",
         None,
     ),
-    ("audio part", body(messages=[{"role": "user", "content": [{"type": "input_audio"}]}]), 400, None, None),
+    (
+        "audio part",
+        body(messages=[{"role": "user", "content": [{"type": "input_audio"}]}]),
+        400,
+        "unsupported_content",
+        None,
+    ),
     (
         "placeholder text",
         body(messages=[{"role": "user", "content": "<image_placeholder> hi"}]),
         400,
-        None,
+        "invalid_value",
         None,
     ),
-    ("n too large", body(n=50), 400, None, "n"),
-    ("context overflow", body(messages=[{"role": "user", "content": "word " * 6000}]), 400, None, "messages"),
+    ("n too large", body(n=100), 400, "invalid_value", "n"),
+    (
+        "context overflow",
+        body(messages=[{"role": "user", "content": "word " * 6000}]),
+        400,
+        "context_length_exceeded",
+        "messages",
+    ),
 ]
 
 
@@ -154,6 +203,7 @@ def check_error(response: httpx.Response, status: int, code: str | None, param: 
     assert set(error) == {"message", "type", "param", "code"}
     assert error["message"] and "\n" not in error["message"]
     assert error["type"] == ("invalid_request_error" if status < 500 else "server_error")
+    assert error["code"], "every error has a code"
     if code is not None:
         assert error["code"] == code
     if param is not None:
@@ -179,8 +229,21 @@ def test_malformed_bodies(api_url: str, name: str, raw: bytes, status: int, code
 def test_bad_requests(
     api_url: str, name: str, payload: dict, status: int, code: str | None, param: str | None
 ):
-    response = httpx.post(f"{api_url}/v1/chat/completions", json=payload, timeout=60)
-    check_error(response, status, code, param)
+    with httpx.Client(timeout=60) as client:
+        check_error(answered_on_one_connection(client, api_url, payload, body()), status, code, param)
+
+
+def test_a_number_that_is_not_finite_is_named_so(api_url: str):
+    raw = b'{"model": "yi-vl", "messages": [{"role": "user", "content": "Hi"}], "temperature": NaN}'
+    response = httpx.post(
+        f"{api_url}/v1/chat/completions",
+        content=raw,
+        headers={"Content-Type": "application/json"},
+        timeout=30,
+    )
+    assert check_error(response, 400, "invalid_value", "temperature")["message"] == (
+        "temperature: Input should be a finite number"
+    )
 
 
 def test_oversized_body_is_refused_before_it_is_read(api_url: str):
@@ -197,8 +260,12 @@ def test_oversized_chunked_body_is_refused(api_url: str):
 
 
 def test_unknown_route_and_method_get_openai_bodies(api_url: str):
-    check_error(httpx.get(f"{api_url}/v1/nothing", timeout=10), 404, None, None)
-    check_error(httpx.get(f"{api_url}/v1/chat/completions", timeout=10), 405, None, None)
+    check_error(httpx.get(f"{api_url}/v1/nothing", timeout=10), 404, "not_found", None)
+    with httpx.Client(timeout=10) as client:
+        for method in ("GET", "OPTIONS", "PUT"):
+            refused = client.request(method, f"{api_url}/v1/chat/completions")
+            check_error(refused, 405, "method_not_allowed", None)
+            assert refused.headers["allow"] == "POST"
     check_error(httpx.get(f"{api_url}/v1/models/gpt-4o", timeout=10), 404, "model_not_found", None)
 
 
@@ -217,7 +284,11 @@ def test_the_openai_client_raises_typed_errors(api_url: str):
 
 def test_the_server_still_answers_after_every_error(api_url: str):
     for _, payload, *_ in BAD_REQUESTS:
-        httpx.post(f"{api_url}/v1/chat/completions", json=payload, timeout=60)
+        if isinstance(payload, bytes):
+            headers = {"Content-Type": "application/json"}
+            httpx.post(f"{api_url}/v1/chat/completions", content=payload, headers=headers, timeout=60)
+        else:
+            httpx.post(f"{api_url}/v1/chat/completions", json=payload, timeout=60)
     still_serves(api_url)
     image = body(messages=[image_message(data_url(base64.b64decode(URL_OK.split(",")[1])))])
     assert httpx.post(f"{api_url}/v1/chat/completions", json=image, timeout=60).status_code == 200

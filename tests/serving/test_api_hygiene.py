@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import json
 import socket
 import time
 from types import SimpleNamespace
@@ -26,7 +27,7 @@ from yivl.serving.prompt_bound import WINDOW_CHARS, check_text_fits
 from yivl.serving.worker import GenerationWorker
 
 from .conftest import api_settings
-from .helpers import answered_on_one_connection, data_url, image_message, serve
+from .helpers import answered_on_one_connection, client_port, data_url, image_message, serve
 from .test_api_errors import body, check_error
 
 CHAT = "/v1/chat/completions"
@@ -60,6 +61,60 @@ def test_a_foreign_host_header_is_refused(api_url: str):
             assert client.get(f"{api_url}/v1/models", headers={"Host": host}).status_code == 200
 
 
+def _http10_without_host(url: str, path: str) -> bytes:
+    """An HTTP/1.0 GET with no Host header (HTTP/1.1 requires one, so the HTTP parser would refuse it
+    first); the raw response."""
+    port = int(url.rsplit(":", 1)[1])
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+        sock.sendall(f"GET {path} HTTP/1.0\r\n\r\n".encode())
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    return answer
+
+
+def test_a_request_without_a_host_header_is_refused(api_url: str, engine: Engine, worker: GenerationWorker):
+    head, _, payload = _http10_without_host(api_url, "/v1/models").partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 400"), head
+    error = json.loads(payload)["error"]
+    assert error["code"] == "invalid_host" and "no Host header" in error["message"]
+    with httpx.Client(timeout=60) as client:  # and the server goes on
+        assert client.post(f"{api_url}{CHAT}", json=body()).status_code == 200
+    with serve(create_app(engine, worker, api_settings(allowed_hosts=("*",)))) as url:
+        assert _http10_without_host(url, "/v1/models").startswith(b"HTTP/1.1 200")
+
+
+def test_two_content_types_are_refused(api_url: str):
+    raw = httpx.Request("POST", "/", json=body()).content
+    headers = [("Content-Type", "application/json"), ("Content-Type", "text/plain")]
+    with httpx.Client(timeout=60) as client:
+        refused = client.post(f"{api_url}{CHAT}", content=raw, headers=headers)
+        error = check_error(refused, 415, "unsupported_media_type", None)
+        assert error["message"] == (
+            "the request has 2 Content-Type headers; send one: Content-Type: application/json"
+        )
+        answered = client.post(f"{api_url}{CHAT}", json=body())
+        assert answered.status_code == 200
+        assert client_port(answered) == client_port(refused), "the server closed the connection"
+
+
+def test_every_401_asks_for_a_bearer_token(engine: Engine, worker: GenerationWorker):
+    settings = api_settings(api_key="k", cors_origins=("https://app.example",))
+    requests = [
+        ("GET", "/v1/models", {}),
+        ("GET", "/v1/models/yi-vl", {"Authorization": "Bearer wrong"}),
+        ("GET", "/metrics", {"Authorization": "Basic k"}),
+        ("POST", CHAT, {"Origin": "https://app.example"}),
+        ("POST", CHAT, {"Authorization": "Bearer", "Content-Type": "text/plain"}),
+    ]
+    with serve(create_app(engine, worker, settings)) as url, httpx.Client(timeout=60) as client:
+        for method, path, headers in requests:
+            refused = client.request(method, f"{url}{path}", headers=headers)
+            assert refused.status_code == 401, (method, path)
+            assert refused.headers["www-authenticate"] == "Bearer", (method, path)
+            assert refused.json()["error"]["code"] == "invalid_api_key"
+
+
 def test_allowed_hosts_add_names(engine: Engine, worker: GenerationWorker):
     with serve(create_app(engine, worker, api_settings(allowed_hosts=("vl.internal",)))) as url:
         assert httpx.get(f"{url}/v1/models", headers={"Host": "vl.internal"}, timeout=10).status_code == 200
@@ -80,7 +135,9 @@ def test_allowed_hosts_add_names(engine: Engine, worker: GenerationWorker):
         ("rebind.attacker.example", "0.0.0.0", (), False),
         ("VL.Internal:80", "0.0.0.0", ("vl.internal",), True),
         ("anything", "127.0.0.1", ("*",), True),
-        (None, "127.0.0.1", (), True),
+        (None, "127.0.0.1", (), False),
+        (None, "0.0.0.0", ("vl.internal",), False),
+        (None, "127.0.0.1", ("*",), True),
     ],
 )
 def test_host_rules(header: str | None, bind: str, allowed: tuple[str, ...], ok: bool):

@@ -4,6 +4,7 @@ default server refuses; the tests that download allow it with api.remote_allowed
 
 from __future__ import annotations
 
+import contextlib
 import http.server
 import ipaddress
 import socket
@@ -30,13 +31,17 @@ PNG = png_bytes()
 
 
 class Handler(http.server.BaseHTTPRequestHandler):
-    """/image.png, /big.png, /drip.png (1 byte/s), /to/<url> (302 to url), /loop (302 to itself)."""
+    """/image.png, /big.png, /drip.png (1 byte/s), /to/<url> (302 to url), /loop (302 to itself),
+    /stall.png (most of the image at once, the last 10 bytes one per 0.3 s), /short.png (Content-Length 100
+    bytes over what it sends)."""
 
     def do_GET(self) -> None:
         if self.path.startswith("/to/"):
             return self._redirect(self.path[len("/to/") :])
         if self.path == "/loop":
             return self._redirect("/loop")
+        if self.path in ("/stall.png", "/short.png"):
+            return self._partial(stall=self.path == "/stall.png")
         data = b"\0" * (MAX_IMAGE_BYTES + 1) if self.path == "/big.png" else PNG
         self.send_response(200)
         self.send_header("Content-Type", "image/png")
@@ -52,6 +57,26 @@ class Handler(http.server.BaseHTTPRequestHandler):
         self.send_header("Location", location)
         self.send_header("Content-Length", "0")
         self.end_headers()
+
+    def _partial(self, stall: bool) -> None:
+        """Stall: its Content-Length, all but the last 10 bytes, then those slowly (each read waits less
+        than the deadline); short: the whole image, then the connection closes, 100 bytes before the
+        Content-Length it announced."""
+        if stall:  # keep-alive: the downloader's connection keeps its socket, which the watchdog shuts
+            self.protocol_version = "HTTP/1.1"
+        self.send_response(200)
+        self.send_header("Content-Type", "image/png")
+        self.send_header("Content-Length", str(len(PNG) if stall else len(PNG) + 100))
+        self.end_headers()
+        self.wfile.write(PNG[:-10] if stall else PNG)
+        self.wfile.flush()
+        if stall:
+            with contextlib.suppress(OSError):
+                for byte in PNG[-10:]:
+                    time.sleep(0.3)
+                    self.wfile.write(bytes([byte]))
+                    self.wfile.flush()
+        self.close_connection = True
 
     def _drip(self, data: bytes) -> None:
         try:
@@ -115,6 +140,27 @@ def test_a_slow_drip_hits_the_total_deadline(open_api: str, images: str):
     error = check_error(ask(open_api, f"{images}/drip.png"), 400, "invalid_image_url", None)
     assert time.monotonic() - start < 4.5  # 2 s deadline; a per-read timeout would wait 60+ s
     assert "no complete answer within api.remote_timeout_s" in error["message"]
+
+
+def test_a_download_cut_off_by_the_deadline_is_not_taken_as_complete(open_api: str, images: str):
+    policy = api_settings(allow_remote=True, remote_timeout_s=1.0).images
+    with pytest.raises(ApiError) as info:
+        remote_fetch.download(f"{images}/stall.png", "image", policy)
+    assert info.value.code == "invalid_image_url"
+    assert "no complete answer within api.remote_timeout_s" in info.value.message
+    error = check_error(ask(open_api, f"{images}/stall.png"), 400, "invalid_image_url", None)
+    assert "no complete answer within api.remote_timeout_s" in error["message"]
+
+
+def test_a_body_shorter_than_its_content_length_is_refused(open_api: str, images: str):
+    error = check_error(
+        ask(open_api, f"{images}/short.png"), 400, "invalid_image_url", "messages[0].content[1].image_url"
+    )
+    n = len(PNG)
+    assert (
+        f"could not download the image: the download ended early ({n} of {n + 100} bytes)"
+        in (error["message"])
+    )
 
 
 def test_a_big_download_is_413(open_api: str, images: str):

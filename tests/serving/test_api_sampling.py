@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from contextlib import closing
+
 import httpx
 import openai
 import torch
@@ -78,6 +80,38 @@ def test_streamed_logprobs_add_up_to_the_plain_ones(api_url: str):
         if chunk.choices and chunk.choices[0].logprobs is not None:
             streamed.extend(e.model_dump(exclude_none=True) for e in chunk.choices[0].logprobs.content)
     assert streamed == plain["content"]
+
+
+def test_each_streamed_chunk_carries_the_logprobs_of_its_own_text(engine: Engine):
+    """The entries come with their tokens' text, never before it nor a chunk late: per chunk, the
+    entries' tokens spell the chunk's text (whitespace aside: the answer's edges are stripped). Every
+    piece is a chunk of its own here (stream interval 0)."""
+    worker = GenerationWorker(engine, stream_interval_s=0)
+    with closing(worker), serve(create_app(engine, worker, api_settings())) as url:
+        chunks = list(
+            client(url).chat.completions.create(
+                model="yi-vl",
+                messages=MESSAGES,
+                temperature=0,
+                max_tokens=24,
+                logprobs=True,
+                top_logprobs=1,
+                stream=True,
+            )
+        )
+    pieces = [
+        (c.choices[0].delta.content or "", [e.token for e in c.choices[0].logprobs.content])
+        for c in chunks
+        if c.choices and c.choices[0].logprobs is not None
+    ]
+
+    def squeezed(text: str) -> str:
+        return "".join(text.split())
+
+    texts = [(text, tokens) for text, tokens in pieces if text]
+    assert len(texts) >= 5 and texts[0][1], pieces
+    assert all(squeezed(text) == squeezed("".join(tokens)) for text, tokens in texts), pieces
+    assert all(text or not tokens for text, tokens in pieces[:-1]), pieces  # only the last: logprobs alone
 
 
 def test_top_k_1_samples_the_greedy_answer(api_url: str):

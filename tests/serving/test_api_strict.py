@@ -14,7 +14,7 @@ from yivl.serving.engine import Engine
 from yivl.serving.worker import GenerationWorker
 
 from .conftest import api_settings
-from .helpers import answered_on_one_connection, serve
+from .helpers import answered_on_one_connection, data_url, png_bytes, serve
 from .test_api_errors import body, check_error
 
 GOOD = body()
@@ -55,6 +55,69 @@ UNSUPPORTED = [
     ("prediction", {"type": "content", "content": "x"}),
     ("modalities", ["text", "audio"]),
 ]
+
+
+IMAGE = data_url(png_bytes())
+
+
+def parts(*content: dict) -> dict:
+    return body(messages=[{"role": "user", "content": list(content)}])
+
+
+NESTED_UNSUPPORTED = [
+    ("a content part's field", parts({"type": "text", "text": "hi", "foo": 1}), "messages[0].content[0].foo"),
+    (
+        "an image_url field",
+        parts({"type": "text", "text": "hi"}, {"type": "image_url", "image_url": {"url": IMAGE, "zzz": "x"}}),
+        "messages[0].content[1].image_url.zzz",
+    ),
+    (
+        "image_url.detail high",
+        parts(
+            {"type": "text", "text": "hi"},
+            {"type": "image_url", "image_url": {"url": IMAGE, "detail": "high"}},
+        ),
+        "messages[0].content[1].image_url.detail",
+    ),
+    (
+        "image_url.detail low",
+        parts(
+            {"type": "text", "text": "hi"},
+            {"type": "image_url", "image_url": {"url": IMAGE, "detail": "low"}},
+        ),
+        "messages[0].content[1].image_url.detail",
+    ),
+    (
+        "a stream_options field",
+        body(stream=True, stream_options={"include_usage": True, "zzz": 1}),
+        "stream_options.zzz",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("name", "payload", "param"), NESTED_UNSUPPORTED, ids=[c[0] for c in NESTED_UNSUPPORTED]
+)
+def test_unknown_fields_below_the_top_level_are_refused_by_path(
+    api_url: str, name: str, payload: dict, param: str
+):
+    with httpx.Client(timeout=60) as client:
+        refused = answered_on_one_connection(client, api_url, payload, GOOD)
+    error = check_error(refused, 400, "unsupported_parameter", param)
+    assert error["message"].startswith(f"{param} is not supported by this server; remove it")
+
+
+def test_image_detail_auto_is_accepted_and_other_values_are_invalid(api_url: str):
+    auto = parts(
+        {"type": "text", "text": "hi"}, {"type": "image_url", "image_url": {"url": IMAGE, "detail": "auto"}}
+    )
+    response = httpx.post(f"{api_url}/v1/chat/completions", json=auto, timeout=60)
+    assert response.status_code == 200, response.text
+    odd = parts(
+        {"type": "text", "text": "hi"}, {"type": "image_url", "image_url": {"url": IMAGE, "detail": "max"}}
+    )
+    response = httpx.post(f"{api_url}/v1/chat/completions", json=odd, timeout=60)
+    check_error(response, 400, "invalid_value", "messages[0].content[1].image_url.detail")
 
 
 @pytest.mark.parametrize(("name", "raw", "code"), MALFORMED, ids=[c[0] for c in MALFORMED])
@@ -145,7 +208,12 @@ def test_warn_mode_logs_the_field_and_answers(
     with serve(app) as url, caplog.at_level(logging.WARNING, logger="yivl.serving.openai_format"):
         payload = body(response_format={"type": "json_object"})
         response = httpx.post(f"{url}/v1/chat/completions", json=payload, timeout=60)
+        nested = [payload for _, payload, _ in NESTED_UNSUPPORTED]
+        answers = [httpx.post(f"{url}/v1/chat/completions", json=p, timeout=60) for p in nested]
     assert response.status_code == 200, response.text
+    assert [a.status_code for a in answers] == [200] * len(nested), [a.text for a in answers]
     assert "ignoring response_format: this server does not implement it (api.unsupported_fields=warn)" in (
         caplog.text
     )
+    for _, _, param in NESTED_UNSUPPORTED:
+        assert f"ignoring {param}: this server does not implement it" in caplog.text

@@ -34,13 +34,19 @@ from yivl.models.yivl import YiVL
 @dataclass
 class Prompt:
     """One row to generate: token ids (-200 where the image goes), its image ([3, S, S] or None), the
-    length of its text prefix worth caching across requests (0: none), settings and a text callback."""
+    length of its text prefix worth caching across requests (0: none), settings and a text callback.
+
+    ``on_text(delta, logprobs)`` gets each new piece of the answer with the logprob entries of the tokens
+    whose text it completes (``[]`` without logprobs); a token held back with its text (a partial stop
+    string, an unfinished UTF-8 character, trailing whitespace) holds its entry back too, and the entries
+    of tokens that never show (a stop string, whitespace stripped at the end) come last with ``""``.
+    """
 
     ids: list[int]
     image: torch.Tensor | None
     settings: GenerationSettings
     prefix: int = 0
-    on_text: Callable[[str], None] | None = None
+    on_text: Callable[[str, list[TokenLogprob]], None] | None = None
 
 
 class Row:
@@ -49,16 +55,16 @@ class Row:
     def __init__(self, key: int, prompt: Prompt, device: torch.device) -> None:
         self.key = key
         self.settings = prompt.settings
-        on_text = prompt.on_text
-        self.stream = TextStream(
-            key, prompt.settings.stop, None if on_text is None else lambda _i, d: on_text(d)
-        )
+        self.on_text = prompt.on_text
+        self.stream = TextStream(key, prompt.settings.stop, None if self.on_text is None else self._emit)
         self.generator = None
         if self.settings.seed is not None and self.settings.temperature > 0:
             self.generator = torch.Generator(device=device).manual_seed(self.settings.seed)
         self.counts: Counter[int] = Counter()
         self.num_tokens = 0
         self.logprobs: list[TokenLogprob] = []
+        self.text_ends: list[int] = []  # per logprob entry: the decoded text's length after its token
+        self.sent_logprobs = 0  # entries handed to on_text so far
         self.finish_reason: str | None = None
         self.position = 0  # of the row's last fed token (set when the row joins the batch)
         # greedy with no penalties or logprobs: the batch's one argmax serves it (no per-row work)
@@ -81,12 +87,41 @@ class Row:
                 self.logprobs.pop()  # eos is no text: OpenAI lists no entry for it
         else:
             self.counts[token] += 1
-        if advance(self.stream, token, tokenizer):
+            if self.settings.logprobs:  # set once the stream has decoded the token (it may emit first)
+                self.text_ends.append(-1)
+        finished = advance(self.stream, token, tokenizer)
+        if self.text_ends and self.text_ends[-1] < 0:
+            self.text_ends[-1] = len(self.stream.text)
+        if finished:
             self.finish_reason = "stop"
         elif self.num_tokens >= self.settings.max_new_tokens or not room:
             self.finish_reason = "length"
             self.stream.finish()
+        if self.finish_reason is not None and self.on_text is not None:
+            rest = self.logprobs[self.sent_logprobs :]
+            self.sent_logprobs = len(self.logprobs)
+            if rest:
+                self.on_text("", rest)
         return self.finish_reason is not None
+
+    def _emit(self, _index: int, delta: str) -> None:
+        """The stream's new text, with the entries of the tokens whose text is now all sent."""
+        self.on_text(delta, self._covered_logprobs())
+
+    def _covered_logprobs(self) -> list[TokenLogprob]:
+        if not self.settings.logprobs:
+            return []
+        if self.text_ends and self.text_ends[-1] < 0:
+            self.text_ends[-1] = len(self.stream.text)
+        text = self.stream.text
+        sent = len(text) - len(text.lstrip()) + len(self.stream.emitted)  # the streamed text is stripped
+        # a later token may shorten the text (bytes becoming one character): its text covers theirs
+        last = max((i + 1 for i, end in enumerate(self.text_ends) if 0 <= end <= sent), default=0)
+        if last <= self.sent_logprobs:
+            return []
+        covered = self.logprobs[self.sent_logprobs : last]
+        self.sent_logprobs = last
+        return covered
 
     def result(self) -> Generation:
         """The finished row's answer."""

@@ -35,6 +35,7 @@ from yivl.serving.openai_format import (
     ImageRef,
     SystemPolicy,
     UnsupportedPolicy,
+    invalid_value,
     model_not_found,
     parse_request,
     to_conversation,
@@ -43,6 +44,8 @@ from yivl.serving.prompt_bound import check_text_fits, too_long
 from yivl.serving.worker import Arrival, AsyncEventStream, GenerationWorker, WorkerBusy
 
 log = logging.getLogger(__name__)
+HTTP_CODES = {404: "not_found", 405: "method_not_allowed"}
+"""Codes of the errors the router itself raises (unknown path, a method the path does not take)."""
 
 
 @dataclass
@@ -186,7 +189,7 @@ def prepare(
     if chat.model != settings.model_name:
         raise model_not_found(chat.model, settings.model_name)
     if chat.n > settings.max_n:
-        raise bad_request(f"n={chat.n}; this server answers at most {settings.max_n} choices", param="n")
+        raise invalid_value(f"n={chat.n}; this server answers at most {settings.max_n} choices", "n")
     conversation = to_conversation(chat.messages, settings.system_messages)
     check_text_fits(engine, conversation)
     ref = conversation.image
@@ -195,7 +198,7 @@ def prepare(
         ids = engine.prompt_ids(conversation.turns, image is not None, conversation.system)
         gen = generation_settings(chat, settings.defaults)
     except YivlError as exc:
-        raise bad_request(str(exc)) from None
+        raise bad_request(str(exc), code="invalid_request") from None
     prompt_tokens = engine.prompt_length(ids)
     if prompt_tokens >= engine.context_length:
         raise too_long(str(prompt_tokens), engine.context_length)
@@ -223,8 +226,7 @@ def generation_settings(chat: ChatRequest, defaults: GenerationSettings) -> Gene
     def pick(value, default):
         return default if value is None else value
 
-    if chat.top_logprobs is not None and not chat.logprobs:
-        raise bad_request("top_logprobs needs logprobs=true; set both", param="top_logprobs")
+    chat.check()
     top_k = defaults.top_k if chat.top_k is None else (chat.top_k if chat.top_k > 0 else None)
     return GenerationSettings(
         temperature=pick(chat.temperature, defaults.temperature),
@@ -292,9 +294,10 @@ def _install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return ApiError(
-            exc.status_code, str(exc.detail), code="not_found" if exc.status_code == 404 else None
-        ).response()
+        code = HTTP_CODES.get(
+            exc.status_code, "invalid_request" if exc.status_code < 500 else "internal_error"
+        )
+        return ApiError(exc.status_code, str(exc.detail), code=code, headers=exc.headers).response()
 
     @app.exception_handler(Exception)
     async def unexpected(_request: Request, exc: Exception) -> JSONResponse:

@@ -55,7 +55,7 @@ def bad_request(message: str, param: str | None = None, code: str | None = None)
 def as_api_error(error: BaseException | None) -> ApiError:
     """A worker failure -> the HTTP error that describes it."""
     if isinstance(error, YivlError):
-        return bad_request(str(error))
+        return bad_request(str(error), code="invalid_request")
     if isinstance(error, TimeoutError):
         return ApiError(504, str(error), code="timeout")
     if isinstance(error, Cancelled):

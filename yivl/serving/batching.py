@@ -31,13 +31,13 @@ class BatchingEngine(Protocol):
 
 @dataclass(eq=False)  # compared and hashed by identity
 class _Running:
-    """A job in the batch: its rows' keys by choice index, answers so far, what was streamed."""
+    """A job in the batch: its rows' keys by choice index and the answers so far (the rows stream their
+    text with its logprobs through ``buffer``)."""
 
     job: Job
     buffer: TextBuffer
     keys: list[int] = field(default_factory=list)
     results: dict[int, Generation] = field(default_factory=dict)
-    sent_logprobs: dict[int, int] = field(default_factory=dict)
     started: bool = False
 
 
@@ -123,29 +123,13 @@ class BatchRunner:
             if not run.started:
                 run.started = True
                 self.metrics.first_token(now - run.job.submitted)
-            self._stream_logprobs(run)
         for row in finished:
             self._finish_row(row)
         self.metrics.running = self.decoder.size
 
-    def _stream_logprobs(self, run: _Running) -> None:
-        if not run.job.settings.logprobs:
-            return
-        for index, key in enumerate(run.keys):
-            row = self.decoder.rows.get(key)
-            if row is None:
-                continue
-            sent = run.sent_logprobs.get(index, 0)
-            if len(row.logprobs) > sent:
-                run.buffer.add(index, "", row.logprobs[sent:])
-                run.sent_logprobs[index] = len(row.logprobs)
-
     def _finish_row(self, row: Row) -> None:
         run, index = self._owner.pop(row.key)
-        result = row.result()
-        if result.logprobs is not None:
-            run.buffer.add(index, "", result.logprobs[run.sent_logprobs.get(index, 0) :])
-        run.results[index] = result
+        run.results[index] = row.result()  # its text and logprobs were all streamed by now
         if len(run.results) == len(run.keys):
             run.buffer.flush()
             self._end(run, Event("done", generations=[run.results[i] for i in range(len(run.keys))]))

@@ -154,7 +154,7 @@ class Engine:
         return ids
 
     def prompt(
-        self, req: Request, settings: GenerationSettings, on_text: Callable[[str], None] | None = None
+        self, req: Request, settings: GenerationSettings, on_text: Callable[[str, list], None] | None = None
     ) -> Prompt:
         """One request as a row for :meth:`batch_decoder`: its budget capped by the context, and its
         system prompt marked as the prefix whose KV cache is shared across requests."""

@@ -50,7 +50,9 @@ def _requested_path(url: str, param: str) -> str:
         return url
     parts = urlsplit(url)
     if parts.netloc not in ("", "localhost"):
-        raise bad_request(f"{param}: file URLs must name a local file (file:///path)", param=param)
+        raise bad_request(
+            f"{param}: file URLs must name a local file (file:///path)", param=param, code="invalid_image_url"
+        )
     return unquote(parts.path)
 
 

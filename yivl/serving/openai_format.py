@@ -31,6 +31,12 @@ PASSED_THROUGH = frozenset({"logprobs", "top_logprobs", "top_k", "frequency_pena
 NO_EFFECT = frozenset({"user", "metadata", "store", "service_tier"})
 """Bookkeeping fields that change nothing in an answer: accepted and ignored, as a local server may."""
 MESSAGE_FIELDS = frozenset({"role", "content", "name"})
+PART_FIELDS = frozenset({"type", "text", "image_url"})
+IMAGE_URL_FIELDS = frozenset({"url", "detail"})
+STREAM_OPTION_FIELDS = frozenset({"include_usage"})
+DETAILS_IGNORED = frozenset({"auto"})
+"""``image_url.detail`` values answered as asked: Yi-VL sees every image at one resolution, which is what
+OpenAI's default ``auto`` leaves to the server; ``low`` and ``high`` ask for what it cannot do."""
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +48,7 @@ STRICT = ConfigDict(extra="allow", strict=True)
 class ImageURL(BaseModel):
     model_config = STRICT
     url: str
-    detail: str | None = None
+    detail: Literal["auto", "low", "high"] | None = None
 
 
 class ContentPart(BaseModel):
@@ -70,8 +76,9 @@ class ChatRequest(BaseModel):
     model_config = STRICT
     model: str
     messages: list[ChatMessage] = Field(min_length=1)
-    temperature: float | None = Field(default=None, ge=0, le=2)
-    top_p: float | None = Field(default=None, gt=0, le=1)
+    # allow_inf_nan: the JSON parser reads NaN and Infinity; "must be finite" says why they are refused
+    temperature: float | None = Field(default=None, ge=0, le=2, allow_inf_nan=False)
+    top_p: float | None = Field(default=None, gt=0, le=1, allow_inf_nan=False)
     max_tokens: int | None = Field(default=None, ge=1)
     max_completion_tokens: int | None = Field(default=None, ge=1)
     stop: str | list[str] | None = None
@@ -82,15 +89,26 @@ class ChatRequest(BaseModel):
     logprobs: bool = False
     top_logprobs: int | None = Field(default=None, ge=0, le=MAX_TOP_LOGPROBS)
     top_k: int | None = Field(default=None, ge=-1)  # extension (as vLLM's): -1 or 0 turns it off
-    frequency_penalty: float | None = Field(default=None, ge=-2, le=2)
-    presence_penalty: float | None = Field(default=None, ge=-2, le=2)
+    frequency_penalty: float | None = Field(default=None, ge=-2, le=2, allow_inf_nan=False)
+    presence_penalty: float | None = Field(default=None, ge=-2, le=2, allow_inf_nan=False)
 
     def stop_strings(self) -> tuple[str, ...]:
-        """The caller's stop strings (at most four, as OpenAI allows), empty ones dropped."""
+        """The caller's stop strings: at most four, as OpenAI allows, none empty (an empty one would
+        match before the first token); HTTP 400 ``invalid_value`` otherwise."""
         stops = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
         if len(stops) > MAX_STOP_STRINGS:
-            raise bad_request(f"stop has {len(stops)} strings; at most {MAX_STOP_STRINGS}", param="stop")
-        return tuple(s for s in stops if s)
+            raise invalid_value(f"stop has {len(stops)} strings; at most {MAX_STOP_STRINGS}", "stop")
+        if not all(stops):
+            raise invalid_value(
+                "stop holds an empty string; remove it (stop strings must not be empty)", "stop"
+            )
+        return tuple(stops)
+
+    def check(self) -> None:
+        """What the field types cannot say: the stop strings, and top_logprobs only with logprobs."""
+        self.stop_strings()
+        if self.top_logprobs is not None and not self.logprobs:
+            raise invalid_value("top_logprobs needs logprobs=true; set both", "top_logprobs")
 
 
 @dataclass(frozen=True)
@@ -112,6 +130,7 @@ def parse_request(body: bytes, unsupported: UnsupportedPolicy = "error") -> Chat
         chat = ChatRequest.model_validate_json(body)
     except ValidationError as exc:
         raise _invalid(exc) from None
+    chat.check()
     for param in unsupported_fields(chat):
         if unsupported == "warn":
             log.warning("ignoring %s: this server does not implement it (api.unsupported_fields=warn)", param)
@@ -127,14 +146,26 @@ def parse_request(body: bytes, unsupported: UnsupportedPolicy = "error") -> Chat
 
 
 def unsupported_fields(chat: ChatRequest) -> list[str]:
-    """The fields of ``chat`` (top level and per message) that nothing here implements, in request order.
+    """The fields of ``chat`` that nothing here implements, at every level (top, messages, content parts,
+    their ``image_url``, ``stream_options``), as full paths (``messages[0].content[1].image_url.detail``),
+    top level first, then message by message.
 
     A field sent as null, ``[]`` or ``{}`` asks for nothing and is let through: clients that echo an
-    assistant message back send ``"tool_calls": null``.
+    assistant message back send ``"tool_calls": null``. ``image_url.detail`` other than ``auto`` is one.
     """
     names = _set_extras(chat, PASSED_THROUGH | NO_EFFECT, "")
+    if chat.stream_options is not None:
+        names += _set_extras(chat.stream_options, STREAM_OPTION_FIELDS, "stream_options.")
     for i, message in enumerate(chat.messages):
         names += _set_extras(message, MESSAGE_FIELDS, f"messages[{i}].")
+        for j, part in enumerate(message.content if isinstance(message.content, list) else []):
+            where = f"messages[{i}].content[{j}]"
+            names += _set_extras(part, PART_FIELDS, f"{where}.")
+            if part.image_url is not None:
+                names += _set_extras(part.image_url, IMAGE_URL_FIELDS, f"{where}.image_url.")
+                detail = part.image_url.detail
+                if detail is not None and detail not in DETAILS_IGNORED:
+                    names.append(f"{where}.image_url.detail")
     return names
 
 
@@ -154,6 +185,11 @@ def _invalid(exc: ValidationError) -> ApiError:
         return bad_request(f"the request body is not valid JSON: {reason}", code="invalid_json")
     if not first["loc"]:
         return bad_request("the request body must be a JSON object", code="invalid_json")
+    # a union (content: a string or parts) reports each branch; the deepest error names the field
+    same_field = [
+        e for e in exc.errors(include_input=False, include_url=False) if e["loc"][:1] == first["loc"][:1]
+    ]
+    first = max(same_field, key=lambda e: len(e["loc"]))
     param = _param_name(first["loc"])
     return bad_request(f"{param}: {first['msg']}", param=param, code="invalid_value")
 
@@ -249,7 +285,11 @@ def _content(message: ChatMessage, param: str) -> tuple[str, ImageRef | None]:
             texts.append(_checked_text(part.text, f"{where}.text"))
         elif part.type == "image_url" and part.image_url is not None:
             if message.role != "user":
-                raise bad_request(f"{where}: only user messages can hold images", param=where)
+                raise bad_request(
+                    f"{where}: only user messages can hold images",
+                    param=where,
+                    code="unsupported_content",
+                )
             if image is not None:
                 raise bad_request(
                     f"{where}: Yi-VL takes one image per conversation and {image.param} is already one",
@@ -271,6 +311,7 @@ def _checked_text(text: str, param: str) -> str:
         raise bad_request(
             f"{param}: the text contains {IMAGE_PLACEHOLDER}; send the image as an image_url part instead",
             param=param,
+            code="invalid_value",
         )
     return text
 
@@ -284,12 +325,22 @@ def _append(turns: list[Turn], role: str, text: str) -> None:
 
 
 def _check_turns(turns: list[Turn]) -> None:
+    """HTTP 400 ``invalid_conversation`` for a message list Yi-VL cannot answer."""
+
+    def refuse(message: str) -> ApiError:
+        return bad_request(message, param="messages", code="invalid_conversation")
+
     if not any(t.role == "human" for t in turns):
-        raise bad_request("messages holds no user message; add one with the question", param="messages")
+        raise refuse("messages holds no user message; add one with the question")
     if turns[-1].role != "human":
-        raise bad_request("the last message must be the user's question", param="messages")
+        raise refuse("the last message must be the user's question")
     if not turns[-1].text.strip():
-        raise bad_request("the last user message has no text; ask a question", param="messages")
+        raise refuse("the last user message has no text; ask a question")
+
+
+def invalid_value(message: str, param: str) -> ApiError:
+    """HTTP 400 ``invalid_value``: a field's value is out of its range (``param`` names it)."""
+    return bad_request(message, param=param, code="invalid_value")
 
 
 def model_not_found(name: str, served: str) -> ApiError:

@@ -6,7 +6,9 @@ once; if any address it resolves to is loopback, private, link-local (cloud meta
 connection goes to the very address that was checked (the ``Host`` header and TLS name stay the URL's),
 so a DNS answer that changes between the check and the connect (DNS rebinding) changes nothing.
 ``remote_timeout_s`` is one deadline for the whole download, redirects included: a watchdog closes the
-socket when it passes, however slowly the other side drips bytes. At most ``max_image_bytes`` are read.
+socket when it passes, however slowly the other side drips bytes, and a download it cuts off is an
+error, never a short image. At most ``max_image_bytes`` are read; a body shorter than its
+``Content-Length`` is refused.
 """
 
 from __future__ import annotations
@@ -48,7 +50,8 @@ def download(url: str, param: str, policy: ImagePolicy) -> bytes:
     except _Refused as exc:
         raise bad_request(f"{param}: {exc}", param=param, code="remote_address_refused") from None
     except (OSError, http.client.HTTPException, ValueError) as exc:
-        reason = "no complete answer within api.remote_timeout_s" if time.monotonic() >= deadline else exc
+        late = isinstance(exc, TimeoutError) or time.monotonic() >= deadline
+        reason = "no complete answer within api.remote_timeout_s" if late else exc
         raise bad_request(
             f"{param}: could not download the image: {reason}", param=param, code="invalid_image_url"
         ) from None
@@ -93,7 +96,7 @@ def _hop(
     port = parts.port or (443 if parts.scheme == "https" else 80)
     address = _resolve(parts.hostname, port, allowed)
     conn = _connection(parts.scheme, parts.hostname, port, address, deadline)
-    watchdog = threading.Timer(max(0.0, deadline - time.monotonic()), _abort, args=(conn,))
+    watchdog = threading.Timer(max(0.0, deadline - time.monotonic()), conn.abort)
     watchdog.start()
     try:
         target = parts.path or "/"
@@ -103,7 +106,11 @@ def _hop(
             return b"", response.getheader("location")
         if response.status != 200:
             raise OSError(f"the image server answered HTTP {response.status}")
-        return _read(response, limit, deadline, param), None
+        return _read(response, limit, conn.expired, param), None
+    except (OSError, http.client.HTTPException) as exc:
+        if conn.expired.is_set() and not isinstance(exc, TimeoutError):
+            raise TimeoutError("deadline passed") from None  # what the watchdog's shutdown broke
+        raise
     finally:
         watchdog.cancel()
         conn.close()
@@ -114,20 +121,27 @@ def _headers(parts: SplitResult) -> dict[str, str]:
     return {"Host": host, "User-Agent": "yivl", "Accept": "image/*"}
 
 
-def _read(response: http.client.HTTPResponse, limit: int, deadline: float, param: str) -> bytes:
+def _read(response: http.client.HTTPResponse, limit: int, expired: threading.Event, param: str) -> bytes:
+    """The body, at most ``limit`` bytes; OSError when it ends before its ``Content-Length``,
+    TimeoutError once ``expired`` (the watchdog's shutdown makes ``read1`` return ``b""``, as at the
+    end of a body, so an empty read is not taken for the end without checking)."""
     declared = response.getheader("content-length", "")
-    if declared.isdigit() and int(declared) > limit:
-        raise _too_large(param, int(declared), limit)
+    expected = int(declared) if declared.isdigit() else None
+    if expected is not None and expected > limit:
+        raise _too_large(param, expected, limit)
     chunks, size = [], 0
-    while time.monotonic() < deadline:
-        chunk = response.read1(CHUNK)
-        if not chunk:
-            return b"".join(chunks)
+    while chunk := response.read1(CHUNK):
+        if expired.is_set():
+            raise TimeoutError("deadline passed")
         size += len(chunk)
         if size > limit:
             raise _too_large(param, size, limit)
         chunks.append(chunk)
-    raise TimeoutError("deadline passed")
+    if expired.is_set():
+        raise TimeoutError("deadline passed")
+    if expected is not None and size < expected:
+        raise OSError(f"the download ended early ({size} of {expected} bytes)")
+    return b"".join(chunks)
 
 
 def _too_large(param: str, size: int, limit: int) -> ApiError:
@@ -139,17 +153,7 @@ def _too_large(param: str, size: int, limit: int) -> ApiError:
     )
 
 
-def _abort(conn: http.client.HTTPConnection) -> None:
-    """Watchdog: end the download's socket so any blocked read or write returns at once."""
-    sock = conn.sock
-    if sock is not None:
-        with contextlib.suppress(OSError):
-            sock.shutdown(socket.SHUT_RDWR)
-
-
-def _connection(
-    scheme: str, host: str, port: int, address: IpAddress, deadline: float
-) -> http.client.HTTPConnection:
+def _connection(scheme: str, host: str, port: int, address: IpAddress, deadline: float) -> _PinnedHTTP:
     timeout = max(0.01, deadline - time.monotonic())
     if scheme == "https":
         return _PinnedHTTPS(host, port, timeout=timeout, address=str(address))
@@ -162,9 +166,22 @@ class _PinnedHTTP(http.client.HTTPConnection):
     def __init__(self, host: str, port: int, *, timeout: float, address: str) -> None:
         super().__init__(host, port, timeout=timeout)
         self.address = address
+        self.expired = threading.Event()
+        # kept here: a response without Content-Length takes the socket over and close() drops self.sock
+        self.live: socket.socket | None = None
 
     def connect(self) -> None:
-        self.sock = socket.create_connection((self.address, self.port), self.timeout)
+        self.sock = self.live = socket.create_connection((self.address, self.port), self.timeout)
+        if self.expired.is_set():
+            raise TimeoutError("deadline passed")
+
+    def abort(self) -> None:
+        """Watchdog: mark the deadline passed and end the socket, so any blocked read or write returns
+        at once."""
+        self.expired.set()
+        if self.live is not None:
+            with contextlib.suppress(OSError):
+                self.live.shutdown(socket.SHUT_RDWR)
 
 
 class _PinnedHTTPS(_PinnedHTTP):
@@ -174,4 +191,4 @@ class _PinnedHTTPS(_PinnedHTTP):
 
     def connect(self) -> None:
         super().connect()
-        self.sock = ssl.create_default_context().wrap_socket(self.sock, server_hostname=self.host)
+        self.sock = self.live = ssl.create_default_context().wrap_socket(self.sock, server_hostname=self.host)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import itertools
 import multiprocessing as mp
 import signal
+import time
 from collections.abc import Callable, Iterable, Iterator
 from multiprocessing.connection import Connection, wait
 from typing import Any
@@ -122,9 +123,12 @@ class _Pool:
 
     def _receive(self, stall_timeout_s: float) -> tuple[int, list]:
         """The next finished chunk from any worker; a dead worker or a long silence raises."""
-        waited = 0.0
-        while waited < stall_timeout_s:
-            for conn in wait(list(self.pipes) + [p.sentinel for p in self.workers], timeout=POLL_S):
+        # a monotonic deadline: a ready sentinel returns wait() at once, so counting polls could run
+        # the whole timeout down in a moment while an exiting worker's status is not yet reported
+        deadline = time.monotonic() + stall_timeout_s
+        sentinels = {p.sentinel: p for p in self.workers}
+        while time.monotonic() < deadline:
+            for conn in wait([*self.pipes, *sentinels], timeout=POLL_S):
                 if isinstance(conn, Connection):
                     try:
                         seq, results, error = conn.recv()
@@ -133,10 +137,8 @@ class _Pool:
                     if error is not None:
                         raise YivlError(f"a worker process could not start: {error}")
                     return seq, results
-            for proc in self.workers:
-                if not proc.is_alive():
-                    raise self._died(proc)
-            waited += POLL_S
+            for conn in wait(list(sentinels), timeout=0):  # a ready sentinel: that worker has exited
+                raise self._died(sentinels[conn])
         raise WorkerStalled(
             f"no worker finished a chunk in {stall_timeout_s:.0f} s; an input may hang (a network "
             "mount?); check the images, then rerun"

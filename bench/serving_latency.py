@@ -71,6 +71,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=1,
         help="torch threads here and in the server (1: steadier on a busy machine)",
     )
+    parser.add_argument(
+        "--server",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="an infer.py override for the server, e.g. --server api.batch_wait_s=0 (repeatable)",
+    )
     parser.add_argument("--markdown", action="store_true", help="print a Markdown table")
     return parser.parse_args(argv)
 
@@ -193,10 +200,11 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def start_server(model: Path, port: int, threads: int) -> subprocess.Popen:
-    """``infer.py mode=api`` on 127.0.0.1:port; returns once ``/health`` answers."""
+def start_server(model: Path, port: int, threads: int, overrides: list[str]) -> subprocess.Popen:
+    """``infer.py mode=api`` (plus ``overrides``) on 127.0.0.1:port; returns once ``/health`` answers."""
     command = [sys.executable, str(ROOT / "infer.py"), "mode=api", f"model.path={model}", "device=cpu"]
     command += [f"api.port={port}", "api.host=127.0.0.1", "api.log_level=warning", "api.api_key=null"]
+    command += overrides
     server = subprocess.Popen(
         command, cwd=ROOT, stdout=subprocess.DEVNULL, env={**os.environ, "OMP_NUM_THREADS": str(threads)}
     )
@@ -306,7 +314,7 @@ def main(argv: list[str] | None = None) -> None:
         model = build_tiny_checkpoint(Path(tmp) / "tiny-yi-vl")
         engine = Engine.from_path(model, device="cpu", dtype="float32")
         port = free_port()
-        server = start_server(model, port, args.threads)
+        server = start_server(model, port, args.threads, args.server)
         try:
             rows = measure(engine, f"http://127.0.0.1:{port}/v1", args)
         finally:

@@ -163,13 +163,14 @@ def test_sigkill_then_resume_gives_the_uninterrupted_losses_and_weights(
     straight = runs(name, *overrides)
     out = tmp_path / "killed"
     args = run_args(tiny_checkpoint, data_dir, out, *overrides)
-    proc = start(args)
+    # the run sleeps before step 3, after step 2's checkpoints are on disk: a kill then never tears a
+    # checkpoint being written (a fast run could reach step 4's save before a poll saw step 2's)
+    pause = ["+callbacks.pause._target_=tests.training.rank_probe.PauseAt", "+callbacks.pause.step=2"]
+    proc = start([*args, *pause])
     deadline = time.monotonic() + TIMEOUT
-    # DeepSpeed writes ``latest`` after every rank's shards (past a barrier), and last.ckpt right after
-    # step 2's checkpoint: kill at once then, while steps 3-4 and the final gather are still to come
-    while not (out / "checkpoints" / "last.ckpt" / "latest").is_file():
+    while not ((out / "pausing").exists() and (out / "checkpoints" / "last.ckpt" / "latest").is_file()):
         assert proc.poll() is None and time.monotonic() < deadline, "no checkpoint before the kill"
-        time.sleep(0.02)
+        time.sleep(0.05)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait(timeout=60)
     assert not (out / "export").exists()

@@ -224,3 +224,12 @@ def answered_on_one_connection(client: object, url: str, bad: dict | bytes, good
     assert answered.status_code == 200, answered.text
     assert client_port(answered) == client_port(refused), "the server closed the connection"
     return refused
+
+
+def huge_gif(side: int) -> bytes:
+    """A GIF of a few dozen bytes whose header says ``side`` x ``side`` pixels."""
+    buf = io.BytesIO()
+    Image.new("P", (1, 1)).save(buf, format="GIF")
+    data = bytearray(buf.getvalue())
+    data[6:10] = side.to_bytes(2, "little") * 2  # the logical screen size
+    return bytes(data)

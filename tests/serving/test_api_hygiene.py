@@ -27,7 +27,7 @@ from yivl.serving.prompt_bound import WINDOW_CHARS, check_text_fits
 from yivl.serving.worker import GenerationWorker
 
 from .conftest import api_settings
-from .helpers import answered_on_one_connection, client_port, data_url, image_message, serve
+from .helpers import answered_on_one_connection, client_port, data_url, huge_gif, image_message, serve
 from .test_api_errors import body, check_error
 
 CHAT = "/v1/chat/completions"
@@ -200,17 +200,8 @@ def test_requests_beyond_the_parsing_slots_get_503(engine: Engine, worker: Gener
                 assert client.post(f"{url}{CHAT}", json=body()).status_code == 200
 
 
-def _huge_gif(side: int) -> bytes:
-    """A GIF of a few dozen bytes whose header says ``side`` x ``side`` pixels."""
-    buf = io.BytesIO()
-    Image.new("P", (1, 1)).save(buf, format="GIF")
-    data = bytearray(buf.getvalue())
-    data[6:10] = side.to_bytes(2, "little") * 2  # the logical screen size
-    return bytes(data)
-
-
 def test_an_image_over_the_pixel_limit_is_refused_from_its_header(api_url: str):
-    gif = _huge_gif(8000)  # 64 megapixels; the test server takes 4
+    gif = huge_gif(8000)  # 64 megapixels; the test server takes 4
     with Image.open(io.BytesIO(gif)) as img:
         assert img.size == (8000, 8000)
     with httpx.Client(timeout=60) as client:

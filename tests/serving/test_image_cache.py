@@ -4,7 +4,6 @@ stays within its bounds, is never confused with another image, and a refused ima
 from __future__ import annotations
 
 import dataclasses
-import io
 
 import httpx
 import pytest
@@ -20,7 +19,7 @@ from yivl.serving.openai_format import ImageRef
 from yivl.serving.worker import GenerationWorker
 
 from .conftest import api_settings
-from .helpers import data_url, image_message, png_bytes, serve
+from .helpers import data_url, huge_gif, image_message, png_bytes, serve
 from .test_api_errors import body, check_error
 
 PARAM = "messages[0].content[1].image_url"
@@ -103,20 +102,12 @@ def test_size_zero_turns_the_cache_off(engine: Engine, decodes: list[int]):
     assert len(decodes) == 2 and len(cache) == 0 and cache.hits == 0
 
 
-def _huge_gif(side: int) -> bytes:
-    buf = io.BytesIO()
-    Image.new("P", (1, 1)).save(buf, format="GIF")
-    data = bytearray(buf.getvalue())
-    data[6:10] = side.to_bytes(2, "little") * 2  # the logical screen size
-    return bytes(data)
-
-
 @pytest.mark.parametrize(
     ("data", "mime", "says"),
     [
         (b"\x89PNG\r\n\x1a\n not really", "image/png", "not an image"),
         (png_bytes()[:60], "image/png", "truncated or corrupt"),
-        (_huge_gif(3000), "image/gif", "3000x3000 = 9000000 pixels, over the limit of 4000000"),
+        (huge_gif(3000), "image/gif", "3000x3000 = 9000000 pixels, over the limit of 4000000"),
     ],
 )
 def test_a_refused_image_is_refused_every_time_and_not_kept(

@@ -153,6 +153,35 @@ def test_an_idle_worker_prefills_requests_still_arriving_together_with_the_first
     worker.close()
 
 
+def test_a_burst_is_prefilled_in_groups_of_max_prefill_rows_that_all_finish():
+    engine = ScriptedEngine(["a", "b", "c"])
+    worker = GenerationWorker(engine, max_batch_size=8, batch_wait_s=30.0, max_prefill_rows=2)
+    arrivals = [worker.arriving() for _ in range(5)]
+    streams = []
+    for arrival in arrivals:
+        with arrival:
+            streams.append(EventStream(worker, REQUEST, SETTINGS, timeout=20, arrival=arrival))
+    assert [list(s)[-1].answers for s in streams] == [["abc"]] * 5
+    assert engine.groups == [2, 2, 1]  # the rest join at the next steps, in arrival order
+    worker.close()
+
+
+def test_a_job_with_more_choices_than_max_prefill_rows_is_prefilled_alone():
+    engine = ScriptedEngine(["a"])
+    worker = GenerationWorker(engine, max_batch_size=8, batch_wait_s=30.0, max_prefill_rows=2)
+    with worker.arriving() as first, worker.arriving() as second:
+        three = EventStream(worker, REQUEST * 3, SETTINGS, timeout=20, arrival=first)
+        one = EventStream(worker, REQUEST, SETTINGS, timeout=20, arrival=second)
+    assert [list(s)[-1].answers for s in (three, one)] == [["a"] * 3, ["a"]]
+    assert engine.groups == [3, 1]
+    worker.close()
+
+
+def test_max_prefill_rows_must_be_positive():
+    with pytest.raises(YivlError, match="max_prefill_rows"):
+        GenerationWorker(ScriptedEngine(), max_prefill_rows=0)
+
+
 def test_a_request_that_fails_while_arriving_does_not_hold_the_batch_back():
     engine = ScriptedEngine(["a"])
     worker = GenerationWorker(engine, batch_wait_s=600.0)

@@ -106,6 +106,7 @@ ZERO2_STAGE1 = ("trainer=ddp_sim", "strategy=deepspeed_zero2", *STAGE1)
 # full fine-tuning on packed rows: 48 samples make 24 rows of 384 tokens, dealt from one plan
 PACKED = ("data.packing=true", "data.pack_length=384")
 ZERO2_PACKED = ("trainer=ddp_sim", "strategy=deepspeed_zero2", *PACKED)
+ZERO3_PACKED = ("trainer=ddp_sim", "strategy=deepspeed_zero3", *PACKED)
 ONE_PROCESS = {(): "one_full", STAGE1: "one_stage1", PACKED: "one_packed"}
 
 
@@ -117,6 +118,7 @@ ONE_PROCESS = {(): "one_full", STAGE1: "one_stage1", PACKED: "one_packed"}
         ("zero2_stage1", ZERO2_STAGE1),
         ("zero3_offload_full", ("trainer=ddp_sim", "strategy=deepspeed_zero3_offload")),  # CPU Adam
         ("zero2_packed", ZERO2_PACKED),
+        ("zero3_packed", ZERO3_PACKED),  # parameters gathered by hooks: the loss takes the module path
     ],
 )
 def test_two_processes_give_the_one_process_numbers(runs, name: str, overrides: tuple[str, ...]) -> None:

@@ -203,6 +203,7 @@ _SERVERS = {
     "web.max_upload_bytes": COUNT,
     "web.queue_size": COUNT,
     "web.max_batch_size": COUNT,
+    "web.max_prefill_rows": COUNT,
     "web.request_timeout_s": POSITIVE,
     "web.render_markdown": BOOL,
     "web.stream_interval_s": Number(0),
@@ -226,6 +227,7 @@ _SERVERS = {
     "api.max_queue": COUNT,
     "api.max_batch_size": COUNT,
     "api.batch_wait_s": Number(0),
+    "api.max_prefill_rows": COUNT,
     "api.request_timeout_s": POSITIVE,
     "api.stream_interval_s": Number(0),
     "api.system_messages": Choice(

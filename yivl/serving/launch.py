@@ -56,7 +56,11 @@ def run_web(cfg: DictConfig, engine: Engine, settings: GenerationSettings) -> No
         concurrent_answers=int(web.max_batch_size),
     )
     worker = GenerationWorker(
-        engine, int(web.queue_size), float(web.stream_interval_s), int(web.max_batch_size)
+        engine,
+        int(web.queue_size),
+        float(web.stream_interval_s),
+        int(web.max_batch_size),
+        max_prefill_rows=int(web.max_prefill_rows),
     )
     demo = build_demo(worker, demo_settings)
     print(f"Yi-VL web demo on http://{web.host}:{web.port} (Ctrl-C to stop)", flush=True)
@@ -94,6 +98,7 @@ def run_api(cfg: DictConfig, engine: Engine, settings: GenerationSettings) -> No
         float(api.stream_interval_s),
         int(api.max_batch_size),
         float(api.batch_wait_s),
+        int(api.max_prefill_rows),
     )
     app = create_app(engine, worker, app_settings)
     print(

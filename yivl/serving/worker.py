@@ -60,8 +60,11 @@ class GenerationWorker:
 
     A job with more choices than ``max_batch_size`` runs when the batch is empty. When the batch is
     empty and requests announced with :meth:`arriving` are still being parsed, the worker waits for them
-    (at most ``batch_wait_s`` after the first job) so that a burst is prefilled as one group rather than
-    one request first and the rest later. Streamed text is handed
+    (at most ``batch_wait_s`` after the first job) so that a burst is prefilled together rather than
+    one request first and the rest later. At most ``max_prefill_rows`` new rows are prefilled between
+    two decode steps (a job with more choices alone): a prefill costs about its rows' worth of work, so
+    a burst prefilled in small groups gives its first groups their first token sooner, and the rest
+    join the batch at the following steps. Streamed text is handed
     over at most every ``stream_interval_s`` seconds (the first piece at once): a fast model's tokens
     then travel in small bunches instead of costing a thread switch and a network send each, while a
     human still sees the answer grow smoothly. 0 sends every piece on its own.
@@ -74,15 +77,19 @@ class GenerationWorker:
         stream_interval_s: float = 0.02,
         max_batch_size: int = 8,
         batch_wait_s: float = 0.0,
+        max_prefill_rows: int | None = None,
     ) -> None:
         if max_batch_size < 1:
             raise YivlError(f"max_batch_size must be >= 1, got {max_batch_size}")
+        if max_prefill_rows is not None and max_prefill_rows < 1:
+            raise YivlError(f"max_prefill_rows must be >= 1 (or null: no limit), got {max_prefill_rows}")
         if batch_wait_s < 0:
             raise YivlError(f"batch_wait_s must be >= 0, got {batch_wait_s}")
         self.engine = engine
         self.stream_interval_s = stream_interval_s
         self.max_batch_size = max_batch_size
         self.batch_wait_s = batch_wait_s
+        self.max_prefill_rows = max_prefill_rows or max_batch_size
         self._arrivals = threading.Condition()  # notified when a job is submitted or an arrival ends
         self._arriving = 0
         self._jobs: queue.Queue[Job | None] = queue.Queue(maxsize=max(1, max_queue))
@@ -149,14 +156,16 @@ class GenerationWorker:
             runner.step()
 
     def _admissible(self, rows: int) -> list[Job]:
-        """The waiting jobs that fit in the batch now (blocks for the first one when the batch is empty,
-        then waits up to ``batch_wait_s`` for the requests still arriving)."""
+        """The waiting jobs that fit in the batch and the prefill group now (blocks for the first one
+        when the batch is empty, then waits up to ``batch_wait_s`` for the requests still arriving)."""
         jobs: list[Job] = []
         gather = rows == 0 and self.batch_wait_s > 0
         deadline = 0.0
+        fresh = 0  # rows of ``jobs``
         while True:
             if self._held is None:
-                if self._closing or rows >= self.max_batch_size:  # a full batch leaves the queue as is
+                # a full batch or prefill group leaves the queue as is
+                if self._closing or rows >= self.max_batch_size or fresh >= self.max_prefill_rows:
                     return jobs
                 try:
                     self._held = self._jobs.get(block=rows == 0 and not jobs)
@@ -174,11 +183,14 @@ class GenerationWorker:
                 continue
             if (rows or jobs) and rows + len(job.requests) > self.max_batch_size:
                 return jobs
+            if jobs and fresh + len(job.requests) > self.max_prefill_rows:
+                return jobs
             self._held = None
             if not jobs:
                 deadline = time.monotonic() + self.batch_wait_s
             jobs.append(job)
             rows += len(job.requests)
+            fresh += len(job.requests)
 
     def _await_arrivals(self, deadline: float) -> bool:
         """Wait until a job is queued (True) or nothing is arriving or ``deadline`` passed (False)."""

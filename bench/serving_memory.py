@@ -3,8 +3,9 @@
 Builds the tiny random Yi-VL, starts ``python infer.py mode=api`` (default limits: api.max_queue=16,
 api.max_decodes=2, api.max_request_bytes=30 MB, max_image_pixels=64 M) on 127.0.0.1 in a subprocess and
 sends, from 20 threads at once: 29 MB text bodies (refused for their length before being tokenized),
-then 64-megapixel GIFs (8000x8000, a few dozen KB each; at the pixel limit, so decoded and answered).
-For each burst the table gives the server's resident memory before, its peak during (VmHWM, reset
+then 64-megapixel GIFs (8000x8000, a few dozen KB each; at the pixel limit, so decoded and answered),
+a different one from each thread (the server's image cache cannot help: the worst case), then one GIF
+from every thread (the cache answers all but the first decodes). For each burst the table gives the server's resident memory before, its peak during (VmHWM, reset
 before the burst) and after, and the HTTP statuses. Linux only (/proc).
 
     python bench/serving_memory.py [--clients 20] [--markdown]
@@ -55,22 +56,24 @@ def text_body() -> bytes:
     ).encode()
 
 
-def gif_body() -> bytes:
+def gif_body(colour: int = 3) -> bytes:
+    """A request with one 64 MP single-colour GIF; another ``colour`` (palette index) makes other bytes,
+    so the server's image cache cannot answer it from an earlier one."""
     buf = io.BytesIO()
-    Image.new("P", (GIF_SIDE, GIF_SIDE), 3).save(buf, format="GIF")
+    Image.new("P", (GIF_SIDE, GIF_SIDE), colour % 256).save(buf, format="GIF")
     url = "data:image/gif;base64," + base64.b64encode(buf.getvalue()).decode()
     content = [{"type": "text", "text": "What is this?"}, {"type": "image_url", "image_url": {"url": url}}]
     payload = {"model": "yi-vl", "messages": [{"role": "user", "content": content}], "max_tokens": 4}
     return json.dumps(payload).encode()
 
 
-def burst(url: str, body: bytes, clients: int) -> tuple[Counter, float]:
-    """``clients`` threads POST ``body`` at once; their statuses and the wall time."""
+def burst(url: str, bodies: list[bytes]) -> tuple[Counter, float]:
+    """One thread a body, all POSTing at once; their statuses and the wall time."""
     statuses: Counter = Counter()
     lock = threading.Lock()
-    gate = threading.Barrier(clients)
+    gate = threading.Barrier(len(bodies))
 
-    def one() -> None:
+    def one(body: bytes) -> None:
         gate.wait()
         try:
             response = httpx.post(
@@ -85,7 +88,7 @@ def burst(url: str, body: bytes, clients: int) -> tuple[Counter, float]:
         with lock:
             statuses[status] += 1
 
-    threads = [threading.Thread(target=one) for _ in range(clients)]
+    threads = [threading.Thread(target=one, args=(body,)) for body in bodies]
     start = time.perf_counter()
     for t in threads:
         t.start()
@@ -132,7 +135,13 @@ def main() -> None:
 
 def measure(pid: int, url: str, clients: int) -> list[dict]:
     rows = []
-    for name, body in (("29 MB text bodies", text_body()), ("64 MP GIFs", gif_body())):
+    text, gif = text_body(), gif_body()
+    bursts = (
+        ("29 MB text bodies", [text] * clients),
+        ("64 MP GIFs, all different", [gif_body(3 + i) for i in range(clients)]),
+        ("64 MP GIFs, all the same", [gif] * clients),
+    )
+    for name, bodies in bursts:
         httpx.post(
             f"{url}/v1/chat/completions",
             json={"model": "yi-vl", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2},
@@ -140,11 +149,11 @@ def measure(pid: int, url: str, clients: int) -> list[dict]:
         )
         before = rss_mb(pid, "VmRSS")
         reset_peak(pid)
-        statuses, wall = burst(url, body, clients)
+        statuses, wall = burst(url, bodies)
         time.sleep(1.0)
         rows.append(
             {
-                "burst": f"{clients} x {name} ({len(body) / 1e6:.2f} MB each)",
+                "burst": f"{clients} x {name} ({len(bodies[0]) / 1e6:.2f} MB each)",
                 "before": before,
                 "peak": rss_mb(pid, "VmHWM"),
                 "after": rss_mb(pid, "VmRSS"),

@@ -126,6 +126,28 @@ CASES = [  # (script, argv, the line on stderr after "error: ")
         "Could not delete from config. The value of 'tags' is ['demo'] and not foo "
         "(python train.py --cfg job shows the configuration)",
     ),
+    (  # Hydra's config options: a config or folder that is not there
+        "train.py",
+        ["-cn", "stage9"],
+        f"-cn stage9: no stage9.yaml in {CONFIGS}; the configs there: eval, infer, train",
+    ),
+    (
+        "train.py",
+        ["--config-path=nothere"],
+        f"-cp nothere: there is no folder {ROOT / 'nothere'} (-cp names the folder of the primary config)",
+    ),
+    (
+        "infer.py",
+        ["-cd", "/nonexistent/configs"],
+        "-cd /nonexistent/configs: there is no folder /nonexistent/configs "
+        "(-cd names a folder of more configs)",
+    ),
+    (
+        "train.py",
+        ["-cp", str(CONFIGS / "model")],
+        f"-cp: no train.yaml in {CONFIGS / 'model'} (train.py reads train unless -cn names another); "
+        "the configs there: tiny, yi_vl_34b, yi_vl_6b",
+    ),
 ]
 
 
@@ -180,6 +202,9 @@ FINE = [
     ["question='say \"hi\"'"],
     ["question=What is the cat doing?"],  # spaces and '?' need no quotes for Hydra
     ["-m", "question=a,b"],
+    ["-cn", "infer.yaml"],  # Hydra takes the name with or without .yaml
+    ["--config-name=infer"],
+    ["-cp", "configs", "-cd", str(CONFIGS / "model")],  # a relative -cp is read from the script's folder
 ]
 
 

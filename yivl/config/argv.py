@@ -58,6 +58,9 @@ def prepare(argv: Sequence[str], entry: EntryPoint) -> list[str]:
     message = unknown_option(argv, entry.config_dir)
     if message:
         raise YivlError(message)
+    message = other_config(argv, entry)
+    if message:
+        raise YivlError(message)
     if not _OTHER_CONFIG & set(argv):
         # One composition with every override: when it works every key exists, so the (second)
         # composition that tells an unknown key is only paid for on the way to an error.
@@ -68,6 +71,58 @@ def prepare(argv: Sequence[str], entry: EntryPoint) -> list[str]:
 
 
 _QUOTING = '(docs/cli.md, "Quoting")'
+_OPTION_NAMES = {"-cn": "-cn", "--config-name": "-cn", "-cp": "-cp", "--config-path": "-cp"}
+_OPTION_NAMES |= {"-cd": "-cd", "--config-dir": "-cd"}
+
+
+def config_options(argv: Sequence[str]) -> list[tuple[str, str]]:
+    """``(-cn | -cp | -cd, value)`` for each of Hydra's config options in ``argv`` (``-cn x`` and
+    ``--config-name=x`` alike)."""
+    found = []
+    for i, arg in enumerate(argv):
+        name, eq, value = arg.partition("=")
+        if name in _OPTION_NAMES and eq and name.startswith("--"):
+            found.append((_OPTION_NAMES[name], value))
+        elif arg in _OPTION_NAMES and i + 1 < len(argv):
+            found.append((_OPTION_NAMES[arg], argv[i + 1]))
+    return found
+
+
+def other_config(argv: Sequence[str], entry: EntryPoint) -> str | None:
+    """One line for ``-cp`` / ``-cd`` naming no folder or ``-cn`` naming no config in them (Hydra says
+    it in several lines, exit 1). A relative ``-cp`` is read from the script's folder (the one that holds
+    ``configs/``), a relative ``-cd`` from the current one, as Hydra reads them."""
+    options = config_options(argv)
+    primary = entry.config_dir
+    extra: list[Path] = []
+    for option, value in options:
+        if option == "-cn" or "://" in value:  # pkg:// and file:// search paths: Hydra's to check
+            continue
+        path = Path(value).expanduser()
+        if option == "-cp":
+            path = path if path.is_absolute() else entry.config_dir.parent / path
+        if not path.resolve().is_dir():
+            what = "the folder of the primary config" if option == "-cp" else "a folder of more configs"
+            return f"{option} {value}: there is no folder {path.resolve()} ({option} names {what})"
+        if option == "-cp":
+            primary = path
+        else:
+            extra.append(path)
+    names = [value for option, value in options if option == "-cn"]
+    if any("://" in v for o, v in options if o == "-cp") or not (names or primary != entry.config_dir):
+        return None
+    name = (names[-1] if names else entry.config_name).removesuffix(".yaml")
+    folders = [primary, *extra]
+    if any((folder / f"{name}.yaml").is_file() for folder in folders):
+        return None
+    there = ", ".join(sorted({p.stem for folder in folders for p in folder.glob("*.yaml")})) or "none"
+    where = ", ".join(str(f.resolve()) for f in folders)
+    if names:
+        return f"-cn {names[-1]}: no {name}.yaml in {where}; the configs there: {there}"
+    return (
+        f"-cp: no {name}.yaml in {where} ({entry.script} reads {name} unless -cn names another); "
+        f"the configs there: {there}"
+    )
 
 
 def unreadable(args: Sequence[str], script: str, multirun: bool) -> str | None:

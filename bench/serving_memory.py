@@ -4,9 +4,11 @@ Builds the tiny random Yi-VL, starts ``python infer.py mode=api`` (default limit
 api.max_decodes=2, api.max_request_bytes=30 MB, max_image_pixels=64 M) on 127.0.0.1 in a subprocess and
 sends, from 20 threads at once: 29 MB text bodies (refused for their length before being tokenized),
 then 64-megapixel GIFs (8000x8000, a few dozen KB each; at the pixel limit, so decoded and answered),
-a different one from each thread (the server's image cache cannot help: the worst case), then one GIF
-from every thread (the cache answers all but the first decodes). For each burst the table gives the server's resident memory before, its peak during (VmHWM, reset
-before the burst) and after, and the HTTP statuses. Linux only (/proc).
+a different one from each thread (the server's image cache cannot help: the worst case), then one new
+GIF from every thread (the cache answers the requests that start after its first decode ends; the
+ones decoding at once before that each decode it). For each burst the table gives the server's
+resident memory before, its peak during (VmHWM, reset before the burst) and after, and the HTTP
+statuses. Linux only (/proc).
 
     python bench/serving_memory.py [--clients 20] [--markdown]
 """
@@ -135,7 +137,7 @@ def main() -> None:
 
 def measure(pid: int, url: str, clients: int) -> list[dict]:
     rows = []
-    text, gif = text_body(), gif_body()
+    text, gif = text_body(), gif_body(2)  # a colour the first GIF burst does not send: not cached yet
     bursts = (
         ("29 MB text bodies", [text] * clients),
         ("64 MP GIFs, all different", [gif_body(3 + i) for i in range(clients)]),

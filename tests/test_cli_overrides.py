@@ -144,6 +144,12 @@ CASES = [  # (script, argv, the line on stderr after "error: ")
     ),
     (
         "train.py",
+        ["-cn=experiment/stage9"],
+        f"-cn experiment/stage9: no experiment/stage9.yaml in {CONFIGS / 'experiment'}; the configs there: "
+        "experiment/lora, experiment/qlora, experiment/stage1, experiment/stage2, experiment/stage3",
+    ),
+    (
+        "train.py",
         ["-cp", str(CONFIGS / "model")],
         f"-cp: no train.yaml in {CONFIGS / 'model'} (train.py reads train unless -cn names another); "
         "the configs there: tiny, yi_vl_34b, yi_vl_6b",
@@ -205,6 +211,9 @@ FINE = [
     ["-cn", "infer.yaml"],  # Hydra takes the name with or without .yaml
     ["--config-name=infer"],
     ["-cp", "configs", "-cd", str(CONFIGS / "model")],  # a relative -cp is read from the script's folder
+    ["-cp", "nothere", "-cp", "configs"],  # the last one counts, as in Hydra
+    ["-cd", "/nonexistent", "--config-dir", str(CONFIGS)],
+    [f"--config-path={CONFIGS}", "newkey=2"],  # another config folder: its keys are not ours to check
 ]
 
 

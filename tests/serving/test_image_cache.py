@@ -4,6 +4,8 @@ stays within its bounds, is never confused with another image, and a refused ima
 from __future__ import annotations
 
 import dataclasses
+import threading
+import time
 
 import httpx
 import pytest
@@ -92,6 +94,52 @@ def test_the_cache_keeps_the_last_images_within_its_entry_and_byte_bounds():
     too_small = PixelCache(max_entries=10, max_bytes=100)  # no tensor fits: every image is made
     get(too_small, 0), get(too_small, 0)
     assert (len(too_small), too_small.nbytes, made[-2:]) == (0, 0, [0, 0])
+
+
+def _at_once(cache: PixelCache, make, threads: int = 6) -> list:
+    """``threads`` threads asking ``cache`` for one image together; each one's tensor or exception."""
+    results: list = [None] * threads
+    gate = threading.Barrier(threads)
+
+    def one(i: int) -> None:
+        gate.wait()
+        try:
+            results[i] = cache.get_or_make(b"one image", ("448",), make)
+        except ValueError as exc:
+            results[i] = exc
+
+    workers = [threading.Thread(target=one, args=(i,)) for i in range(threads)]
+    for t in workers:
+        t.start()
+    for t in workers:
+        t.join(30)
+    return results
+
+
+def test_the_same_image_arriving_at_once_is_made_once_and_shared():
+    cache, made = PixelCache(), []
+
+    def make() -> torch.Tensor:
+        made.append(1)
+        time.sleep(0.2)  # the others arrive while it is being made
+        return torch.zeros(3, 4, 4)
+
+    results = _at_once(cache, make)
+    assert len(made) == 1 and all(r is results[0] for r in results)
+    assert (cache.misses, cache.hits, cache._making) == (1, 5, {})
+
+
+def test_when_the_first_maker_fails_each_waiter_makes_it_itself_and_fails_alike():
+    cache, made = PixelCache(), []
+
+    def make() -> torch.Tensor:
+        made.append(1)
+        time.sleep(0.1)
+        raise ValueError("not an image")
+
+    results = _at_once(cache, make, threads=4)
+    assert [str(r) for r in results] == ["not an image"] * 4  # each request gets its own error
+    assert len(made) == 4 and len(cache) == 0 and cache._making == {}
 
 
 def test_size_zero_turns_the_cache_off(engine: Engine, decodes: list[int]):

@@ -13,6 +13,7 @@ through when Hydra can apply them.
 from __future__ import annotations
 
 import difflib
+import os
 import re
 import shlex
 from collections.abc import Callable, Mapping, Sequence
@@ -27,7 +28,6 @@ _SWEEP_FUNCTION = re.compile(r"^\w+\(")  # choice(...), range(...), glob(...): l
 _HYDRA_VALUE_OPTIONS = {"-cn", "--config-name", "-cp", "--config-path", "-cd", "--config-dir", "-c", "--cfg"}
 _HYDRA_VALUE_OPTIONS |= {"-p", "--package", "--experimental-rerun"}
 _HANDS_OFF = {"-h", "--help", "--hydra-help", "-i", "--info", "-sc", "--shell-completion"}
-_OTHER_CONFIG = {"-cn", "--config-name", "-cp", "--config-path", "-cd", "--config-dir"}
 _MULTIRUN = {"-m", "--multirun"}
 
 Synonym = Callable[[str, bool], list[str]]  # (value, multirun) -> the overrides it stands for
@@ -55,13 +55,15 @@ def prepare(argv: Sequence[str], entry: EntryPoint) -> list[str]:
     if message:
         raise YivlError(message)
     argv = [new for arg in argv for new in _rewrite(arg, entry.synonyms, multirun)]
-    message = unknown_option(argv, entry.config_dir)
+    options = config_options(argv)
+    if "-cp" not in options and "-cd" not in options:  # else groups may come from those folders
+        message = unknown_option(argv, entry.config_dir)
+        if message:
+            raise YivlError(message)
+    message = other_config(options, entry)
     if message:
         raise YivlError(message)
-    message = other_config(argv, entry)
-    if message:
-        raise YivlError(message)
-    if not _OTHER_CONFIG & set(argv):
+    if not options:
         # One composition with every override: when it works every key exists, so the (second)
         # composition that tells an unknown key is only paid for on the way to an error.
         message = composition_error(overrides(argv), entry)
@@ -75,50 +77,53 @@ _OPTION_NAMES = {"-cn": "-cn", "--config-name": "-cn", "-cp": "-cp", "--config-p
 _OPTION_NAMES |= {"-cd": "-cd", "--config-dir": "-cd"}
 
 
-def config_options(argv: Sequence[str]) -> list[tuple[str, str]]:
-    """``(-cn | -cp | -cd, value)`` for each of Hydra's config options in ``argv`` (``-cn x`` and
-    ``--config-name=x`` alike)."""
-    found = []
+def config_options(argv: Sequence[str]) -> dict[str, str]:
+    """Hydra's config options in ``argv``: ``-cn`` / ``-cp`` / ``-cd`` -> value (``-cn x``, ``-cn=x`` and
+    ``--config-name=x`` alike; the last one given wins, as in Hydra's argument parser)."""
+    found: dict[str, str] = {}
     for i, arg in enumerate(argv):
         name, eq, value = arg.partition("=")
-        if name in _OPTION_NAMES and eq and name.startswith("--"):
-            found.append((_OPTION_NAMES[name], value))
+        if eq and name in _OPTION_NAMES:
+            found[_OPTION_NAMES[name]] = value
         elif arg in _OPTION_NAMES and i + 1 < len(argv):
-            found.append((_OPTION_NAMES[arg], argv[i + 1]))
+            found[_OPTION_NAMES[arg]] = argv[i + 1]
     return found
 
 
-def other_config(argv: Sequence[str], entry: EntryPoint) -> str | None:
+def other_config(options: Mapping[str, str], entry: EntryPoint) -> str | None:
     """One line for ``-cp`` / ``-cd`` naming no folder or ``-cn`` naming no config in them (Hydra says
     it in several lines, exit 1). A relative ``-cp`` is read from the script's folder (the one that holds
-    ``configs/``), a relative ``-cd`` from the current one, as Hydra reads them."""
-    options = config_options(argv)
+    ``configs/``), a relative ``-cd`` from the current one, as Hydra reads them (no ``~`` expansion)."""
     primary = entry.config_dir
     extra: list[Path] = []
-    for option, value in options:
-        if option == "-cn" or "://" in value:  # pkg:// and file:// search paths: Hydra's to check
+    for option in ("-cp", "-cd"):
+        value = options.get(option)
+        if value is None or "://" in value:  # pkg:// and file:// search paths: Hydra's to check
             continue
-        path = Path(value).expanduser()
-        if option == "-cp":
-            path = path if path.is_absolute() else entry.config_dir.parent / path
-        if not path.resolve().is_dir():
+        path = Path(value)
+        if option == "-cp" and not path.is_absolute():
+            path = entry.config_dir.parent / path
+        path = Path(os.path.abspath(path))
+        if not path.is_dir():
             what = "the folder of the primary config" if option == "-cp" else "a folder of more configs"
-            return f"{option} {value}: there is no folder {path.resolve()} ({option} names {what})"
+            return f"{option} {value}: there is no folder {path} ({option} names {what})"
         if option == "-cp":
             primary = path
         else:
             extra.append(path)
-    names = [value for option, value in options if option == "-cn"]
-    if any("://" in v for o, v in options if o == "-cp") or not (names or primary != entry.config_dir):
+    given = options.get("-cn")
+    if "://" in options.get("-cp", "") or (given is None and primary == entry.config_dir):
         return None
-    name = (names[-1] if names else entry.config_name).removesuffix(".yaml")
+    name = (given or entry.config_name).removesuffix(".yaml")
     folders = [primary, *extra]
     if any((folder / f"{name}.yaml").is_file() for folder in folders):
         return None
-    there = ", ".join(sorted({p.stem for folder in folders for p in folder.glob("*.yaml")})) or "none"
-    where = ", ".join(str(f.resolve()) for f in folders)
-    if names:
-        return f"-cn {names[-1]}: no {name}.yaml in {where}; the configs there: {there}"
+    sub = Path(name).parent  # -cn experiment/stage9: list experiment/
+    found = {(sub / p.stem).as_posix() for folder in folders for p in (folder / sub).glob("*.yaml")}
+    there = ", ".join(sorted(found)) or "none"
+    where = ", ".join(str(folder / sub) if sub.parts else str(folder) for folder in folders)
+    if given is not None:
+        return f"-cn {given}: no {name}.yaml in {where}; the configs there: {there}"
     return (
         f"-cp: no {name}.yaml in {where} ({entry.script} reads {name} unless -cn names another); "
         f"the configs there: {there}"

@@ -16,6 +16,9 @@ from collections.abc import Callable, Hashable
 
 import torch
 
+MAKER_WAIT_S = 60.0
+"""The longest a request waits for another request's decode of the same image before decoding it."""
+
 
 class PixelCache:
     """A thread-safe LRU of pixel tensors ``[3, S, S]``, at most ``max_entries`` and ``max_bytes``.
@@ -36,6 +39,7 @@ class PixelCache:
         self._entries: OrderedDict[tuple, torch.Tensor] = OrderedDict()
         self._bytes = 0
         self._lock = threading.Lock()
+        self._making: dict[tuple, threading.Event] = {}  # images being made: set when they are done
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -51,17 +55,34 @@ class PixelCache:
             return make()
         # hashlib releases the GIL for buffers this size; two images colliding is not a concern
         key = (hashlib.sha256(data).digest(), len(data), settings)
-        with self._lock:
-            pixels = self._entries.get(key)
-            if pixels is not None:
-                self._entries.move_to_end(key)
-                self.hits += 1
-                return pixels
-            self.misses += 1
-        # made outside the lock: one slow decode must not hold up hits for other images
-        pixels = make()
-        self._put(key, pixels)
-        return pixels
+        waited = False
+        while True:
+            with self._lock:
+                pixels = self._entries.get(key)
+                if pixels is not None:
+                    self._entries.move_to_end(key)
+                    self.hits += 1
+                    return pixels
+                making = self._making.get(key)
+                if making is None or waited:
+                    self.misses += 1
+                    mine = threading.Event() if making is None else None
+                    if mine is not None:
+                        self._making[key] = mine
+                    break
+            # the same image arriving at once (a burst of one image) is decoded once: wait for it (a
+            # maker that fails or is too big to keep leaves each waiter to make it on its own)
+            waited = True
+            making.wait(MAKER_WAIT_S)
+        try:  # made outside the lock: one slow decode must not hold up hits for other images
+            pixels = make()
+            self._put(key, pixels)
+            return pixels
+        finally:
+            if mine is not None:
+                with self._lock:
+                    del self._making[key]
+                mine.set()
 
     def _put(self, key: tuple, pixels: torch.Tensor) -> None:
         size = pixels.element_size() * pixels.nelement()

@@ -82,7 +82,7 @@ class GenerationWorker:
         if max_batch_size < 1:
             raise YivlError(f"max_batch_size must be >= 1, got {max_batch_size}")
         if max_prefill_rows is not None and max_prefill_rows < 1:
-            raise YivlError(f"max_prefill_rows must be >= 1 (or null: no limit), got {max_prefill_rows}")
+            raise YivlError(f"max_prefill_rows must be >= 1, got {max_prefill_rows}")
         if batch_wait_s < 0:
             raise YivlError(f"batch_wait_s must be >= 0, got {batch_wait_s}")
         self.engine = engine

@@ -121,7 +121,7 @@ def other_config(options: Mapping[str, str], entry: EntryPoint) -> str | None:
     sub = Path(name).parent  # -cn experiment/stage9: list experiment/
     found = {(sub / p.stem).as_posix() for folder in folders for p in (folder / sub).glob("*.yaml")}
     there = ", ".join(sorted(found)) or "none"
-    where = ", ".join(str(folder / sub) if sub.parts else str(folder) for folder in folders)
+    where = ", ".join(str(folder / sub) for folder in folders)
     if given is not None:
         return f"-cn {given}: no {name}.yaml in {where}; the configs there: {there}"
     return (

@@ -55,34 +55,41 @@ class PixelCache:
             return make()
         # hashlib releases the GIL for buffers this size; two images colliding is not a concern
         key = (hashlib.sha256(data).digest(), len(data), settings)
-        waited = False
-        while True:
-            with self._lock:
-                pixels = self._entries.get(key)
-                if pixels is not None:
-                    self._entries.move_to_end(key)
-                    self.hits += 1
-                    return pixels
-                making = self._making.get(key)
-                if making is None or waited:
-                    self.misses += 1
-                    mine = threading.Event() if making is None else None
-                    if mine is not None:
-                        self._making[key] = mine
-                    break
+        with self._lock:
+            pixels = self._hit(key)
+            if pixels is not None:
+                return pixels
+            making = self._making.get(key)
+            mine = making is None
+            if mine:
+                making = self._making[key] = threading.Event()
+                self.misses += 1
+        if not mine:
             # the same image arriving at once (a burst of one image) is decoded once: wait for it (a
             # maker that fails or is too big to keep leaves each waiter to make it on its own)
-            waited = True
             making.wait(MAKER_WAIT_S)
+            with self._lock:
+                pixels = self._hit(key)
+                if pixels is not None:
+                    return pixels
+                self.misses += 1
         try:  # made outside the lock: one slow decode must not hold up hits for other images
             pixels = make()
             self._put(key, pixels)
             return pixels
         finally:
-            if mine is not None:
+            if mine:
                 with self._lock:
                     del self._making[key]
-                mine.set()
+                making.set()
+
+    def _hit(self, key: tuple) -> torch.Tensor | None:
+        """The cached pixels of ``key`` (counted as a hit), or None; the caller holds the lock."""
+        pixels = self._entries.get(key)
+        if pixels is not None:
+            self._entries.move_to_end(key)
+            self.hits += 1
+        return pixels
 
     def _put(self, key: tuple, pixels: torch.Tensor) -> None:
         size = pixels.element_size() * pixels.nelement()

@@ -11,13 +11,19 @@ alike), per-request overhead against ``direct``. 4 and 8 clients: ``direct`` and
 alternating rounds, total tokens over wall time, TTFT p50/p95. Targets on CPU: >= 3x aggregate tokens/s
 at 8 clients, TTFT p50 at 8 clients <= 3x the one-client TTFT, overhead <= 10% at one client.
 
-    python bench/serving_latency.py [--tokens 64] [--requests 10] [--rounds 3] [--clients 4 8] [--markdown]
+Every request asks about the same image by default, as a chat's turns do (the server's decoded-image
+and image-prefix caches serve all but the first); ``--images N`` cycles through N different generated
+images instead (``--images 1000``: every request a new image, nothing served from a cache).
+
+    python bench/serving_latency.py [--tokens 64] [--requests 10] [--rounds 3] [--clients 4 8]
+                                    [--images 1] [--markdown]
 """
 
 from __future__ import annotations
 
 import argparse
 import base64
+import io
 import json
 import os
 import socket
@@ -35,6 +41,7 @@ from pathlib import Path
 import httpx
 import openai
 import torch
+from PIL import Image, ImageDraw
 from rich.console import Console
 from rich.table import Table
 
@@ -78,6 +85,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         metavar="KEY=VALUE",
         help="an infer.py override for the server, e.g. --server api.batch_wait_s=0 (repeatable)",
     )
+    parser.add_argument(
+        "--images", type=int, default=1, help="distinct images the requests cycle through (1: the same one)"
+    )
     parser.add_argument("--markdown", action="store_true", help="print a Markdown table")
     return parser.parse_args(argv)
 
@@ -103,14 +113,46 @@ class FifoLock:
             self._cond.notify_all()
 
 
-def direct_once(engine: Engine, tokens: int, lock: FifoLock) -> Sample:
+class Images:
+    """The PNG bytes each request sends: ``assets/shapes.png`` (``count`` 1), or the next of ``count``
+    different generated pictures, in turn across all clients."""
+
+    def __init__(self, count: int) -> None:
+        self.count = count
+        self._next = 0
+        self._lock = threading.Lock()
+        self._same = IMAGE.read_bytes()
+
+    def next(self) -> bytes:
+        if self.count <= 1:
+            return self._same
+        with self._lock:
+            index = self._next % self.count
+            self._next += 1
+        return picture(index)
+
+
+def picture(index: int) -> bytes:
+    """A 448 px PNG of two rectangles whose colours and places follow from ``index`` (all different)."""
+    image = Image.new("RGB", (448, 448), ((index * 37) % 256, (index * 91) % 256, (index * 53) % 256))
+    draw = ImageDraw.Draw(image)
+    x, y = (index * 29) % 300, (index // 300 * 41) % 300
+    draw.rectangle((x, y, x + 120, y + 90), fill=(255 - (index * 17) % 256, 40, 200))
+    draw.rectangle((y, x, y + 60, x + 140), fill=(20, (index * 13) % 256, 90))
+    out = io.BytesIO()
+    image.save(out, format="PNG")
+    return out.getvalue()
+
+
+def direct_once(engine: Engine, tokens: int, lock: FifoLock, images: Images) -> Sample:
     """The engine in-process, streaming into a callback (what the API wraps)."""
     first: list[float] = []
     settings = GenerationSettings(temperature=0, max_new_tokens=tokens)
+    image = images.next()
     start = time.perf_counter()
     with lock:
         answer = engine.generate_full(
-            [Request([Turn("human", QUESTION)], IMAGE)],
+            [Request([Turn("human", QUESTION)], image)],
             settings,
             on_text=lambda _i, _d: first or first.append(time.perf_counter()),
         )[0]
@@ -119,18 +161,18 @@ def direct_once(engine: Engine, tokens: int, lock: FifoLock) -> Sample:
     return Sample((first[0] if first else end) - start, end - start, answer.num_tokens)
 
 
-def messages() -> list[dict]:
+def messages(image: bytes) -> list[dict]:
     """The question with the image as a data URL."""
-    url = "data:image/png;base64," + base64.b64encode(IMAGE.read_bytes()).decode()
+    url = "data:image/png;base64," + base64.b64encode(image).decode()
     content = [{"type": "text", "text": QUESTION}, {"type": "image_url", "image_url": {"url": url}}]
     return [{"role": "user", "content": content}]
 
 
-def http_once(client: httpx.Client, url: str, tokens: int) -> Sample:
+def http_once(client: httpx.Client, url: str, tokens: int, images: Images) -> Sample:
     """One streamed request read line by line: only the server's own cost is added to the engine's."""
     body = {
         "model": "yi-vl",
-        "messages": messages(),  # built before the clock starts, as for the openai client
+        "messages": messages(images.next()),  # built before the clock starts, as for the openai client
         "temperature": 0,
         "max_tokens": tokens,
         "stream": True,
@@ -151,9 +193,9 @@ def http_once(client: httpx.Client, url: str, tokens: int) -> Sample:
     return Sample((first or end) - start, end - start, used)
 
 
-def api_once(client: openai.OpenAI, tokens: int) -> Sample:
+def api_once(client: openai.OpenAI, tokens: int, images: Images) -> Sample:
     """One streamed request through the OpenAI client."""
-    chat = messages()
+    chat = messages(images.next())
     start = time.perf_counter()
     first = None
     used = 0
@@ -261,10 +303,11 @@ def measure(engine: Engine, url: str, args: argparse.Namespace) -> list[dict]:
     client = openai.OpenAI(base_url=url, api_key="none", max_retries=0, timeout=300)
     # enough pooled connections that no client waits for one
     http = httpx.Client(timeout=300, limits=httpx.Limits(max_connections=max(args.clients) + 1))
+    images = Images(args.images)  # one sequence for all paths: with many images, none is sent twice
     paths = {
-        "direct": partial(direct_once, engine, args.tokens, FifoLock()),
-        "http": partial(http_once, http, url, args.tokens),
-        "openai": partial(api_once, client, args.tokens),
+        "direct": partial(direct_once, engine, args.tokens, FifoLock(), images),
+        "http": partial(http_once, http, url, args.tokens, images),
+        "openai": partial(api_once, client, args.tokens, images),
     }
     run_interleaved(paths, 2)  # warm-up
     singles = run_interleaved(paths, args.requests)
@@ -321,7 +364,8 @@ def main(argv: list[str] | None = None) -> None:
             server.terminate()
             server.wait(30)
     print(
-        f"{torch.get_num_threads()} torch threads; {args.tokens} greedy tokens per answer; image {IMAGE.name}"
+        f"{torch.get_num_threads()} torch threads; {args.tokens} greedy tokens per answer; "
+        + (f"image {IMAGE.name}" if args.images <= 1 else f"{args.images} different 448 px images in turn")
     )
     print_table(rows, args.markdown)
 

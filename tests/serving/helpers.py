@@ -72,8 +72,8 @@ class SlowEngine:
     def __getattr__(self, name: str) -> object:
         return getattr(self.engine, name)
 
-    def batch_decoder(self) -> object:
-        return _SlowDecoder(self.engine.batch_decoder(), self.delay)
+    def batch_decoder(self, images: object = None) -> object:
+        return _SlowDecoder(self.engine.batch_decoder(images), self.delay)
 
 
 class _SlowDecoder:
@@ -131,7 +131,7 @@ class ScriptedEngine:
             raise self.fail
         return Prompt([], None, settings, on_text=on_text)
 
-    def batch_decoder(self) -> ScriptedDecoder:
+    def batch_decoder(self, images: object = None) -> ScriptedDecoder:
         return ScriptedDecoder(self)
 
     @contextmanager

@@ -11,6 +11,7 @@ import openai
 
 from yivl.data.chat import Turn
 from yivl.models.generation import GenerationSettings
+from yivl.models.image_prefix import ImagePrefixCache
 from yivl.serving.api import create_app
 from yivl.serving.engine import Engine, Request
 from yivl.serving.worker import EventStream, GenerationWorker
@@ -59,10 +60,13 @@ def _concurrently(worker: GenerationWorker, jobs: list[tuple[Request, Generation
 def test_concurrent_greedy_requests_get_their_solo_tokens(engine: Engine):
     jobs = _requests()
     solo = [engine.generate_full([r], s)[0] for r, s in jobs]
-    worker = GenerationWorker(engine, max_queue=8, max_batch_size=8)
-    finals = _concurrently(worker, jobs)
-    assert [e.kind for e in finals] == ["done"] * len(jobs)
-    assert [e.generations[0] for e in finals] == solo
+    kept = ImagePrefixCache()
+    worker = GenerationWorker(engine, max_queue=8, max_batch_size=8, image_prefixes=kept)
+    for _ in range(2):  # the second time, the image's prefix is kept: prefilled after it, same tokens
+        finals = _concurrently(worker, jobs)
+        assert [e.kind for e in finals] == ["done"] * len(jobs)
+        assert [e.generations[0] for e in finals] == solo
+    assert kept.hits >= 2 and len(kept) == 1  # one image, one system prompt before it
     assert worker.metrics.peak_running >= 2  # they did share the batch
     assert engine.prefixes.computed >= 1  # the release's system prompt is cached across requests
     worker.close()
@@ -144,7 +148,11 @@ def _ask_openai(url: str, i: int) -> str:
 
 
 def test_concurrent_api_clients_get_the_answers_they_get_one_at_a_time(engine: Engine):
-    worker = GenerationWorker(engine, max_queue=16, max_batch_size=8)
+    without = GenerationWorker(engine, max_queue=16, max_batch_size=8)
+    with serve(create_app(engine, without, api_settings())) as url:
+        uncached = [_ask_http(url, i) for i in range(4)]
+    without.close()
+    worker = GenerationWorker(engine, max_queue=16, max_batch_size=8, image_prefixes=ImagePrefixCache())
     calls = [(_ask_http, i) for i in range(4)] + [(_ask_openai, i) for i in range(4)]
     with serve(create_app(engine, worker, api_settings())) as url:
         sequential = [ask(url, i) for ask, i in calls]
@@ -159,8 +167,11 @@ def test_concurrent_api_clients_get_the_answers_they_get_one_at_a_time(engine: E
             t.start()
         for t in threads:
             t.join(90)
+        metrics = httpx.get(f"{url}/metrics", timeout=10).text
     assert [together[k] for k in range(len(calls))] == sequential
+    assert sequential[:4] == uncached  # the kept image prefix changes no token
     assert all(sequential) and worker.metrics.peak_running >= 2
+    assert "yivl_image_prefix_cache_hits_total 7" in metrics  # 8 image requests, the first one kept it
     worker.close()
 
 

@@ -204,6 +204,8 @@ _SERVERS = {
     "web.queue_size": COUNT,
     "web.max_batch_size": COUNT,
     "web.max_prefill_rows": COUNT,
+    "web.prefix_cache_images": Int(0),
+    "web.prefix_cache_bytes": Int(0),
     "web.request_timeout_s": POSITIVE,
     "web.render_markdown": BOOL,
     "web.stream_interval_s": Number(0),
@@ -228,6 +230,8 @@ _SERVERS = {
     "api.max_batch_size": COUNT,
     "api.batch_wait_s": Number(0),
     "api.max_prefill_rows": COUNT,
+    "api.prefix_cache_images": Int(0),
+    "api.prefix_cache_bytes": Int(0),
     "api.request_timeout_s": POSITIVE,
     "api.stream_interval_s": Number(0),
     "api.system_messages": Choice(

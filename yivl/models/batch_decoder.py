@@ -5,6 +5,10 @@ are appended to the running batch's cache: both are left-padded to the same widt
 hides the padding, and every row keeps its own position ids, so a row's tokens are the ones it gets
 alone. Every row has its own settings (temperature, top_p, top_k, seed, penalties, logprobs), stop
 strings and token budget; finished and removed rows leave the batch at once.
+
+A newcomer whose image prefix (system prompt, image) was prefilled before is prefilled after that
+prefix's kept KV (:mod:`yivl.models.image_prefix`): only the text after its image is computed. The
+others are prefilled whole, and the prefix of each new image among them is kept from their cache.
 """
 
 from __future__ import annotations
@@ -24,8 +28,10 @@ from yivl.models.generation import (
     TokenizerLike,
     advance,
     left_pad,
+    repeated,
     stack_images,
 )
+from yivl.models.image_prefix import ImagePrefixCache, LayerKV
 from yivl.models.sampling import TokenLogprob, next_tokens, penalize, token_logprob
 from yivl.models.text_stream import TextStream
 from yivl.models.yivl import YiVL
@@ -34,7 +40,8 @@ from yivl.models.yivl import YiVL
 @dataclass
 class Prompt:
     """One row to generate: token ids (-200 where the image goes), its image ([3, S, S] or None), the
-    length of its text prefix worth caching across requests (0: none), settings and a text callback.
+    length of its text prefix worth caching across requests (0: none), settings, a text callback, and
+    the image's :func:`~yivl.models.image_prefix.pixel_key` (None: its image prefix is never cached).
 
     ``on_text(delta, logprobs)`` gets each new piece of the answer with the logprob entries of the tokens
     whose text it completes (``[]`` without logprobs); a token held back with its text (a partial stop
@@ -47,6 +54,7 @@ class Prompt:
     settings: GenerationSettings
     prefix: int = 0
     on_text: Callable[[str, list[TokenLogprob]], None] | None = None
+    image_key: bytes | None = None
 
 
 class Row:
@@ -132,10 +140,17 @@ class Row:
 class BatchDecoder:
     """The running batch of one model; call :meth:`add` and :meth:`remove` between :meth:`step` calls."""
 
-    def __init__(self, model: YiVL, tokenizer: TokenizerLike, prefixes: PrefixCache) -> None:
+    def __init__(
+        self,
+        model: YiVL,
+        tokenizer: TokenizerLike,
+        prefixes: PrefixCache,
+        images: ImagePrefixCache | None = None,
+    ) -> None:
         self.model = model
         self.tokenizer = tokenizer
         self.prefixes = prefixes
+        self.images = images if images is not None else ImagePrefixCache(max_entries=0)
         self.device = model.llm.get_input_embeddings().weight.device
         self.limit = int(model.config.llm["max_position_embeddings"])
         self.rows: dict[int, Row] = {}
@@ -150,15 +165,26 @@ class BatchDecoder:
 
     @torch.inference_mode()
     def add(self, prompts: Sequence[Prompt]) -> list[Row]:
-        """Prefill ``prompts`` (grouped by cached prefix) and append them to the batch; their rows, in
-        the order of ``prompts``."""
-        groups: dict[tuple[int, ...], list[int]] = {}
+        """Prefill ``prompts`` (grouped by cached prefix: an image prefix, else the text prefix) and
+        append them to the batch; their rows, in the order of ``prompts``."""
+        groups: dict[tuple, list[int]] = {}
+        kept: dict[tuple, list[LayerKV]] = {}  # held here: keeping a new image may evict one in use
         for i, prompt in enumerate(prompts):
-            groups.setdefault(tuple(prompt.ids[: prompt.prefix]), []).append(i)
+            key = self.images.key(prompt.ids, prompt.image_key)
+            layers = self.images.get(key)
+            if layers is not None:
+                kept[key] = layers
+                groups.setdefault(("image", key), []).append(i)
+            else:
+                groups.setdefault(("text", tuple(prompt.ids[: prompt.prefix])), []).append(i)
         added: dict[int, Row] = {}
-        for prefix, members in groups.items():
+        for (kind, prefix), members in groups.items():
             group = [prompts[i] for i in members]
-            new = self._prefill(list(prefix), group)
+            if kind == "image":
+                new = self._prefill_after(kept[prefix], len(prefix[0]), group)
+            else:
+                new = self._prefill(list(prefix), group)
+                self._keep_images(new, len(prefix), group)
             rows = [Row(self._next_key + j, p, self.device) for j, p in enumerate(group)]
             self._next_key += len(group)
             new.rows = torch.tensor([r.key for r in rows], device=self.device)
@@ -178,6 +204,36 @@ class BatchDecoder:
         spliced = self.model.splice(ids, mask, pixel_values=pixels, padding_side="left")
         cache = self.prefixes.get(self.model, prefix, len(group), self.device) if prefix else None
         return Decoder(self.model, spliced, cache)
+
+    def _prefill_after(self, layers: list[LayerKV], cut: int, group: list[Prompt]) -> Decoder:
+        """Prefill the text after the image of prompts whose image prefix (their first ``cut`` ids) is
+        ``layers``."""
+        pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        ids, mask = left_pad([p.ids[cut:] for p in group], pad_id, self.device)
+        spliced = self.model.splice(ids, mask, padding_side="left")
+        return Decoder(self.model, spliced, repeated(self.model, layers, len(group)))
+
+    def _keep_images(self, new: Decoder, past: int, group: list[Prompt]) -> None:
+        """Keep the image prefix of each new image in ``group``, just prefilled into ``new`` after a
+        cached text prefix of ``past`` positions: that prefix, then the row's first real positions up
+        to the end of its image's features (a row's keys and values do not depend on what follows)."""
+        width = new.mask.shape[1]
+        lengths = None
+        for j, prompt in enumerate(group):
+            key = self.images.key(prompt.ids, prompt.image_key)
+            if key is None or key in self.images or self.images.max_entries == 0:
+                continue
+            if lengths is None:
+                lengths = new.mask[:, past:].sum(1).tolist()  # each row's spliced positions
+            start = width - lengths[j]
+            end = start + lengths[j] - (len(prompt.ids) - len(key[0]))  # minus the text after the image
+            self.images.put(
+                key,
+                [
+                    (_row_span(layer.keys, j, past, start, end), _row_span(layer.values, j, past, start, end))
+                    for layer in new.cache.layers
+                ],
+            )
 
     def remove(self, keys: set[int]) -> None:
         """Drop rows (cancelled requests) from the batch."""
@@ -229,6 +285,12 @@ class BatchDecoder:
         state.rows, state.mask, state.positions = state.rows[keep], state.mask[keep], state.positions[keep]
         state.logits = state.logits[keep]
         trim(state)
+
+
+def _row_span(t: torch.Tensor, row: int, past: int, start: int, end: int) -> torch.Tensor:
+    """Row ``row`` of ``t`` [b, H, T, D]: its first ``past`` columns and columns ``start:end``, as a new
+    tensor [1, H, past + end - start, D] (no view that keeps the whole batch alive)."""
+    return torch.cat([t[row : row + 1, :, :past], t[row : row + 1, :, start:end]], dim=2)
 
 
 def merge(batch: Decoder, new: Decoder) -> Decoder:

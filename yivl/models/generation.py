@@ -172,10 +172,16 @@ class PrefixCache:
             while len(self._caches) > self.capacity:
                 self._caches.popitem(last=False)
         self._caches.move_to_end(key)
-        cache = DynamicCache(config=model.llm.config)
-        for index, layer in enumerate(base.layers):  # the decoder grows its cache: never hand out ours
-            cache.update(layer.keys.repeat(batch, 1, 1, 1), layer.values.repeat(batch, 1, 1, 1), index)
-        return cache
+        return repeated(model, [(layer.keys, layer.values) for layer in base.layers], batch)
+
+
+def repeated(model: YiVL, layers: Sequence[tuple[torch.Tensor, torch.Tensor]], batch: int) -> DynamicCache:
+    """A fresh cache holding one-row ``layers`` (keys, values ``[1, H, P, D]``) for ``batch`` rows: the
+    decoder grows its cache, so a kept cache is never handed out itself."""
+    cache = DynamicCache(config=model.llm.config)
+    for index, (keys, values) in enumerate(layers):
+        cache.update(keys.repeat(batch, 1, 1, 1), values.repeat(batch, 1, 1, 1), index)
+    return cache
 
 
 class Decoder:

@@ -23,6 +23,7 @@ from starlette.middleware.cors import CORSMiddleware
 from yivl.constants import STOP_STRING
 from yivl.errors import YivlError
 from yivl.models.generation import Generation, GenerationSettings
+from yivl.models.image_prefix import pixel_key
 from yivl.serving.api_errors import ApiError, as_api_error, bad_request, server_busy
 from yivl.serving.api_guard import HostCheck, Slots, check_json, check_key
 from yivl.serving.api_stream import Prepared, completion_body, sse_chunks
@@ -194,6 +195,8 @@ def prepare(
     check_text_fits(engine, conversation)
     ref = conversation.image
     image = None if ref is None else request_pixels(engine, ref, settings, decoding, cache)
+    if image is not None:
+        pixel_key(image)  # hashed here, not on the worker's thread (remembered with the tensor)
     try:
         ids = engine.prompt_ids(conversation.turns, image is not None, conversation.system)
         gen = generation_settings(chat, settings.defaults)

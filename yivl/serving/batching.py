@@ -14,6 +14,7 @@ from typing import Protocol
 from yivl.errors import YivlError
 from yivl.models.batch_decoder import BatchDecoder, Prompt, Row
 from yivl.models.generation import Generation, GenerationSettings
+from yivl.models.image_prefix import ImagePrefixCache
 from yivl.serving.engine import Request
 from yivl.serving.jobs import Cancelled, Event, Job, TextBuffer, deliver
 from yivl.serving.metrics import ServingMetrics
@@ -26,7 +27,7 @@ class BatchingEngine(Protocol):
 
     def prompt(self, req: Request, settings: GenerationSettings, on_text=None) -> Prompt: ...
 
-    def batch_decoder(self) -> BatchDecoder: ...
+    def batch_decoder(self, images: ImagePrefixCache | None = None) -> BatchDecoder: ...
 
 
 @dataclass(eq=False)  # compared and hashed by identity
@@ -54,7 +55,7 @@ class BatchRunner:
 
     def __init__(self, engine: BatchingEngine, metrics: ServingMetrics, interval: float) -> None:
         self.engine = engine
-        self.decoder = engine.batch_decoder()
+        self.decoder = engine.batch_decoder(metrics.images)
         self.metrics = metrics
         self.interval = interval
         self.running: list[_Running] = []

@@ -19,6 +19,7 @@ from yivl.data.chat import Turn
 from yivl.data.images import load_image
 from yivl.errors import YivlError
 from yivl.models.generation import GenerationSettings
+from yivl.models.image_prefix import ImagePrefixCache
 from yivl.serving.chat_input import LineReader, terminal_reader
 from yivl.serving.engine import Engine, Request
 from yivl.serving.worker import EventStream, GenerationWorker
@@ -63,7 +64,10 @@ class Chat:
         self.engine = engine
         self.settings = settings
         self.timeout_s = timeout_s
-        self.worker = GenerationWorker(engine, max_queue=4, stream_interval_s=0.0)
+        # one image at a time: every turn after the first is prefilled after its kept image prefix
+        self.worker = GenerationWorker(
+            engine, max_queue=4, stream_interval_s=0.0, image_prefixes=ImagePrefixCache(max_entries=2)
+        )
         self.turns: list[Turn] = []
         self.image: Image.Image | None = None
         self.image_name: str | None = None

@@ -37,6 +37,7 @@ from yivl.models.generation import (
     generate_full,
     shared_prefix_length,
 )
+from yivl.models.image_prefix import ImagePrefixCache, pixel_key
 
 ImageInput = str | Path | bytes | Image.Image | torch.Tensor | None
 """A path, file bytes, a decoded image, or pixels already made by :meth:`Engine.preprocess`."""
@@ -156,13 +157,17 @@ class Engine:
     def prompt(
         self, req: Request, settings: GenerationSettings, on_text: Callable[[str, list], None] | None = None
     ) -> Prompt:
-        """One request as a row for :meth:`batch_decoder`: its budget capped by the context, and its
-        system prompt marked as the prefix whose KV cache is shared across requests."""
+        """One request as a row for :meth:`batch_decoder`: its budget capped by the context, its system
+        prompt marked as the prefix whose KV cache is shared across requests, and its image's key (for
+        the decoder's image-prefix cache)."""
         ids = self._checked_ids(req)
         budget = min(settings.max_new_tokens, self.context_length - self.prompt_length(ids))
         capped = dataclasses.replace(settings, max_new_tokens=budget)
-        image = None if req.image is None else self.pixels(req.image)
-        return Prompt(ids, image, capped, self._system_prefix(ids, req.system), on_text)
+        image, key = None, None
+        if req.image is not None:
+            image = self.pixels(req.image)
+            key = pixel_key(req.image if isinstance(req.image, torch.Tensor) else image)
+        return Prompt(ids, image, capped, self._system_prefix(ids, req.system), on_text, key)
 
     def _system_prefix(self, ids: list[int], system: str) -> int:
         """How much of ``ids`` is the system prompt's tokens (0 when too short to be worth a cache)."""
@@ -177,9 +182,10 @@ class Engine:
         """A generated token as OpenAI's logprobs show it: its text and its bytes."""
         return self.tokenizer.decode([token]), self.tokenizer.token_bytes(token)
 
-    def batch_decoder(self) -> BatchDecoder:
-        """A continuous-batching decoder on this model, sharing the engine's prefix caches."""
-        return BatchDecoder(self.model, self.tokenizer, self.prefixes)
+    def batch_decoder(self, images: ImagePrefixCache | None = None) -> BatchDecoder:
+        """A continuous-batching decoder on this model, sharing the engine's prefix caches; ``images``
+        keeps the KV of image prefixes across requests (None: not kept)."""
+        return BatchDecoder(self.model, self.tokenizer, self.prefixes, images)
 
 
 def _check_turns(turns: Sequence[Turn], has_image: bool) -> None:

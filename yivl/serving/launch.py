@@ -13,6 +13,7 @@ from yivl.config.schema import check
 from yivl.config.schemas import INFER
 from yivl.errors import YivlError
 from yivl.models.generation import GenerationSettings
+from yivl.models.image_prefix import ImagePrefixCache
 from yivl.serving.engine import Engine
 from yivl.serving.memory import return_big_blocks_to_the_os
 from yivl.serving.preflight import check_port, require
@@ -61,6 +62,7 @@ def run_web(cfg: DictConfig, engine: Engine, settings: GenerationSettings) -> No
         float(web.stream_interval_s),
         int(web.max_batch_size),
         max_prefill_rows=int(web.max_prefill_rows),
+        image_prefixes=ImagePrefixCache(int(web.prefix_cache_images), int(web.prefix_cache_bytes)),
     )
     demo = build_demo(worker, demo_settings)
     print(f"Yi-VL web demo on http://{web.host}:{web.port} (Ctrl-C to stop)", flush=True)
@@ -99,6 +101,7 @@ def run_api(cfg: DictConfig, engine: Engine, settings: GenerationSettings) -> No
         int(api.max_batch_size),
         float(api.batch_wait_s),
         int(api.max_prefill_rows),
+        ImagePrefixCache(int(api.prefix_cache_images), int(api.prefix_cache_bytes)),
     )
     app = create_app(engine, worker, app_settings)
     print(

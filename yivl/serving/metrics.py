@@ -7,6 +7,8 @@ import threading
 import time
 from collections.abc import Callable
 
+from yivl.models.image_prefix import ImagePrefixCache
+
 # seconds; a tiny model on a CPU answers in milliseconds, a 34B one on a busy GPU in seconds
 TTFT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
@@ -14,8 +16,9 @@ TTFT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 3
 class ServingMetrics:
     """Counters the worker updates from its thread and the API renders from another."""
 
-    def __init__(self, queue_depth: Callable[[], int]) -> None:
+    def __init__(self, queue_depth: Callable[[], int], images: ImagePrefixCache | None = None) -> None:
         self.queue_depth = queue_depth
+        self.images = images  # the worker's image-prefix cache, read (never written) here
         self._running = 0
         self.peak_running = 0  # the largest batch so far
         self.requests = 0  # finished requests (any outcome)
@@ -76,6 +79,16 @@ class ServingMetrics:
             f"yivl_time_to_first_token_seconds_sum {total_s:.6f}",
             f"yivl_time_to_first_token_seconds_count {cumulative}",
         ]
+        if self.images is not None:
+            images = self.images
+            lines += [
+                *_metric("yivl_image_prefix_cache_hits_total", "counter", "rows prefilled after kept KV"),
+                f"yivl_image_prefix_cache_hits_total {images.hits}",
+                *_metric("yivl_image_prefix_cache_misses_total", "counter", "rows whose image was not kept"),
+                f"yivl_image_prefix_cache_misses_total {images.misses}",
+                *_metric("yivl_image_prefix_cache_bytes", "gauge", "bytes of kept image-prefix KV"),
+                f"yivl_image_prefix_cache_bytes {images.nbytes}",
+            ]
         return "\n".join(lines) + "\n"
 
 

@@ -18,6 +18,7 @@ from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 
 from yivl.errors import YivlError
 from yivl.models.generation import GenerationSettings
+from yivl.models.image_prefix import ImagePrefixCache
 from yivl.serving.batching import BatchingEngine, BatchRunner
 from yivl.serving.engine import Request
 from yivl.serving.jobs import Cancelled, Event, EventKind, Job, deliver
@@ -67,7 +68,9 @@ class GenerationWorker:
     join the batch at the following steps. Streamed text is handed
     over at most every ``stream_interval_s`` seconds (the first piece at once): a fast model's tokens
     then travel in small bunches instead of costing a thread switch and a network send each, while a
-    human still sees the answer grow smoothly. 0 sends every piece on its own.
+    human still sees the answer grow smoothly. 0 sends every piece on its own. ``image_prefixes`` keeps
+    the KV of the last images' prompt prefixes (system prompt, image) for the requests that follow about
+    the same image (None: nothing kept).
     """
 
     def __init__(
@@ -78,6 +81,7 @@ class GenerationWorker:
         max_batch_size: int = 8,
         batch_wait_s: float = 0.0,
         max_prefill_rows: int | None = None,
+        image_prefixes: ImagePrefixCache | None = None,
     ) -> None:
         if max_batch_size < 1:
             raise YivlError(f"max_batch_size must be >= 1, got {max_batch_size}")
@@ -95,7 +99,7 @@ class GenerationWorker:
         self._jobs: queue.Queue[Job | None] = queue.Queue(maxsize=max(1, max_queue))
         self._held: Job | None = None  # taken from the queue, waiting for room in the batch
         self._closing = False
-        self.metrics = ServingMetrics(self.queue_depth)
+        self.metrics = ServingMetrics(self.queue_depth, image_prefixes)
         self._thread = threading.Thread(target=self._loop, name="yivl-generation", daemon=True)
         self._thread.start()
 

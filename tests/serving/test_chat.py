@@ -89,6 +89,22 @@ def test_chat_keeps_history_and_puts_the_image_in_the_first_turn_only(engine: En
     assert capsys.readouterr().out.startswith("Chatting with ")
 
 
+def test_turns_after_the_first_are_prefilled_after_the_kept_image_and_answer_the_same(engine: Engine):
+    chat = Chat(engine, GREEDY, timeout_s=60)
+    try:
+        chat.set_image(str(IMAGE))
+        for question in ("first?", "and the second?", "a third?"):
+            chat.ask(question)
+        kept = chat.worker.metrics.images
+        assert (kept.misses, kept.hits, len(kept)) == (1, 2, 1)
+        turns = chat.turns
+        for end in (4, 6):  # each later answer is the one the request gets without any cache
+            alone = engine.generate_full([Request(turns[: end - 1], IMAGE)], GREEDY)[0].text
+            assert turns[end - 1].text == alone
+    finally:
+        chat.close()
+
+
 def test_commands_are_never_sent_to_the_model(recorder: RecordingEngine, capsys):
     chat = chat_of(recorder)
     try:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import torch
 from omegaconf import DictConfig
 from PIL import Image
 
@@ -70,6 +71,7 @@ class Chat:
         )
         self.turns: list[Turn] = []
         self.image: Image.Image | None = None
+        self.pixels: torch.Tensor | None = None  # the image made once: every turn sends the same tensor
         self.image_name: str | None = None
 
     def close(self) -> None:
@@ -114,7 +116,7 @@ class Chat:
                 f"Now about {self.image_name} ({self.image.width}×{self.image.height}): a new conversation."
             )
         elif name == "/image":
-            self.image, self.image_name, self.turns = None, None, []
+            self.image, self.pixels, self.image_name, self.turns = None, None, None, []
             print("No image: a new, text-only conversation.")
         else:
             print(f"unknown command {name}; /help lists the commands")
@@ -126,7 +128,8 @@ class Chat:
         resolved = Path(path).expanduser()
         if not resolved.exists() and "\\ " in path:  # a path dragged into the terminal, spaces escaped
             resolved = Path(path.replace("\\ ", " ")).expanduser()
-        self.image = load_image(resolved, max_pixels=self.engine.max_image_pixels)
+        image = load_image(resolved, max_pixels=self.engine.max_image_pixels)
+        self.image, self.pixels = image, self.engine.preprocess(image)
         self.image_name = resolved.name
 
     def ask(self, question: str) -> None:
@@ -136,7 +139,7 @@ class Chat:
         if pending is None:
             return
         try:
-            stream = EventStream(self.worker, [Request(pending, self.image)], self.settings, self.timeout_s)
+            stream = EventStream(self.worker, [Request(pending, self.pixels)], self.settings, self.timeout_s)
         except YivlError as exc:  # the worker's queue is full
             print(f"error: {exc}")
             return

@@ -156,12 +156,57 @@ def test_pixel_key_is_the_content_and_is_remembered_only_while_the_tensor_lives(
     assert len(image_prefix._digests) == before
 
 
+def test_a_prompt_with_two_images_is_never_kept_and_answers_the_same_every_time(tiny_model, images) -> None:
+    prompt = [*SYSTEM, 7, IMG, 8, 9, IMG, 10, 11]
+    kept = ImagePrefixCache()
+    decoder = BatchDecoder(tiny_model, IdTokenizer(), PrefixCache(), kept)
+    answers = []
+    for _ in range(2):
+        decoder.add([Prompt(prompt, images[:2], GREEDY, prefix=20, image_key=pixel_key(images[:2]))])
+        answers += list(_finish(decoder).values())
+    assert len(kept) == 0 and kept.hits == 0
+    assert (
+        answers[0]
+        == answers[1]
+        == generate_full(tiny_model, IdTokenizer(), [prompt], [images[:2]], GREEDY)[0].text
+    )
+
+
+def test_room_is_made_before_an_entry_is_copied_so_the_bytes_never_pass_the_bound(tiny_model, images) -> None:
+    probe = ImagePrefixCache()
+    decoder = BatchDecoder(tiny_model, IdTokenizer(), PrefixCache(), probe)
+    decoder.add([Prompt(_prompt([4]), images[0], GREEDY, prefix=20, image_key=pixel_key(images[0]))])
+    _finish(decoder)
+    size = probe.nbytes  # one entry of this prompt shape
+    kept = ImagePrefixCache(max_entries=8, max_bytes=2 * size)
+    decoder = BatchDecoder(tiny_model, IdTokenizer(), PrefixCache(), kept)
+    peaks = []
+    real_put = kept.put
+
+    def put(key, layers):  # the entry exists now: the kept ones must leave room for it already
+        peaks.append(kept.nbytes + sum(k.nbytes + v.nbytes for k, v in layers))
+        real_put(key, layers)
+
+    kept.put = put  # type: ignore[method-assign]
+    for i in range(4):
+        decoder.add([Prompt(_prompt([4]), images[i], GREEDY, prefix=20, image_key=pixel_key(images[i]))])
+        _finish(decoder)
+    assert max(peaks) <= 2 * size and len(kept) == 2 and kept.nbytes == 2 * size
+    tight = ImagePrefixCache(max_entries=8, max_bytes=size - 1)  # one entry is too large: none is copied
+    decoder = BatchDecoder(tiny_model, IdTokenizer(), PrefixCache(), tight)
+    tight.put = lambda *_: pytest.fail("copied an entry that cannot be kept")  # type: ignore[method-assign]
+    decoder.add([Prompt(_prompt([4]), images[0], GREEDY, prefix=20, image_key=pixel_key(images[0]))])
+    _finish(decoder)
+    assert not ImagePrefixCache(max_bytes=0).enabled and not ImagePrefixCache(max_entries=0).enabled
+
+
 def test_image_cut_is_the_ids_up_to_the_image_with_text_after_it() -> None:
     assert image_cut([1, 2, IMG, 5, 6]) == 3
     assert image_cut([1, 2, 3]) is None
     assert image_cut([1, 2, IMG]) is None  # nothing after the image to prefill
     assert ImagePrefixCache.key([1, IMG, 5], None) is None
     assert ImagePrefixCache.key([1, IMG, 5], b"k") == ((1, IMG), b"k")
+    assert ImagePrefixCache.key([1, IMG, 5, IMG, 6], b"k") is None  # one digest keys one image
 
 
 def test_settings_change_nothing_of_what_is_kept(tiny_model, images) -> None:

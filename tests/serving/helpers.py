@@ -101,9 +101,15 @@ class RecordingEngine:
     def __getattr__(self, name: str) -> object:
         return getattr(self.engine, name)
 
-    def prompt(self, req: Request, settings: GenerationSettings, on_text: Callable | None = None) -> Prompt:
+    def prompt(
+        self,
+        req: Request,
+        settings: GenerationSettings,
+        on_text: Callable | None = None,
+        key_image: bool = False,
+    ) -> Prompt:
         self.requests.append(req)
-        return self.engine.prompt(req, settings, on_text)
+        return self.engine.prompt(req, settings, on_text, key_image)
 
 
 class ScriptedEngine:
@@ -126,7 +132,13 @@ class ScriptedEngine:
         self.max_concurrent_calls = 0
         self._lock = threading.Lock()
 
-    def prompt(self, req: Request, settings: GenerationSettings, on_text: Callable | None = None) -> Prompt:
+    def prompt(
+        self,
+        req: Request,
+        settings: GenerationSettings,
+        on_text: Callable | None = None,
+        key_image: bool = False,
+    ) -> Prompt:
         if self.fail is not None:
             raise self.fail
         return Prompt([], None, settings, on_text=on_text)

@@ -12,6 +12,7 @@ import openai
 from yivl.data.chat import Turn
 from yivl.models.generation import GenerationSettings
 from yivl.models.image_prefix import ImagePrefixCache
+from yivl.serving import engine as engine_module
 from yivl.serving.api import create_app
 from yivl.serving.engine import Engine, Request
 from yivl.serving.worker import EventStream, GenerationWorker
@@ -193,3 +194,16 @@ def test_a_job_cancelled_while_it_waits_still_gets_its_last_event(engine: Engine
     events = list(waiting)  # ends with the worker's event, not at the 60 s timeout
     assert [e.kind for e in events] == ["error"] and str(events[0].error) == "cancelled before it started"
     worker.close()
+
+
+def test_images_are_hashed_only_for_a_worker_that_keeps_image_prefixes(engine: Engine, monkeypatch):
+    hashed: list[object] = []
+    real = engine_module.pixel_key
+    monkeypatch.setattr(engine_module, "pixel_key", lambda t: hashed.append(t) or real(t))
+    job = [(Request([Turn("human", QUESTIONS[0])], ASSET), greedy(3))]
+    for images, expected in ((None, 0), (ImagePrefixCache(max_entries=0), 0), (ImagePrefixCache(), 1)):
+        worker = GenerationWorker(engine, max_queue=8, image_prefixes=images)
+        assert worker.keeps_image_prefixes == bool(expected)
+        assert _concurrently(worker, job)[0].kind == "done"
+        assert len(hashed) == expected
+        worker.close()

@@ -73,9 +73,9 @@ def test_chat_keeps_history_and_puts_the_image_in_the_first_turn_only(engine: En
     seen: list[list[Turn]] = []
     original = engine.prompt
 
-    def spy(req, settings, on_text=None):  # the batching worker turns each request into a row here
+    def spy(req, settings, on_text=None, key_image=False):  # the worker turns each request into a row here
         seen.append(list(req.turns))
-        return original(req, settings, on_text)
+        return original(req, settings, on_text, key_image)
 
     engine.prompt = spy  # type: ignore[method-assign]
     try:

@@ -11,6 +11,7 @@ import pytest
 from yivl.data.chat import Turn
 from yivl.errors import YivlError
 from yivl.models.generation import GenerationSettings
+from yivl.models.image_prefix import ImagePrefixCache
 from yivl.serving.engine import Engine, Request
 from yivl.serving.web_session import (
     Answering,
@@ -157,3 +158,18 @@ def test_the_demo_lets_max_batch_size_answers_reach_the_worker_at_once(worker: G
     demo = web.build_demo(worker, web.WebSettings(concurrent_answers=3))
     limits = {fn.concurrency_limit for fn in demo.fns.values() if fn.concurrency_id == "generate"}
     assert limits == {3}  # Ask and Regenerate share one limit, so the worker can batch three tabs
+
+
+def test_a_sessions_image_is_made_once_and_later_turns_use_its_kept_prefix(engine: Engine):
+    kept = ImagePrefixCache()
+    worker = GenerationWorker(engine, image_prefixes=kept)
+    session, _ = new_image(ASSET, 10**8, 10**8)
+    sent = []
+    for question in ("What shapes?", "Which colour is the biggest?"):
+        session = list(respond(worker, session, question, GREEDY, timeout=60))[-1].session
+        sent.append(session.pixels)
+    worker.close()
+    assert sent[0] is sent[1] and sent[0] is not None  # made once, at the first question
+    assert (kept.misses, kept.hits) == (1, 1)
+    alone = engine.generate_full([Request(session.turns[:3], ASSET)], GREEDY)[0].text
+    assert session.turns[3].text == alone  # the kept prefix changes no token

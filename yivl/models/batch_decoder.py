@@ -217,16 +217,22 @@ class BatchDecoder:
         """Keep the image prefix of each new image in ``group``, just prefilled into ``new`` after a
         cached text prefix of ``past`` positions: that prefix, then the row's first real positions up
         to the end of its image's features (a row's keys and values do not depend on what follows)."""
+        if not self.images.enabled:
+            return
         width = new.mask.shape[1]
-        lengths = None
+        lengths: list[int] = []
+        per_position = 0  # bytes of one position's keys and values, all layers
         for j, prompt in enumerate(group):
             key = self.images.key(prompt.ids, prompt.image_key)
-            if key is None or key in self.images or self.images.max_entries == 0:
+            if key is None or key in self.images:
                 continue
-            if lengths is None:
+            if not lengths:
                 lengths = new.mask[:, past:].sum(1).tolist()  # each row's spliced positions
+                per_position = sum(layer.keys[0, :, 0].nbytes * 2 for layer in new.cache.layers)
             start = width - lengths[j]
             end = start + lengths[j] - (len(prompt.ids) - len(key[0]))  # minus the text after the image
+            if not self.images.make_room(key, per_position * (past + end - start)):  # before the copy
+                continue
             self.images.put(
                 key,
                 [

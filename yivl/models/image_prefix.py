@@ -88,15 +88,23 @@ class ImagePrefixCache:
         """Bytes held by the cached keys and values."""
         return self._bytes
 
+    @property
+    def enabled(self) -> bool:
+        """Whether anything can be kept (both bounds above 0)."""
+        return self.max_entries > 0 and self.max_bytes > 0
+
     @staticmethod
     def key(ids: Sequence[int], image_key: bytes | None) -> tuple | None:
-        """The cache key of a prompt's image prefix (None: the prompt has no cacheable image prefix)."""
-        cut = None if image_key is None else image_cut(ids)
+        """The cache key of a prompt's image prefix; None when the prompt has none to cache: no image
+        key, or not exactly one image (the key holds one image's digest)."""
+        if image_key is None or sum(1 for i in ids if i == IMAGE_TOKEN_INDEX) != 1:
+            return None
+        cut = image_cut(ids)
         return None if cut is None else (tuple(ids[:cut]), image_key)
 
     def get(self, key: tuple | None) -> list[LayerKV] | None:
         """The cached layers of ``key`` (counted as a hit, and made the most recent), or None (a miss)."""
-        if key is None or self.max_entries == 0:
+        if key is None or not self.enabled:
             return None
         layers = self._entries.get(key)
         if layers is None:
@@ -106,15 +114,25 @@ class ImagePrefixCache:
         self._entries.move_to_end(key)
         return layers
 
+    def make_room(self, key: tuple, size: int) -> bool:
+        """Drop the least recent entries until one of ``size`` bytes fits under both bounds; False (and
+        nothing dropped) when it cannot be kept: too large alone, or ``key`` is kept already. Called
+        before the entry is copied out, so the bounds hold while it is made."""
+        if not self.enabled or size > self.max_bytes or key in self._entries:
+            return False
+        while self._entries and (
+            len(self._entries) >= self.max_entries or self._bytes + size > self.max_bytes
+        ):
+            old, _ = self._entries.popitem(last=False)
+            self._bytes -= self._sizes.pop(old)
+        return True
+
     def put(self, key: tuple, layers: list[LayerKV]) -> None:
         """Keep ``layers`` (tensors nobody else writes to) under ``key``, dropping the least recent
         entries beyond the bounds; an entry larger than ``max_bytes`` alone is not kept."""
         size = sum(k.nbytes + v.nbytes for k, v in layers)
-        if self.max_entries == 0 or size > self.max_bytes or key in self._entries:
+        if not self.make_room(key, size):
             return
         self._entries[key] = layers
         self._sizes[key] = size
         self._bytes += size
-        while len(self._entries) > self.max_entries or self._bytes > self.max_bytes:
-            old, _ = self._entries.popitem(last=False)
-            self._bytes -= self._sizes.pop(old)

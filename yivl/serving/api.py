@@ -122,7 +122,9 @@ def create_app(engine: Engine, worker: GenerationWorker, settings: ApiSettings) 
         with parsing, worker.arriving() as arrival:  # at most max_parsing bodies in memory before the queue
             body = await _read_body(request, settings.max_request_bytes)
             # JSON parsing, image decoding, tokenizing run in a thread: they must not stall the event loop
-            prepared = await run_in_threadpool(_parse_and_prepare, engine, settings, body, decoding, cache)
+            prepared = await run_in_threadpool(
+                _parse_and_prepare, engine, settings, body, decoding, cache, worker.keeps_image_prefixes
+            )
             del body
             events = _open_stream(worker, prepared, settings, arrival)
         if prepared.chat.stream:
@@ -171,8 +173,10 @@ def _parse_and_prepare(
     body: bytes,
     decoding: threading.BoundedSemaphore,
     cache: PixelCache,
+    key_image: bool,
 ) -> Prepared:
-    return prepare(engine, settings, parse_request(body, settings.unsupported_fields), decoding, cache)
+    chat = parse_request(body, settings.unsupported_fields)
+    return prepare(engine, settings, chat, decoding, cache, key_image)
 
 
 def prepare(
@@ -181,11 +185,14 @@ def prepare(
     chat: ChatRequest,
     decoding: threading.BoundedSemaphore | None = None,
     cache: PixelCache | None = None,
+    key_image: bool = False,
 ) -> Prepared:
     """Check the model name, the conversation, the image and the prompt length; HTTP 4xx if any is wrong.
 
     The text is bounded before it is tokenized and the image fetched only then, decoded while holding
     ``decoding`` (at most ``max_decodes`` images in the decoder at once) unless ``cache`` has its pixels.
+    With ``key_image`` (the worker keeps image prefixes) the pixels are hashed here, not on the worker's
+    thread (the digest is remembered with the tensor).
     """
     if chat.model != settings.model_name:
         raise model_not_found(chat.model, settings.model_name)
@@ -195,8 +202,8 @@ def prepare(
     check_text_fits(engine, conversation)
     ref = conversation.image
     image = None if ref is None else request_pixels(engine, ref, settings, decoding, cache)
-    if image is not None:
-        pixel_key(image)  # hashed here, not on the worker's thread (remembered with the tensor)
+    if image is not None and key_image:
+        pixel_key(image)
     try:
         ids = engine.prompt_ids(conversation.turns, image is not None, conversation.system)
         gen = generation_settings(chat, settings.defaults)

@@ -25,7 +25,9 @@ log = logging.getLogger(__name__)
 class BatchingEngine(Protocol):
     """What continuous batching needs from :class:`yivl.serving.engine.Engine`."""
 
-    def prompt(self, req: Request, settings: GenerationSettings, on_text=None) -> Prompt: ...
+    def prompt(
+        self, req: Request, settings: GenerationSettings, on_text=None, key_image: bool = False
+    ) -> Prompt: ...
 
     def batch_decoder(self, images: ImagePrefixCache | None = None) -> BatchDecoder: ...
 
@@ -56,6 +58,7 @@ class BatchRunner:
     def __init__(self, engine: BatchingEngine, metrics: ServingMetrics, interval: float) -> None:
         self.engine = engine
         self.decoder = engine.batch_decoder(metrics.images)
+        self.key_images = metrics.images is not None and metrics.images.enabled
         self.metrics = metrics
         self.interval = interval
         self.running: list[_Running] = []
@@ -74,7 +77,9 @@ class BatchRunner:
             run = _Running(job, TextBuffer(job, self.interval))
             try:
                 made = [
-                    self.engine.prompt(req, choice_settings(job.settings, i), partial(run.buffer.add, i))
+                    self.engine.prompt(
+                        req, choice_settings(job.settings, i), partial(run.buffer.add, i), self.key_images
+                    )
                     for i, req in enumerate(job.requests)
                 ]
             except Exception as exc:

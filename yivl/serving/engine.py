@@ -155,18 +155,24 @@ class Engine:
         return ids
 
     def prompt(
-        self, req: Request, settings: GenerationSettings, on_text: Callable[[str, list], None] | None = None
+        self,
+        req: Request,
+        settings: GenerationSettings,
+        on_text: Callable[[str, list], None] | None = None,
+        key_image: bool = False,
     ) -> Prompt:
         """One request as a row for :meth:`batch_decoder`: its budget capped by the context, its system
-        prompt marked as the prefix whose KV cache is shared across requests, and its image's key (for
-        the decoder's image-prefix cache)."""
+        prompt marked as the prefix whose KV cache is shared across requests, and with ``key_image``
+        its image's :func:`pixel_key` (for the decoder's image-prefix cache; hashed before the pixels
+        go to the model's device)."""
         ids = self._checked_ids(req)
         budget = min(settings.max_new_tokens, self.context_length - self.prompt_length(ids))
         capped = dataclasses.replace(settings, max_new_tokens=budget)
         image, key = None, None
         if req.image is not None:
-            image = self.pixels(req.image)
-            key = pixel_key(req.image if isinstance(req.image, torch.Tensor) else image)
+            made = req.image if isinstance(req.image, torch.Tensor) else self.preprocess(req.image)
+            key = pixel_key(made) if key_image else None
+            image = self.pixels(made)
         return Prompt(ids, image, capped, self._system_prefix(ids, req.system), on_text, key)
 
     def _system_prefix(self, ids: list[int], system: str) -> int:

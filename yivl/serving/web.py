@@ -235,7 +235,7 @@ def _wire_controls(view: View, buttons: Buttons) -> None:
     session, answering, chatbot, status, question = view
 
     def on_clear(current: Session) -> tuple:
-        kept = Session(image=current.image, image_name=current.image_name)
+        kept = Session(image=current.image, image_name=current.image_name, pixels=current.pixels)
         return kept, [], "Conversation cleared.", ""
 
     def on_stop(running: Answering) -> None:

@@ -10,13 +10,14 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
 from PIL import Image
 
 from yivl.data.chat import Turn
 from yivl.data.images import load_image
 from yivl.errors import YivlError
 from yivl.models.generation import GenerationSettings
-from yivl.serving.engine import Request
+from yivl.serving.engine import Engine, Request
 from yivl.serving.worker import Cancelled, Event, EventStream, GenerationWorker, Job
 
 Message = dict[str, str]
@@ -29,6 +30,14 @@ class Session:
     turns: list[Turn] = field(default_factory=list)
     image: Image.Image | None = None
     image_name: str | None = None
+    pixels: torch.Tensor | None = None  # the image made for the model at the first question, then reused
+
+    def model_pixels(self, engine: Engine) -> torch.Tensor | None:
+        """The image as the model's pixels, made once per session (every turn then sends the same
+        tensor: hashed once for the worker's image-prefix cache); None without an image."""
+        if self.image is not None and self.pixels is None:
+            self.pixels = engine.preprocess(self.image)
+        return self.pixels
 
     def messages(self) -> list[Message]:
         """The turns as chatbot messages (``{"role": "user"|"assistant", "content": text}``)."""
@@ -69,7 +78,8 @@ def last_question(session: Session) -> tuple[Session, str]:
     """``session`` without its last exchange, and that exchange's question (for Regenerate)."""
     for i in range(len(session.turns) - 1, -1, -1):
         if session.turns[i].role == "human":
-            return Session(session.turns[:i], session.image, session.image_name), session.turns[i].text
+            kept = Session(session.turns[:i], session.image, session.image_name, session.pixels)
+            return kept, session.turns[i].text
     raise YivlError("nothing to regenerate yet: ask a question first")
 
 
@@ -111,7 +121,9 @@ def respond(
     pending = [*session.turns, Turn("human", question)]
     shown = [*session.messages(), {"role": "user", "content": question}, {"role": "assistant", "content": ""}]
     try:
-        stream = EventStream(worker, [Request(pending, session.image)], settings, timeout)
+        stream = EventStream(
+            worker, [Request(pending, session.model_pixels(worker.engine))], settings, timeout
+        )
     except YivlError as exc:  # the worker's queue is full
         yield _failed(session, question, exc)
         return
@@ -135,7 +147,7 @@ def respond(
 
 
 def _finished(session: Session, pending: list[Turn], answer: str, status: str) -> Update:
-    done = Session([*pending, Turn("assistant", answer)], session.image, session.image_name)
+    done = Session([*pending, Turn("assistant", answer)], session.image, session.image_name, session.pixels)
     return Update(done, done.messages(), status)
 
 

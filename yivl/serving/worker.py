@@ -103,6 +103,12 @@ class GenerationWorker:
         self._thread = threading.Thread(target=self._loop, name="yivl-generation", daemon=True)
         self._thread.start()
 
+    @property
+    def keeps_image_prefixes(self) -> bool:
+        """Whether the worker keeps image-prefix KV (front ends then hash images on their own threads)."""
+        images = self.metrics.images
+        return images is not None and images.enabled
+
     def queue_depth(self) -> int:
         """Jobs waiting to start."""
         return self._jobs.qsize() + (self._held is not None)

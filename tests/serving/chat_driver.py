@@ -29,11 +29,17 @@ class LoggingEngine(SlowEngine):
         super().__init__(engine, delay)
         self.log = log
 
-    def prompt(self, req: Request, settings: GenerationSettings, on_text: Callable | None = None) -> Prompt:
+    def prompt(
+        self,
+        req: Request,
+        settings: GenerationSettings,
+        on_text: Callable | None = None,
+        key_image: bool = False,
+    ) -> Prompt:
         with self.log.open("a", encoding="utf-8") as f:
             turns = [[t.role, t.text] for t in req.turns]
             f.write(json.dumps({"turns": turns, "image": req.image is not None}) + "\n")
-        return self.engine.prompt(req, settings, on_text)
+        return self.engine.prompt(req, settings, on_text, key_image)
 
 
 def main(argv: list[str]) -> None:

@@ -169,8 +169,9 @@ class BatchDecoder:
         append them to the batch; their rows, in the order of ``prompts``."""
         groups: dict[tuple, list[int]] = {}
         kept: dict[tuple, list[LayerKV]] = {}  # held here: keeping a new image may evict one in use
-        for i, prompt in enumerate(prompts):
-            key = self.images.key(prompt.ids, prompt.image_key)
+        keys = [self.images.key(p.ids, p.image_key) for p in prompts]
+        for i, key in enumerate(keys):
+            prompt = prompts[i]
             layers = self.images.get(key)
             if layers is not None:
                 kept[key] = layers
@@ -184,7 +185,7 @@ class BatchDecoder:
                 new = self._prefill_after(kept[prefix], len(prefix[0]), group)
             else:
                 new = self._prefill(list(prefix), group)
-                self._keep_images(new, len(prefix), group)
+                self._keep_images(new, len(prefix), group, [keys[i] for i in members])
             rows = [Row(self._next_key + j, p, self.device) for j, p in enumerate(group)]
             self._next_key += len(group)
             new.rows = torch.tensor([r.key for r in rows], device=self.device)
@@ -213,17 +214,17 @@ class BatchDecoder:
         spliced = self.model.splice(ids, mask, padding_side="left")
         return Decoder(self.model, spliced, repeated(self.model, layers, len(group)))
 
-    def _keep_images(self, new: Decoder, past: int, group: list[Prompt]) -> None:
-        """Keep the image prefix of each new image in ``group``, just prefilled into ``new`` after a
-        cached text prefix of ``past`` positions: that prefix, then the row's first real positions up
-        to the end of its image's features (a row's keys and values do not depend on what follows)."""
+    def _keep_images(self, new: Decoder, past: int, group: list[Prompt], keys: list[tuple | None]) -> None:
+        """Keep the image prefix (cache key ``keys[j]``) of each new image in ``group``, just prefilled
+        into ``new`` after a cached text prefix of ``past`` positions: that prefix, then the row's first
+        real positions up to the end of its image's features (a row's keys and values do not depend on
+        what follows)."""
         if not self.images.enabled:
             return
         width = new.mask.shape[1]
         lengths: list[int] = []
         per_position = 0  # bytes of one position's keys and values, all layers
-        for j, prompt in enumerate(group):
-            key = self.images.key(prompt.ids, prompt.image_key)
+        for j, (prompt, key) in enumerate(zip(group, keys, strict=True)):
             if key is None or key in self.images:
                 continue
             if not lengths:

@@ -55,10 +55,12 @@ def choice_settings(settings: GenerationSettings, index: int) -> GenerationSetti
 class BatchRunner:
     """The running batch of the worker thread; not thread-safe (the worker thread alone uses it)."""
 
-    def __init__(self, engine: BatchingEngine, metrics: ServingMetrics, interval: float) -> None:
+    def __init__(
+        self, engine: BatchingEngine, metrics: ServingMetrics, interval: float, key_images: bool = False
+    ) -> None:
         self.engine = engine
         self.decoder = engine.batch_decoder(metrics.images)
-        self.key_images = metrics.images is not None and metrics.images.enabled
+        self.key_images = key_images  # the decoder keeps image prefixes: prompts carry image keys
         self.metrics = metrics
         self.interval = interval
         self.running: list[_Running] = []
@@ -78,7 +80,10 @@ class BatchRunner:
             try:
                 made = [
                     self.engine.prompt(
-                        req, choice_settings(job.settings, i), partial(run.buffer.add, i), self.key_images
+                        req,
+                        choice_settings(job.settings, i),
+                        partial(run.buffer.add, i),
+                        key_image=self.key_images,
                     )
                     for i, req in enumerate(job.requests)
                 ]

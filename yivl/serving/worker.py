@@ -156,7 +156,7 @@ class GenerationWorker:
         self._thread.join(timeout)
 
     def _loop(self) -> None:
-        runner = BatchRunner(self.engine, self.metrics, self.stream_interval_s)
+        runner = BatchRunner(self.engine, self.metrics, self.stream_interval_s, self.keeps_image_prefixes)
         while True:
             runner.admit(self._admissible(runner.size))
             if runner.size == 0 and not runner.running:
